@@ -1,0 +1,597 @@
+package agent
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-multierror"
+
+	"github.com/kvsync/kvsync/internal/kvkey"
+)
+
+// Config is the whole agent configuration, as read from kvsync.yaml. It is a plain
+// value: cmd/kvsync loads it (koanf), Default fills it, Validate checks it.
+type Config struct {
+	NATS      NATSConfig       `koanf:"nats"`
+	Embedded  *EmbeddedConfig  `koanf:"embedded"`
+	Buckets   []BucketConfig   `koanf:"buckets"`
+	Files     []FilesConfig    `koanf:"files"`
+	Templates []TemplateConfig `koanf:"templates"`
+	Env       []EnvConfig      `koanf:"env"`
+	Exec      *ExecConfig      `koanf:"exec"`
+	Wait      WaitConfig       `koanf:"wait"`
+	HTTP      HTTPConfig       `koanf:"http"`
+	Log       LogConfig        `koanf:"log"`
+}
+
+// NATSConfig says how to reach the NATS server.
+type NATSConfig struct {
+	URL      string    `koanf:"url"`
+	Context  string    `koanf:"context"`
+	Creds    string    `koanf:"creds"`
+	NKey     string    `koanf:"nkey"`
+	Token    string    `koanf:"token"`
+	User     string    `koanf:"user"`
+	Password string    `koanf:"password"`
+	TLS      TLSConfig `koanf:"tls"`
+	Name     string    `koanf:"name"`
+	Domain   string    `koanf:"domain"`
+}
+
+// TLSConfig holds the paths of the TLS material for the NATS connection.
+type TLSConfig struct {
+	CA   string `koanf:"ca"`
+	Cert string `koanf:"cert"`
+	Key  string `koanf:"key"`
+}
+
+// EmbeddedConfig runs an in-process JetStream server.
+type EmbeddedConfig struct {
+	StoreDir string `koanf:"store_dir"`
+	Listen   string `koanf:"listen"`
+}
+
+// BucketConfig is a bucket kvsync creates when it is missing.
+type BucketConfig struct {
+	Name         string        `koanf:"name"`
+	History      int           `koanf:"history"`
+	TTL          time.Duration `koanf:"ttl"`
+	MaxBytes     int64         `koanf:"max_bytes"`
+	MaxValueSize int32         `koanf:"max_value_size"`
+	Replicas     int           `koanf:"replicas"`
+	Storage      string        `koanf:"storage"` // file | memory
+	Description  string        `koanf:"description"`
+}
+
+// Layout values of FilesConfig.Layout.
+const (
+	LayoutFlat = "flat"
+	LayoutTree = "tree"
+)
+
+// Atomic values of FilesConfig.Atomic.
+const (
+	AtomicFile     = "file"
+	AtomicSnapshot = "snapshot"
+)
+
+// FilesConfig projects every matching key of a bucket to one file.
+type FilesConfig struct {
+	Name        string      `koanf:"name"`
+	Bucket      string      `koanf:"bucket"`
+	Keys        []string    `koanf:"keys"`
+	StripPrefix string      `koanf:"strip_prefix"`
+	Dir         string      `koanf:"dir"`
+	Layout      string      `koanf:"layout"`
+	Atomic      string      `koanf:"atomic"`
+	Mode        string      `koanf:"mode"`
+	DirMode     string      `koanf:"dir_mode"`
+	User        string      `koanf:"user"`
+	Group       string      `koanf:"group"`
+	Fsync       *bool       `koanf:"fsync"`
+	Push        PushConfig  `koanf:"push"`
+	OnChange    *Action     `koanf:"on_change"`
+	Wait        *WaitConfig `koanf:"wait"`
+}
+
+// Conflict policies of PushConfig.Conflict.
+const (
+	ConflictKeepRemote = "keep-remote"
+	ConflictKeepLocal  = "keep-local"
+)
+
+// PushConfig turns on push-back of local edits.
+type PushConfig struct {
+	Enabled  bool          `koanf:"enabled"`
+	Delete   bool          `koanf:"delete"`
+	Conflict string        `koanf:"conflict"`
+	Debounce time.Duration `koanf:"debounce"`
+}
+
+// TemplateConfig renders one file from a Go template.
+type TemplateConfig struct {
+	Name          string      `koanf:"name"`
+	Source        string      `koanf:"source"`
+	Text          string      `koanf:"text"`
+	Dest          string      `koanf:"dest"`
+	Bucket        string      `koanf:"bucket"`
+	Mode          string      `koanf:"mode"`
+	User          string      `koanf:"user"`
+	Group         string      `koanf:"group"`
+	Backup        bool        `koanf:"backup"`
+	MaxOutputSize int64       `koanf:"max_output_size"`
+	OnChange      *Action     `koanf:"on_change"`
+	Wait          *WaitConfig `koanf:"wait"`
+}
+
+// EnvConfig projects keys into environment variables of the exec child and,
+// optionally, a dotenv file.
+type EnvConfig struct {
+	Name        string      `koanf:"name"`
+	Bucket      string      `koanf:"bucket"`
+	Keys        []string    `koanf:"keys"`
+	StripPrefix string      `koanf:"strip_prefix"`
+	Prefix      string      `koanf:"prefix"`
+	File        string      `koanf:"file"`
+	Mode        string      `koanf:"mode"`
+	OnChange    *Action     `koanf:"on_change"`
+	Wait        *WaitConfig `koanf:"wait"`
+}
+
+// Exec on_change values.
+const (
+	ExecRestart = "restart"
+	ExecSignal  = "signal"
+	ExecNone    = "none"
+)
+
+// ExecConfig supervises one child process that gets the env projections.
+type ExecConfig struct {
+	Command     []string      `koanf:"command"`
+	OnChange    string        `koanf:"on_change"`
+	Signal      string        `koanf:"signal"`
+	KillSignal  string        `koanf:"kill_signal"`
+	KillTimeout time.Duration `koanf:"kill_timeout"`
+}
+
+// Action is what runs after a projection changed (on_change). Exactly one of
+// Signal, Command, HTTP, Restart is set.
+type Action struct {
+	Signal  string        `koanf:"signal"`
+	PIDFile string        `koanf:"pidfile"`
+	Process string        `koanf:"process"`
+	Command []string      `koanf:"command"`
+	Timeout time.Duration `koanf:"timeout"`
+	HTTP    *HTTPAction   `koanf:"http"`
+	Restart bool          `koanf:"restart"`
+	Splay   time.Duration `koanf:"splay"`
+}
+
+// HTTPAction is a webhook.
+type HTTPAction struct {
+	URL     string            `koanf:"url"`
+	Method  string            `koanf:"method"`
+	Headers map[string]string `koanf:"headers"`
+	Body    string            `koanf:"body"`
+	Retries int               `koanf:"retries"`
+	Timeout time.Duration     `koanf:"timeout"`
+}
+
+// WaitConfig is quiescence: after a change, wait until no change came for Min,
+// but never longer than Max, then render and act once.
+type WaitConfig struct {
+	Min time.Duration `koanf:"min"`
+	Max time.Duration `koanf:"max"`
+}
+
+// HTTPConfig is the health, metrics and status listener.
+type HTTPConfig struct {
+	Listen string `koanf:"listen"`
+}
+
+// LogConfig sets up slog.
+type LogConfig struct {
+	Level  string `koanf:"level"`
+	Format string `koanf:"format"`
+}
+
+// Default returns a Config with every default of SPEC §3 filled in. Projections
+// get their defaults in (*Config).Default, which runs after loading.
+func Default() Config {
+	return Config{
+		NATS: NATSConfig{URL: "nats://127.0.0.1:4222", Name: "kvsync"},
+		HTTP: HTTPConfig{Listen: "127.0.0.1:9333"},
+		Log:  LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// Default fills the per-projection defaults that a loader cannot express as a
+// flat map: names derived from the kind and index, modes, layouts, policies.
+func (c *Config) Default() {
+	if c.Embedded != nil {
+		if c.Embedded.StoreDir == "" {
+			c.Embedded.StoreDir = "./.kvsync/data"
+		}
+		if c.Embedded.Listen == "" {
+			c.Embedded.Listen = "127.0.0.1:4222"
+		}
+	}
+	for i := range c.Buckets {
+		b := &c.Buckets[i]
+		if b.History == 0 {
+			b.History = 1
+		}
+		if b.MaxBytes == 0 {
+			b.MaxBytes = -1
+		}
+		if b.MaxValueSize == 0 {
+			b.MaxValueSize = -1
+		}
+		if b.Replicas == 0 {
+			b.Replicas = 1
+		}
+		if b.Storage == "" {
+			b.Storage = "file"
+		}
+	}
+	for i := range c.Files {
+		f := &c.Files[i]
+		if f.Name == "" {
+			f.Name = fmt.Sprintf("files-%d", i)
+		}
+		if len(f.Keys) == 0 {
+			f.Keys = []string{">"}
+		}
+		if f.Layout == "" {
+			f.Layout = LayoutFlat
+		}
+		if f.Atomic == "" {
+			f.Atomic = AtomicFile
+		}
+		if f.Mode == "" {
+			f.Mode = "0644"
+		}
+		if f.DirMode == "" {
+			f.DirMode = "0755"
+		}
+		if f.Fsync == nil {
+			t := true
+			f.Fsync = &t
+		}
+		if f.Push.Conflict == "" {
+			f.Push.Conflict = ConflictKeepRemote
+		}
+		if f.Push.Debounce == 0 {
+			f.Push.Debounce = 100 * time.Millisecond
+		}
+	}
+	for i := range c.Templates {
+		t := &c.Templates[i]
+		if t.Name == "" {
+			t.Name = fmt.Sprintf("template-%d", i)
+		}
+		if t.Mode == "" {
+			t.Mode = "0644"
+		}
+		if t.MaxOutputSize == 0 {
+			t.MaxOutputSize = 64 << 20
+		}
+	}
+	for i := range c.Env {
+		e := &c.Env[i]
+		if e.Name == "" {
+			e.Name = fmt.Sprintf("env-%d", i)
+		}
+		if len(e.Keys) == 0 {
+			e.Keys = []string{">"}
+		}
+		if e.Mode == "" {
+			e.Mode = "0600"
+		}
+	}
+	if c.Exec != nil {
+		if c.Exec.OnChange == "" {
+			c.Exec.OnChange = ExecRestart
+		}
+		if c.Exec.Signal == "" {
+			c.Exec.Signal = "SIGHUP"
+		}
+		if c.Exec.KillSignal == "" {
+			c.Exec.KillSignal = "SIGTERM"
+		}
+		if c.Exec.KillTimeout == 0 {
+			c.Exec.KillTimeout = 10 * time.Second
+		}
+	}
+	if c.NATS.Name == "" {
+		c.NATS.Name = "kvsync"
+	}
+}
+
+// Validate reports every problem of the config at once, each prefixed with its
+// path (`templates[1].dest: required`). It reads template sources so that a
+// missing file is reported here, not at the first render.
+func (c *Config) Validate() error {
+	var errs *multierror.Error
+	add := func(path, format string, args ...any) {
+		errs = multierror.Append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	}
+	names := map[string]string{}
+	name := func(path, n string) {
+		if prev, dup := names[n]; dup {
+			add(path+".name", "%q is also the name of %s; names must be unique", n, prev)
+		}
+		names[n] = path
+	}
+	bucket := func(path, b string) {
+		if b == "" {
+			add(path, "required")
+		} else if err := kvkey.ValidBucket(b); err != nil {
+			add(path, "%v", err)
+		}
+	}
+	filters := func(path string, keys []string) {
+		for j, k := range keys {
+			if err := kvkey.ValidFilter(k); err != nil {
+				add(fmt.Sprintf("%s[%d]", path, j), "%v", err)
+			}
+		}
+	}
+	mode := func(path, m string) {
+		if _, err := ParseMode(m); err != nil {
+			add(path, "%v", err)
+		}
+	}
+	action := func(path string, a *Action) {
+		if a == nil {
+			return
+		}
+		for _, p := range a.validate(c.Exec != nil) {
+			add(path+p.path, "%s", p.msg)
+		}
+	}
+	wait := func(path string, w *WaitConfig) {
+		if w == nil {
+			return
+		}
+		if w.Min < 0 || w.Max < 0 {
+			add(path, "durations must not be negative")
+		}
+		if w.Max != 0 && w.Max < w.Min {
+			add(path+".max", "%v is less than min %v", w.Max, w.Min)
+		}
+	}
+
+	if c.NATS.URL == "" && c.NATS.Context == "" && c.Embedded == nil {
+		add("nats.url", "required (or nats.context, or embedded)")
+	}
+	if (c.NATS.TLS.Cert == "") != (c.NATS.TLS.Key == "") {
+		add("nats.tls", "cert and key go together")
+	}
+	if c.NATS.User == "" && c.NATS.Password != "" {
+		add("nats.user", "required with nats.password")
+	}
+	if c.Embedded != nil && c.Embedded.StoreDir == "" {
+		add("embedded.store_dir", "required")
+	}
+	for i, b := range c.Buckets {
+		p := fmt.Sprintf("buckets[%d]", i)
+		bucket(p+".name", b.Name)
+		if b.History < 1 || b.History > 64 {
+			add(p+".history", "%d is outside 1..64", b.History)
+		}
+		if b.TTL < 0 {
+			add(p+".ttl", "must not be negative")
+		}
+		if b.Replicas < 1 || b.Replicas > 5 {
+			add(p+".replicas", "%d is outside 1..5", b.Replicas)
+		}
+		if b.Storage != "file" && b.Storage != "memory" {
+			add(p+".storage", "%q is not file or memory", b.Storage)
+		}
+	}
+	dirs := map[string]string{}
+	for i, f := range c.Files {
+		p := fmt.Sprintf("files[%d]", i)
+		name(p, f.Name)
+		bucket(p+".bucket", f.Bucket)
+		filters(p+".keys", f.Keys)
+		if f.Dir == "" {
+			add(p+".dir", "required")
+		} else {
+			clean := filepath.Clean(f.Dir)
+			if clean == "/" {
+				add(p+".dir", "refusing to project into /")
+			}
+			if prev, dup := dirs[clean]; dup {
+				add(p+".dir", "%q is also the dir of %s; each projection needs a dir of its own", f.Dir, prev)
+			}
+			dirs[clean] = p
+		}
+		if f.Layout != LayoutFlat && f.Layout != LayoutTree {
+			add(p+".layout", "%q is not flat or tree", f.Layout)
+		}
+		if f.Atomic != AtomicFile && f.Atomic != AtomicSnapshot {
+			add(p+".atomic", "%q is not file or snapshot", f.Atomic)
+		}
+		mode(p+".mode", f.Mode)
+		mode(p+".dir_mode", f.DirMode)
+		if f.Push.Conflict != ConflictKeepRemote && f.Push.Conflict != ConflictKeepLocal {
+			add(p+".push.conflict", "%q is not keep-remote or keep-local", f.Push.Conflict)
+		}
+		if f.Push.Enabled && f.Atomic == AtomicSnapshot {
+			add(p+".push.enabled", "push-back does not work with atomic: snapshot (files are read-only links into a snapshot)")
+		}
+		action(p+".on_change", f.OnChange)
+		wait(p+".wait", f.Wait)
+	}
+	for i, t := range c.Templates {
+		p := fmt.Sprintf("templates[%d]", i)
+		name(p, t.Name)
+		switch {
+		case t.Source == "" && t.Text == "":
+			add(p+".source", "required (or text)")
+		case t.Source != "" && t.Text != "":
+			add(p+".source", "give source or text, not both")
+		case t.Source != "":
+			if _, err := os.Stat(t.Source); err != nil {
+				add(p+".source", "%v", err)
+			}
+		}
+		if t.Dest == "" {
+			add(p+".dest", "required")
+		} else if prev, dup := dirs[filepath.Clean(t.Dest)]; dup {
+			add(p+".dest", "%q is also written by %s", t.Dest, prev)
+		} else {
+			dirs[filepath.Clean(t.Dest)] = p
+		}
+		if t.Bucket != "" {
+			bucket(p+".bucket", t.Bucket)
+		}
+		mode(p+".mode", t.Mode)
+		if t.MaxOutputSize < 0 {
+			add(p+".max_output_size", "must not be negative")
+		}
+		action(p+".on_change", t.OnChange)
+		wait(p+".wait", t.Wait)
+	}
+	for i, e := range c.Env {
+		p := fmt.Sprintf("env[%d]", i)
+		name(p, e.Name)
+		bucket(p+".bucket", e.Bucket)
+		filters(p+".keys", e.Keys)
+		mode(p+".mode", e.Mode)
+		if e.File != "" {
+			if prev, dup := dirs[filepath.Clean(e.File)]; dup {
+				add(p+".file", "%q is also written by %s", e.File, prev)
+			}
+			dirs[filepath.Clean(e.File)] = p
+		}
+		if e.Prefix != "" && !envNameRE(e.Prefix) {
+			add(p+".prefix", "%q is not a valid start of an environment variable name", e.Prefix)
+		}
+		action(p+".on_change", e.OnChange)
+		wait(p+".wait", e.Wait)
+		if e.File == "" && c.Exec == nil {
+			add(p, "an env projection needs file: or an exec: block to feed")
+		}
+	}
+	if x := c.Exec; x != nil {
+		if len(x.Command) == 0 || x.Command[0] == "" {
+			add("exec.command", "required")
+		}
+		switch x.OnChange {
+		case ExecRestart, ExecSignal, ExecNone:
+		default:
+			add("exec.on_change", "%q is not restart, signal or none", x.OnChange)
+		}
+		if _, err := ParseSignal(x.Signal); err != nil {
+			add("exec.signal", "%v", err)
+		}
+		if _, err := ParseSignal(x.KillSignal); err != nil {
+			add("exec.kill_signal", "%v", err)
+		}
+		if x.KillTimeout < 0 {
+			add("exec.kill_timeout", "must not be negative")
+		}
+	}
+	wait("wait", &c.Wait)
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "warning", "error":
+	default:
+		add("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		add("log.format", "%q is not text or json", c.Log.Format)
+	}
+	if len(c.Files)+len(c.Templates)+len(c.Env) == 0 {
+		add("files", "no projection configured: give at least one of files, templates, env")
+	}
+	return errs.ErrorOrNil()
+}
+
+type problem struct{ path, msg string }
+
+func (a *Action) validate(haveExec bool) []problem {
+	var ps []problem
+	n := 0
+	if a.Signal != "" {
+		n++
+		if _, err := ParseSignal(a.Signal); err != nil {
+			ps = append(ps, problem{".signal", err.Error()})
+		}
+		if (a.PIDFile == "") == (a.Process == "") {
+			ps = append(ps, problem{".signal", "give exactly one of pidfile or process"})
+		}
+	}
+	if len(a.Command) > 0 {
+		n++
+		if a.Command[0] == "" {
+			ps = append(ps, problem{".command", "program name is empty"})
+		}
+	}
+	if a.HTTP != nil {
+		n++
+		if !strings.HasPrefix(a.HTTP.URL, "http://") && !strings.HasPrefix(a.HTTP.URL, "https://") {
+			ps = append(ps, problem{".http.url", fmt.Sprintf("%q is not an http(s) URL", a.HTTP.URL)})
+		}
+		if a.HTTP.Retries < 0 {
+			ps = append(ps, problem{".http.retries", "must not be negative"})
+		}
+	}
+	if a.Restart {
+		n++
+		if !haveExec {
+			ps = append(ps, problem{".restart", "needs an exec: block"})
+		}
+	}
+	if n != 1 {
+		ps = append(ps, problem{"", "give exactly one of signal, command, http, restart"})
+	}
+	if a.Timeout < 0 || a.Splay < 0 {
+		ps = append(ps, problem{"", "durations must not be negative"})
+	}
+	if a.Signal == "" && (a.PIDFile != "" || a.Process != "") {
+		ps = append(ps, problem{".signal", "required with pidfile or process"})
+	}
+	return ps
+}
+
+func envNameRE(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// ParseMode parses an octal file mode such as "0644".
+func ParseMode(s string) (os.FileMode, error) {
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || m > 0o7777 {
+		return 0, fmt.Errorf("%q is not an octal file mode like \"0644\"", s)
+	}
+	return os.FileMode(m), nil
+}
+
+var signals = map[string]syscall.Signal{
+	"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT, "KILL": syscall.SIGKILL,
+	"USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "TERM": syscall.SIGTERM, "CONT": syscall.SIGCONT,
+	"STOP": syscall.SIGSTOP, "WINCH": syscall.SIGWINCH, "ALRM": syscall.SIGALRM,
+}
+
+// ParseSignal parses a signal name: "SIGHUP", "HUP" or "hup".
+func ParseSignal(s string) (syscall.Signal, error) {
+	n := strings.TrimPrefix(strings.ToUpper(s), "SIG")
+	if sig, ok := signals[n]; ok {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("%q is not a signal name like SIGHUP", s)
+}
