@@ -76,6 +76,18 @@ func exampleConfigs(t *testing.T) map[string][]string {
 	return byExample
 }
 
+// TestSystemdSample loads the sample /etc/kvsync/kvsync.yaml that ships
+// beside the systemd unit.
+func TestSystemdSample(t *testing.T) {
+	for _, o := range envOverrides {
+		t.Setenv(o.env, "")
+	}
+	const path = "../../systemd/kvsync.yaml"
+	if _, err := loadConfig(path); err != nil {
+		t.Fatalf("loadConfig(%s): %v", path, err)
+	}
+}
+
 func TestIsKubernetesManifest(t *testing.T) {
 	tests := []struct {
 		name, data string
