@@ -1,0 +1,61 @@
+// Package templates owns kvsync's template engine: parsing a Go text/template
+// once, rendering it against a read view of the KV buckets (Source), the function
+// library templates call, the record of every key and filter a render read (Deps),
+// and the output size limit.
+//
+// It must not do I/O of its own: it imports no NATS code, reads no config files
+// and writes no files. The agent implements Source over its in-memory state and
+// decides where the rendered bytes go; History is the one call through which a
+// render may wait on the network, and it receives the render's context.
+//
+// # Function library
+//
+// Every template gets the sprig text function set (sprig.TxtFuncMap), complete,
+// because operators know it from other tools. That includes `env` and `expandenv`,
+// which read the kvsync process's environment, and `getHostByName`, which does a
+// DNS lookup: a template author can put any of these into a rendered file.
+//
+// On top of sprig, with the default bucket given in Options and "bucket:key"
+// addressing another bucket in every function that takes a key:
+//
+//	key "k"              value as a string; a missing key fails the render (ErrMissingKey)
+//	keyOr "k" "default"  value, or the default when the key is absent
+//	keys "app.>"         []Record of the keys matching a NATS wildcard filter, sorted by key
+//	tree "app"           nested map of the keys under "app." (see below)
+//	exists "k"           bool
+//	revision "k"         uint64, 0 when absent
+//	history "k"          []Record, oldest first, including delete markers (Op)
+//	fromJSON, toJSON, fromYAML, toYAML
+//
+// sprig's own `keys` (the keys of one or more dicts) still works: `keys` called
+// with a single string is the KV function, called with dicts it is sprig's.
+//
+// `tree "app"` reads the keys matching "app.>" and splits what follows "app." on
+// '.' and '/', dropping empty segments, so app.db.host=x and app.db/port=5 become
+// {"db": {"host": "x", "port": "5"}}. A key that is both a leaf and a parent
+// (app.db and app.db.host) keeps its value under "_value":
+// {"db": {"_value": ..., "host": ...}}. When two keys land on the same leaf
+// (app.a.b and app.a/b) the lexically first key wins. `tree ""` (or "bucket:")
+// is the whole bucket. The key "app" itself is not part of `tree "app"`.
+//
+// toJSON does not escape HTML characters; toJSON and toYAML sort map keys and
+// emit no trailing newline; toYAML indents by two spaces. fromJSON keeps numbers
+// as json.Number so large integers round-trip exactly; fromYAML turns maps with
+// non-string keys into map[string]any so the result can go through toJSON.
+//
+// # Missing keys
+//
+// A `key` call on an absent key records the ref in Result.Missing and yields ""
+// so the render can go on and collect every missing key at once (the agent shows
+// them as what the template waits on); the render then fails with an error
+// wrapping ErrMissingKey and Result.Output is nil. Map lookups on missing fields
+// fail too (missingkey=error).
+//
+// # Cost
+//
+// Templates are parsed once. Each render borrows a clone of the parsed template
+// whose functions are bound to that render's Source, context and dependency
+// record; clones are pooled, so a render does not re-parse or copy the function
+// map. A render's cost depends on what it reads: `key` is one Source.Get, `keys`
+// and `tree` one Source.List.
+package templates

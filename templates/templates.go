@@ -1,0 +1,220 @@
+package templates
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/template"
+	"time"
+
+	"github.com/kvsync/kvsync/internal/kvkey"
+)
+
+// Entry is one KV entry as templates see it.
+type Entry struct {
+	Bucket   string
+	Key      string
+	Value    []byte
+	Revision uint64
+	Created  time.Time
+	Op       string // "PUT", "DEL", "PURGE" (history only)
+}
+
+// Entry operations as they appear in Entry.Op.
+const (
+	OpPut   = "PUT"
+	OpDel   = "DEL"
+	OpPurge = "PURGE"
+)
+
+// Source is the read view a render uses; the agent implements it over its
+// in-memory state. Reads are synchronous, and a Source must be safe for the
+// concurrent use of as many renders as the agent runs at once.
+type Source interface {
+	// Get returns the current value of key; false if it is absent or deleted.
+	Get(bucket, key string) (Entry, bool)
+	// List returns the current entries whose key matches the NATS wildcard
+	// filter, sorted by key.
+	List(bucket, filter string) []Entry
+	// History returns every revision of key still held by the bucket, oldest
+	// first. It may do I/O and must honour ctx.
+	History(ctx context.Context, bucket, key string) ([]Entry, error)
+}
+
+// Options configures a Template.
+type Options struct {
+	// DefaultBucket is the bucket of a key function's argument that names no
+	// bucket ("k" rather than "bucket:k"). Empty means every ref must name one.
+	DefaultBucket string
+	// MaxOutput is the largest output in bytes a render may produce; 0 means
+	// unlimited. A render that would exceed it stops at once with
+	// ErrOutputTooLarge.
+	MaxOutput int64
+}
+
+// ErrMissingKey is wrapped by the error of a render in which `key` asked for a
+// key that does not exist; Result.Missing lists them.
+var ErrMissingKey = errors.New("missing key")
+
+// ErrOutputTooLarge is wrapped by the error of a render whose output would
+// exceed Options.MaxOutput.
+var ErrOutputTooLarge = errors.New("output too large")
+
+// errNotRendering is returned by the functions of the parsed template itself,
+// which is never executed: renders execute bound clones.
+var errNotRendering = errors.New("template function called outside a render")
+
+// Template is a parsed template, reusable and safe for concurrent Render calls.
+type Template struct {
+	name string
+	opts Options
+	root *template.Template // parsed with unbound functions; only cloned, never executed
+
+	pool     sync.Pool    // of *binding: clones of root bound to a per-render state
+	sizeHint atomic.Int64 // output size of the last successful render
+}
+
+// Result is what one render produced and read.
+type Result struct {
+	// Output is the rendered text; nil when the render failed.
+	Output []byte
+	// Deps is every key and filter the render read, also when it failed.
+	Deps Deps
+	// Missing holds the "bucket:key" refs `key` asked for that do not exist,
+	// in the order first asked.
+	Missing []string
+}
+
+// Parse parses text as the template name, once; call it at start and on reload.
+// Errors name the template and the line. Refs given as string literals to the
+// key functions (`key "a b"`) are checked here too, so a bad key name is
+// reported before any render.
+func Parse(name, text string, o Options) (*Template, error) {
+	if o.DefaultBucket != "" {
+		if err := kvkey.ValidBucket(o.DefaultBucket); err != nil {
+			return nil, fmt.Errorf("parse %s: default bucket: %w", name, err)
+		}
+	}
+	if o.MaxOutput < 0 {
+		return nil, fmt.Errorf("parse %s: max output %d is negative", name, o.MaxOutput)
+	}
+	root, err := template.New(name).
+		Option("missingkey=error").
+		Funcs(baseFuncs()).
+		Funcs((&binding{}).funcs()).
+		Parse(text)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", name, err)
+	}
+	t := &Template{name: name, opts: o, root: root}
+	if err := t.checkLiterals(); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", name, err)
+	}
+	return t, nil
+}
+
+// Name returns the name the template was parsed with.
+func (t *Template) Name() string { return t.name }
+
+// Render executes the template against src. It records every dependency it
+// read; on error the returned Result still carries Deps and Missing, so the
+// caller knows what to wait on. Errors wrap ErrMissingKey, ErrOutputTooLarge,
+// ctx.Err(), kvkey.ErrInvalid for a bad key name, or describe a template
+// execution error with the template name and line.
+func (t *Template) Render(ctx context.Context, src Source) (Result, error) {
+	b, err := t.binding()
+	if err != nil {
+		return Result{}, err
+	}
+	r := &render{ctx: ctx, src: src, def: t.opts.DefaultBucket}
+	b.r = r
+	w := &limitWriter{max: t.opts.MaxOutput, ctx: ctx}
+	if h := t.sizeHint.Load(); h > 0 {
+		w.buf.Grow(int(h))
+	}
+	execErr := b.tmpl.Execute(w, nil)
+	b.r = nil
+	t.pool.Put(b)
+
+	res := Result{Deps: r.deps.done(), Missing: r.missing}
+	if err := t.renderError(r, execErr); err != nil {
+		return res, err
+	}
+	res.Output = w.buf.Bytes()
+	t.sizeHint.Store(int64(len(res.Output)))
+	return res, nil
+}
+
+// renderError is the error a render ends with: every missing key first, then
+// whatever stopped execution.
+func (t *Template) renderError(r *render, execErr error) error {
+	if execErr != nil {
+		var ee template.ExecError
+		if !errors.As(execErr, &ee) {
+			// Writer and context errors carry no template name.
+			execErr = fmt.Errorf("render %s: %w", t.name, execErr)
+		}
+	}
+	if len(r.missing) == 0 {
+		return execErr
+	}
+	missErr := fmt.Errorf("render %s: %w: %s", t.name, ErrMissingKey, strings.Join(r.missing, ", "))
+	if execErr == nil {
+		return missErr
+	}
+	return errors.Join(missErr, execErr)
+}
+
+// binding returns a pooled clone of the parsed template, or makes one.
+func (t *Template) binding() (*binding, error) {
+	if b, ok := t.pool.Get().(*binding); ok {
+		return b, nil
+	}
+	return t.newBinding()
+}
+
+// newBinding clones the parsed template and binds its key functions to a
+// fresh binding. Clone is needed because Funcs mutates the template's function
+// map, which concurrent renders would otherwise share.
+func (t *Template) newBinding() (*binding, error) {
+	c, err := t.root.Clone()
+	if err != nil {
+		return nil, fmt.Errorf("clone %s: %w", t.name, err)
+	}
+	b := &binding{}
+	b.tmpl = c.Funcs(b.funcs())
+	return b, nil
+}
+
+// limitWriter buffers output and fails once more than max bytes (when max > 0)
+// would be written, or once ctx is done; text/template stops at the first
+// write error.
+type limitWriter struct {
+	buf   bytes.Buffer
+	max   int64
+	ctx   context.Context
+	since int // bytes written since ctx was last checked
+}
+
+// ctxCheckEvery is how many output bytes may pass between two checks of the
+// render's context: often enough to stop a runaway render, rarely enough to
+// cost nothing.
+const ctxCheckEvery = 32 << 10
+
+func (w *limitWriter) Write(p []byte) (int, error) {
+	if w.max > 0 && int64(w.buf.Len())+int64(len(p)) > w.max {
+		return 0, fmt.Errorf("%w: more than %d bytes", ErrOutputTooLarge, w.max)
+	}
+	w.since += len(p)
+	if w.since >= ctxCheckEvery {
+		w.since = 0
+		if err := w.ctx.Err(); err != nil {
+			return 0, err
+		}
+	}
+	return w.buf.Write(p)
+}
