@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,6 +37,9 @@ var envOverrides = []struct{ env, key string }{
 // are errors. Every problem is reported at once. The error is a usageError.
 func loadConfig(path string) (*agent.Config, error) {
 	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, usageError{fmt.Errorf("%w: %s (give -c FILE or set KVSYNC_CONFIG)", errNoConfigFile, path)}
+	}
 	if err != nil {
 		return nil, usageError{fmt.Errorf("read config: %w", err)}
 	}
@@ -83,10 +88,50 @@ func parseConfig(path string, data []byte) (*agent.Config, error) {
 		return nil, usageError{fmt.Errorf("%s: %w", path, err)}
 	}
 	cfg.Default()
+	resolvePaths(&cfg, filepath.Dir(path))
 	if err := cfg.Validate(); err != nil {
 		return &cfg, usageError{err}
 	}
 	return &cfg, nil
+}
+
+// errNoConfigFile: the config file does not exist.
+var errNoConfigFile = errors.New("no config file")
+
+// resolvePaths makes every relative path of the config relative to the folder
+// of the config file, so a config means the same whatever the working folder.
+func resolvePaths(c *agent.Config, base string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) && !strings.HasPrefix(*p, "~") {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	abs(&c.NATS.Creds)
+	abs(&c.NATS.NKey)
+	abs(&c.NATS.TLS.CA)
+	abs(&c.NATS.TLS.Cert)
+	abs(&c.NATS.TLS.Key)
+	if c.Embedded != nil {
+		abs(&c.Embedded.StoreDir)
+	}
+	action := func(a *agent.Action) {
+		if a != nil {
+			abs(&a.PIDFile)
+		}
+	}
+	for i := range c.Files {
+		abs(&c.Files[i].Dir)
+		action(c.Files[i].OnChange)
+	}
+	for i := range c.Templates {
+		abs(&c.Templates[i].Source)
+		abs(&c.Templates[i].Dest)
+		action(c.Templates[i].OnChange)
+	}
+	for i := range c.Env {
+		abs(&c.Env[i].File)
+		action(c.Env[i].OnChange)
+	}
 }
 
 // rawBytes is a koanf provider of bytes already in memory.

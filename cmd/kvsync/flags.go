@@ -97,3 +97,14 @@ func (c *connFlags) apply(n *agent.NATSConfig) {
 	set(&n.TLS.Key, c.tlsKey)
 	set(&n.Context, c.context)
 }
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			set = true
+		}
+	})
+	return set
+}

@@ -74,10 +74,12 @@ type ioStreams struct {
 	out, err io.Writer
 }
 
+// signalHandler is a command that decides itself what SIGINT and SIGTERM do
+// (the agent forwards them to its exec child). Other commands stop on them.
+type signalHandler interface{ handlesSignals() }
+
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 // run dispatches to a subcommand and maps its error to an exit code.
@@ -93,6 +95,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if !ok {
 		fmt.Fprintf(stderr, "kvsync: unknown command %q\n\n%s", args[0], usage)
 		return exitUsage
+	}
+	if _, own := cmd.(signalHandler); !own {
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
 	}
 	err := cmd.Run(ctx, args[1:])
 	var ue usageError

@@ -1,0 +1,280 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/projector"
+)
+
+// Options are the run-time choices of one agent that are not part of the
+// config file.
+type Options struct {
+	Logger *slog.Logger
+	// Once renders everything once, runs no action and no child, and returns:
+	// an init container. Run returns ErrIncomplete if anything could not be
+	// written (a missing key, a write error).
+	Once bool
+	// DryRun computes and logs every change but writes nothing and acts on nothing.
+	DryRun bool
+	// Conn, when set, is used instead of dialing cfg.NATS (kvsync dev, tests).
+	// The agent does not close it.
+	Conn *nats.Conn
+	// Reloads delivers a value for each reload request (SIGHUP); Reload loads
+	// the new config. A config that fails to load or validate keeps the old one.
+	Reloads <-chan struct{}
+	Reload  func() (*Config, error)
+	// Listener, when set, serves the HTTP endpoints instead of cfg.HTTP.Listen.
+	Listener net.Listener
+}
+
+// ErrIncomplete is returned by Run in Once mode when a projection could not be
+// written completely.
+var ErrIncomplete = errors.New("projection incomplete")
+
+// ChildExit is returned by Run when the exec child exited by itself; Code is
+// its exit code, which kvsync exits with.
+type ChildExit struct{ Code int }
+
+func (e *ChildExit) Error() string { return fmt.Sprintf("child exited with code %d", e.Code) }
+
+// Agent keeps projections in step with buckets. Create it with New, start it
+// with Run.
+type Agent struct {
+	cfg     *Config
+	opts    Options
+	logger  *slog.Logger
+	metrics *metrics
+
+	status atomic.Pointer[Status] // the latest snapshot, served by /status
+	warned projector.WarnOnce     // in-place write fallbacks already logged
+	ready  atomic.Bool
+	conn   atomic.Bool
+}
+
+// New checks cfg and returns an agent. It does no I/O.
+func New(cfg *Config, opts Options) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{cfg: cfg, opts: opts, logger: opts.Logger, metrics: newMetrics()}
+	a.status.Store(&Status{})
+	return a, nil
+}
+
+// Run connects, starts the watchers and projections, serves HTTP, and returns
+// when ctx is done (nil), when the exec child exits (*ChildExit), in Once mode
+// when everything was written, or on a fatal error. It returns only after every
+// goroutine it started has stopped.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	nc := a.opts.Conn
+	reconnects := make(chan struct{}, 1)
+	if nc == nil {
+		var err error
+		nc, err = Connect(ctx, a.cfg.NATS,
+			nats.ConnectHandler(func(*nats.Conn) { a.setConnected(true) }),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				a.setConnected(false)
+				if err != nil {
+					a.logger.Warn("disconnected from NATS", "err", err)
+				}
+			}),
+			nats.ReconnectHandler(func(c *nats.Conn) {
+				a.setConnected(true)
+				a.logger.Info("reconnected to NATS", "url", c.ConnectedUrlRedacted())
+				select {
+				case reconnects <- struct{}{}:
+				default:
+				}
+			}),
+		)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+	} else {
+		prev := nc.Opts.ReconnectedCB
+		nc.SetReconnectHandler(func(c *nats.Conn) {
+			if prev != nil {
+				prev(c)
+			}
+			select {
+			case reconnects <- struct{}{}:
+			default:
+			}
+		})
+	}
+	a.setConnected(nc.IsConnected())
+	js, err := JetStream(nc, a.cfg.NATS)
+	if err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	if !a.opts.Once {
+		if err := a.serveHTTP(ctx, &wg); err != nil {
+			return err
+		}
+	}
+
+	var exec *execLoop
+	if a.cfg.Exec != nil && !a.opts.Once && !a.opts.DryRun {
+		exec, err = newExecLoop(*a.cfg.Exec, a.logger)
+		if err != nil {
+			return err
+		}
+		ectx, ecancel := context.WithCancel(context.WithoutCancel(ctx))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			exec.run(ectx)
+		}()
+		// The child is stopped after everything else (deferred calls run
+		// last-in first-out): the agent stops writing first.
+		defer ecancel()
+	}
+
+	cfg := a.cfg
+	for {
+		rctx, rcancel := context.WithCancel(ctx)
+		res := make(chan error, 1)
+		go func() { res <- a.runConfig(rctx, cfg, js, exec, reconnects) }()
+		next, err := a.awaitReload(res)
+		rcancel()
+		if next == nil {
+			return err
+		}
+		if err := <-res; err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+		cfg = next
+	}
+}
+
+// awaitReload waits for the running config to end (nil, its error) or for a
+// reload whose config loads (the new config). A config that does not load is
+// logged and the running one kept.
+func (a *Agent) awaitReload(res <-chan error) (*Config, error) {
+	for {
+		select {
+		case err := <-res:
+			return nil, err
+		case <-a.opts.Reloads:
+			next, err := a.opts.Reload()
+			if err != nil {
+				a.logger.Error("reload: keeping the running config", "err", err)
+				continue
+			}
+			a.logger.Info("reload: applying the new config")
+			return next, nil
+		}
+	}
+}
+
+func (a *Agent) setConnected(up bool) {
+	a.conn.Store(up)
+	if up {
+		a.metrics.connected.Set(1)
+	} else {
+		a.metrics.connected.Set(0)
+	}
+}
+
+// runConfig runs one configuration until ctx is done.
+func (a *Agent) runConfig(ctx context.Context, cfg *Config, js jetstream.JetStream, exec *execLoop, reconnects <-chan struct{}) error {
+	if err := provision(ctx, js, cfg.Buckets, a.logger); err != nil {
+		return err
+	}
+	o, err := newOwner(cfg, a, js, exec)
+	if err != nil {
+		return err
+	}
+	return o.run(ctx, reconnects)
+}
+
+// Ready reports whether every projection finished its initial sync and no
+// bucket is missing.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// Status returns the latest status snapshot.
+func (a *Agent) Status() *Status { return a.status.Load() }
+
+// Status is the JSON document served by GET /status.
+type Status struct {
+	Ready       bool               `json:"ready"`
+	Connected   bool               `json:"connected"`
+	Buckets     []BucketStatus     `json:"buckets"`
+	Projections []ProjectionStatus `json:"projections"`
+	Child       *ChildStatus       `json:"child,omitempty"`
+}
+
+// BucketStatus is one watched bucket.
+type BucketStatus struct {
+	Name         string `json:"name"`
+	Synced       bool   `json:"synced"`
+	Missing      bool   `json:"missing"`
+	Keys         int    `json:"keys"`
+	LastRevision uint64 `json:"last_revision"`
+}
+
+// ProjectionStatus is one projection.
+type ProjectionStatus struct {
+	Name         string        `json:"name"`
+	Kind         string        `json:"kind"`
+	Buckets      []string      `json:"buckets"`
+	Target       string        `json:"target"`
+	Synced       bool          `json:"synced"`
+	Keys         int           `json:"keys_projected"`
+	LastRevision uint64        `json:"last_revision"`
+	LastWrite    *time.Time    `json:"last_write,omitempty"`
+	LastAction   *ActionStatus `json:"last_action,omitempty"`
+	WaitingOn    []string      `json:"waiting_on,omitempty"`
+	Rejected     []string      `json:"rejected,omitempty"`
+	LastError    string        `json:"last_error,omitempty"`
+	LastErrorAt  *time.Time    `json:"last_error_at,omitempty"`
+}
+
+// ActionStatus is the last run of a projection's on_change action.
+type ActionStatus struct {
+	Kind     string    `json:"kind"`
+	Detail   string    `json:"detail"`
+	Trigger  string    `json:"trigger"`
+	At       time.Time `json:"at"`
+	Duration string    `json:"duration"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// ChildStatus is the exec child.
+type ChildStatus struct {
+	PID      int    `json:"pid"`
+	Command  string `json:"command"`
+	Restarts int    `json:"restarts"`
+}
+
+func sortedKeys[M ~map[string]V, V any](m M) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,213 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/kvsync/kvsync/internal/kvkey"
+	"github.com/kvsync/kvsync/projector"
+)
+
+// filesProjection projects every matching key of one bucket to one file.
+type filesProjection struct {
+	m      *projMeta
+	cfg    *FilesConfig
+	o      *owner
+	dir    *projector.Dir
+	layout projector.Layout
+
+	pending  map[string]struct{} // keys changed since the last update
+	rejected map[string]string   // key -> reason, for /status
+	revs     map[string]uint64   // path -> revision last projected (push-back guards)
+}
+
+func newFilesProjection(c *FilesConfig, o *owner) (projection, error) {
+	m, err := o.newMeta(c.Name, "files", c.Dir, []string{c.Bucket}, c.Wait, c.OnChange)
+	if err != nil {
+		return nil, err
+	}
+	p := &filesProjection{m: m, cfg: c, o: o, pending: map[string]struct{}{}, rejected: map[string]string{}, revs: map[string]uint64{}}
+	if c.Layout == LayoutTree {
+		p.layout = projector.Tree
+	}
+	if o.a.opts.DryRun {
+		return p, nil
+	}
+	mode, _ := ParseMode(c.Mode)
+	dmode, _ := ParseMode(c.DirMode)
+	uid, gid, err := lookupOwner(c.User, c.Group)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Name, err)
+	}
+	p.dir, err = projector.Open(projector.Options{
+		Dir: c.Dir, Mode: mode, DirMode: dmode, UID: uid, GID: gid,
+		Fsync: *c.Fsync, Snapshot: c.Atomic == AtomicSnapshot, Logger: m.logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Name, err)
+	}
+	return p, nil
+}
+
+func (p *filesProjection) meta() *projMeta { return p.m }
+
+func (p *filesProjection) touches(bucket, key string) bool {
+	return bucket == p.cfg.Bucket && kvkey.MatchAny(p.cfg.Keys, key)
+}
+
+func (p *filesProjection) noteKey(_, key string) { p.pending[key] = struct{}{} }
+
+func (p *filesProjection) close() error {
+	if p.dir == nil {
+		return nil
+	}
+	return p.dir.Close()
+}
+
+// path maps a key to its file, or records why it is refused.
+func (p *filesProjection) path(key string) (string, bool) {
+	rel, err := projector.KeyPath(key, p.cfg.StripPrefix, p.layout)
+	if err != nil {
+		if _, seen := p.rejected[key]; !seen {
+			p.m.logger.Warn("key rejected: nothing written", "key", strconv.Quote(key), "err", err)
+			p.o.a.metrics.rejected.WithLabelValues(p.m.name, "path").Inc()
+		}
+		p.rejected[key] = err.Error()
+		return "", false
+	}
+	delete(p.rejected, key)
+	return rel, true
+}
+
+func (p *filesProjection) update(s *state, full bool) (bool, error) {
+	b := s.buckets[p.cfg.Bucket]
+	start := time.Now()
+	var res projector.Result
+	var err error
+	created := map[string]time.Time{}
+	if full {
+		want := map[string][]byte{}
+		revs := map[string]uint64{}
+		for k, e := range b.entries {
+			if !kvkey.MatchAny(p.cfg.Keys, k) {
+				continue
+			}
+			if rel, ok := p.path(k); ok {
+				want[rel] = e.Value
+				revs[rel] = e.Revision
+				created[rel] = e.Created
+			}
+		}
+		p.revs = revs
+		clear(p.pending)
+		if p.dir == nil {
+			p.m.logger.Info("dry run: would reconcile", "files", len(want))
+			return false, nil
+		}
+		res, err = p.dir.Reconcile(want)
+	} else {
+		changes := make([]projector.Change, 0, len(p.pending))
+		for k := range p.pending {
+			rel, ok := p.path(k)
+			if !ok {
+				continue
+			}
+			if e, live := b.entries[k]; live {
+				changes = append(changes, projector.Change{Path: rel, Data: e.Value})
+				p.revs[rel] = e.Revision
+				created[rel] = e.Created
+			} else {
+				changes = append(changes, projector.Change{Path: rel, Remove: true})
+				delete(p.revs, rel)
+			}
+		}
+		clear(p.pending)
+		if p.dir == nil {
+			for _, c := range changes {
+				p.m.logger.Info("dry run: would write", "path", c.Path, "remove", c.Remove, "bytes", len(c.Data))
+			}
+			return false, nil
+		}
+		res, err = p.dir.Apply(changes)
+	}
+	p.m.status.Rejected = p.m.status.Rejected[:0]
+	for _, k := range sortedKeys(p.rejected) {
+		p.m.status.Rejected = append(p.m.status.Rejected, fmt.Sprintf("%s: %s", k, p.rejected[k]))
+	}
+	p.m.status.Keys = len(p.revs)
+	p.m.status.LastRevision = b.lastRev
+	if err != nil {
+		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
+		return false, fmt.Errorf("write %s: %w", p.cfg.Dir, err)
+	}
+	now := time.Now()
+	for _, path := range res.Written {
+		p.o.a.metrics.writes.WithLabelValues(p.m.name).Inc()
+		if c, ok := created[path]; ok && !c.IsZero() {
+			p.o.a.metrics.propagation.WithLabelValues(p.m.name).Observe(now.Sub(c).Seconds())
+		}
+		p.m.logger.Debug("wrote", "path", path)
+	}
+	for _, path := range res.Removed {
+		p.o.a.metrics.removes.WithLabelValues(p.m.name).Inc()
+		p.m.logger.Debug("removed", "path", path)
+	}
+	var errs []error
+	for _, pe := range res.Errors {
+		kind := "write"
+		if errors.Is(pe.Err, projector.ErrForeign) {
+			kind = "foreign"
+		}
+		p.o.a.metrics.errors.WithLabelValues(p.m.name, kind).Inc()
+		errs = append(errs, pe)
+	}
+	if len(res.Written)+len(res.Removed) > 0 {
+		p.m.logger.Info("files updated", "written", len(res.Written), "removed", len(res.Removed), "took", time.Since(start))
+	}
+	changed := len(res.Written)+len(res.Removed) > 0
+	if len(errs) > 0 {
+		return changed, errors.Join(errs...)
+	}
+	return changed, nil
+}
+
+// lookupOwner resolves user and group names (or numbers) to ids; -1 = keep.
+func lookupOwner(userName, groupName string) (uid, gid int, err error) {
+	uid, gid = -1, -1
+	if userName != "" {
+		if n, err := strconv.Atoi(userName); err == nil {
+			uid = n
+		} else {
+			u, err := user.Lookup(userName)
+			if err != nil {
+				return 0, 0, fmt.Errorf("user %q: %w", userName, err)
+			}
+			uid, _ = strconv.Atoi(u.Uid)
+		}
+	}
+	if groupName != "" {
+		if n, err := strconv.Atoi(groupName); err == nil {
+			gid = n
+		} else {
+			g, err := user.LookupGroup(groupName)
+			if err != nil {
+				return 0, 0, fmt.Errorf("group %q: %w", groupName, err)
+			}
+			gid, _ = strconv.Atoi(g.Gid)
+		}
+	}
+	if (uid >= 0 || gid >= 0) && os.Geteuid() != 0 && uid != os.Geteuid() {
+		return 0, 0, fmt.Errorf("user/group need kvsync to run as root")
+	}
+	return uid, gid, nil
+}
+
+// abs returns the absolute path of a projected file.
+func (p *filesProjection) abs(rel string) string {
+	return filepath.Join(p.cfg.Dir, filepath.FromSlash(rel))
+}

@@ -1,0 +1,73 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the agent's Prometheus series, on a registry of its own (no
+// global state: two agents in one process, as in tests, do not collide).
+type metrics struct {
+	reg         *prometheus.Registry
+	updates     *prometheus.CounterVec   // bucket, op
+	writes      *prometheus.CounterVec   // projection
+	removes     *prometheus.CounterVec   // projection
+	rejected    *prometheus.CounterVec   // projection, reason
+	errors      *prometheus.CounterVec   // projection, kind
+	actions     *prometheus.CounterVec   // projection, result
+	conflicts   *prometheus.CounterVec   // projection, policy
+	pushes      *prometheus.CounterVec   // projection, op
+	lastRev     *prometheus.GaugeVec     // bucket
+	connected   prometheus.Gauge         //
+	ready       prometheus.Gauge         //
+	propagation *prometheus.HistogramVec // projection
+}
+
+func newMetrics() *metrics {
+	reg := prometheus.NewRegistry()
+	m := &metrics{
+		reg: reg,
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_updates_total", Help: "KV entries received from the watchers.",
+		}, []string{"bucket", "op"}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_writes_total", Help: "Files written (content changed).",
+		}, []string{"projection"}),
+		removes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_removes_total", Help: "Files removed.",
+		}, []string{"projection"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_rejected_keys_total", Help: "Keys refused because they would escape the projection or are not valid names.",
+		}, []string{"projection", "reason"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_errors_total", Help: "Errors by projection and kind (write, render, action, env, push).",
+		}, []string{"projection", "kind"}),
+		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_actions_total", Help: "on_change actions run, by result (ok, error).",
+		}, []string{"projection", "result"}),
+		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_push_conflicts_total", Help: "Push-back compare-and-set conflicts.",
+		}, []string{"projection", "policy"}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_pushes_total", Help: "Local edits pushed to the bucket, by operation.",
+		}, []string{"projection", "op"}),
+		lastRev: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kvsync_last_revision", Help: "Highest revision received per bucket.",
+		}, []string{"bucket"}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kvsync_connected", Help: "1 while connected to NATS.",
+		}),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kvsync_ready", Help: "1 once every projection finished its initial sync and no bucket is missing.",
+		}),
+		propagation: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kvsync_propagation_seconds",
+			Help:    "Time from the server timestamp of an entry to its bytes on disk.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"projection"}),
+	}
+	reg.MustRegister(m.updates, m.writes, m.removes, m.rejected, m.errors, m.actions, m.conflicts,
+		m.pushes, m.lastRev, m.connected, m.ready, m.propagation,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

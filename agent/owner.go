@@ -1,0 +1,522 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/templates"
+)
+
+// projection is one output kept in step with the state: a folder of files, a
+// rendered template, or an env set.
+type projection interface {
+	// meta returns the bookkeeping every projection shares.
+	meta() *projMeta
+	// touches reports whether a change of bucket/key can change the output.
+	touches(bucket, key string) bool
+	// noteKey records that key changed, for projections that update per key.
+	noteKey(bucket, key string)
+	// update brings the output up to date with s: everything when full, else
+	// what changed since the last update. It reports whether any byte changed.
+	update(s *state, full bool) (changed bool, err error)
+	// close releases what the projection holds.
+	close() error
+}
+
+// projMeta is what the owner tracks for every projection.
+type projMeta struct {
+	name, kind, target string
+	buckets            []string // buckets whose initial sync the first write waits for
+	wait               WaitConfig
+	logger             *slog.Logger
+
+	action  *actionRunner
+	trigger chan string // cap 1: a pending action run; further triggers coalesce
+
+	dirty      bool
+	full       bool
+	firstDirty time.Time
+	due        time.Time
+	synced     bool // the first complete update ran
+	failed     bool // the last update failed (Once mode exits 1)
+	triggerMsg string
+
+	status ProjectionStatus
+}
+
+func (m *projMeta) markDirty(now time.Time, full bool, why string) {
+	if !m.dirty {
+		m.dirty, m.firstDirty = true, now
+		m.triggerMsg = why
+	}
+	m.full = m.full || full
+	due := now.Add(m.wait.Min)
+	if m.wait.Max > 0 && due.After(m.firstDirty.Add(m.wait.Max)) {
+		due = m.firstDirty.Add(m.wait.Max)
+	}
+	m.due = due
+}
+
+func (m *projMeta) setError(err error) {
+	now := time.Now()
+	m.status.LastError, m.status.LastErrorAt = err.Error(), &now
+}
+
+// owner is the single goroutine that holds the key -> entry state and drives
+// every projection. Watchers feed it through the inbox; nothing else touches
+// the state.
+type owner struct {
+	a       *Agent
+	cfg     *Config
+	js      jetstream.JetStream
+	logger  *slog.Logger
+	st      *state
+	in      *inbox
+	projs   []projection
+	watched map[string]*watcher
+	results chan actionDone
+	exec    *execLoop
+	execFed bool // the exec loop has an environment (the child runs)
+
+	ctx context.Context
+	wg  sync.WaitGroup
+}
+
+type actionDone struct {
+	p   *projMeta
+	res ActionResult
+}
+
+func newOwner(cfg *Config, a *Agent, js jetstream.JetStream, exec *execLoop) (*owner, error) {
+	o := &owner{
+		a: a, cfg: cfg, js: js, logger: a.logger,
+		st: newState(js), in: newInbox(), watched: map[string]*watcher{},
+		results: make(chan actionDone, 16), exec: exec,
+	}
+	var errs []error
+	add := func(p projection, err error) {
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		o.projs = append(o.projs, p)
+	}
+	for i := range cfg.Files {
+		add(newFilesProjection(&cfg.Files[i], o))
+	}
+	for i := range cfg.Templates {
+		add(newTemplateProjection(&cfg.Templates[i], o))
+	}
+	for i := range cfg.Env {
+		add(newEnvProjection(&cfg.Env[i], o))
+	}
+	if err := errors.Join(errs...); err != nil {
+		o.closeAll()
+		return nil, err
+	}
+	return o, nil
+}
+
+// wait returns the quiescence of a projection: its own, else the global one.
+func (o *owner) waitFor(w *WaitConfig) WaitConfig {
+	if w != nil {
+		return *w
+	}
+	return o.cfg.Wait
+}
+
+// newMeta fills the shared part of a projection and its action runner.
+func (o *owner) newMeta(name, kind, target string, buckets []string, w *WaitConfig, act *Action) (*projMeta, error) {
+	m := &projMeta{
+		name: name, kind: kind, target: target, buckets: buckets,
+		wait:    o.waitFor(w),
+		logger:  o.logger.With("projection", name),
+		trigger: make(chan string, 1),
+	}
+	m.status = ProjectionStatus{Name: name, Kind: kind, Target: target, Buckets: buckets}
+	if act != nil && !o.a.opts.Once && !o.a.opts.DryRun {
+		var restart func(context.Context) error
+		if o.exec != nil {
+			restart = o.exec.restart
+		}
+		r, err := newActionRunner(*act, name, m.logger, restart)
+		if err != nil {
+			return nil, fmt.Errorf("%s: on_change: %w", name, err)
+		}
+		m.action = r
+	}
+	return m, nil
+}
+
+func (o *owner) closeAll() {
+	for _, p := range o.projs {
+		if err := p.close(); err != nil {
+			o.logger.Warn("close projection", "projection", p.meta().name, "err", err)
+		}
+	}
+}
+
+// watch starts the watcher of a bucket, once.
+func (o *owner) watch(bucket string, filters []string) {
+	if _, ok := o.watched[bucket]; ok {
+		return
+	}
+	w := newWatcher(o.js, bucket, filters, o.in, o.a.metrics, o.logger)
+	o.watched[bucket] = w
+	o.st.bucket(bucket)
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		_ = w.run(o.ctx)
+	}()
+}
+
+// bucketFilters is the union of the key filters per bucket of every file and
+// env projection; templates watch whole buckets (they may read any key).
+func (o *owner) bucketFilters() map[string][]string {
+	out := map[string][]string{}
+	addAll := func(b string, keys []string) {
+		for _, k := range keys {
+			if !contains(out[b], k) {
+				out[b] = append(out[b], k)
+			}
+		}
+	}
+	for _, f := range o.cfg.Files {
+		addAll(f.Bucket, f.Keys)
+	}
+	for _, e := range o.cfg.Env {
+		addAll(e.Bucket, e.Keys)
+	}
+	for _, t := range o.cfg.Templates {
+		if t.Bucket != "" {
+			out[t.Bucket] = []string{">"}
+		}
+	}
+	return out
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// run is the owner loop. It returns when ctx is done, or in Once mode when
+// every projection has been written once.
+func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
+	ctx, cancel := context.WithCancel(ctx)
+	o.ctx = ctx
+	defer func() {
+		cancel()
+		o.wg.Wait()
+		o.closeAll()
+	}()
+	for b, f := range o.bucketFilters() {
+		o.watch(b, f)
+	}
+	for _, p := range o.projs {
+		if m := p.meta(); m.action != nil {
+			o.wg.Add(1)
+			go func() {
+				defer o.wg.Done()
+				o.actionLoop(ctx, m)
+			}()
+		}
+	}
+	o.publishStatus()
+
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var buf []any
+	var childExit <-chan int
+	if o.exec != nil {
+		childExit = o.exec.exited()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case code := <-childExit:
+			return &ChildExit{Code: code}
+		case <-reconnects:
+			for _, w := range o.watched {
+				w.reconnected()
+			}
+		case <-o.in.ready:
+			buf = o.in.take(buf)
+			for i, m := range buf {
+				o.handle(m)
+				buf[i] = nil
+			}
+		case <-timer.C:
+		case d := <-o.results:
+			o.recordAction(d)
+		}
+		next, err := o.flush()
+		if err != nil {
+			return err
+		}
+		if o.a.opts.Once && o.allSynced() {
+			return o.onceResult()
+		}
+		o.publishStatus()
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+		}
+	}
+}
+
+// handle applies one watcher message to the state and marks projections dirty.
+func (o *owner) handle(m any) {
+	now := time.Now()
+	switch m := m.(type) {
+	case event:
+		o.a.metrics.updates.WithLabelValues(m.bucket, m.op.String()).Inc()
+		b := o.st.bucket(m.bucket)
+		if !b.apply(m) {
+			return
+		}
+		o.a.metrics.lastRev.WithLabelValues(m.bucket).Set(float64(b.lastRev))
+		for _, p := range o.projs {
+			if p.touches(m.bucket, m.key) {
+				p.noteKey(m.bucket, m.key)
+				p.meta().markDirty(now, false, fmt.Sprintf("%s %s:%s rev %d", m.op, m.bucket, m.key, m.rev))
+			}
+		}
+	case epochStart:
+		b := o.st.bucket(m.bucket)
+		b.epoch, b.building = m.epoch, map[string]templates.Entry{}
+	case syncDone:
+		b := o.st.bucket(m.bucket)
+		if b.epoch != m.epoch || b.building == nil {
+			return
+		}
+		changed := b.swap()
+		if b.gone {
+			o.logger.Info("bucket is back", "bucket", m.bucket)
+		}
+		b.gone = false
+		o.logger.Info("initial sync done", "bucket", m.bucket, "keys", len(b.entries), "changed", len(changed))
+		for _, p := range o.projs {
+			// Every projection may read the bucket (templates read any): a
+			// complete update compares against what is on disk.
+			p.meta().markDirty(now, true, "initial sync of bucket "+m.bucket)
+		}
+	case listing:
+		b := o.st.bucket(m.bucket)
+		var gone []string
+		for k, e := range b.entries {
+			if _, ok := m.keys[k]; !ok && e.Revision <= m.asOf {
+				gone = append(gone, k)
+			}
+		}
+		for _, k := range gone {
+			o.handle(event{bucket: m.bucket, key: k, op: OpDelete, rev: m.asOf, created: now})
+		}
+		if len(gone) > 0 {
+			o.logger.Info("reconciled after reconnect", "bucket", m.bucket, "removed", len(gone))
+		}
+	case bucketGone:
+		b := o.st.bucket(m.bucket)
+		b.gone = true
+		o.logger.Error("bucket is missing: keeping the files as they are", "bucket", m.bucket, "err", m.err)
+	}
+}
+
+// flush updates every dirty projection that is due and whose buckets are
+// synced. It returns when the next one is due (zero: none pending).
+func (o *owner) flush() (time.Time, error) {
+	now := time.Now()
+	var next time.Time
+	envChanged := false
+	for _, p := range o.projs {
+		m := p.meta()
+		if !m.dirty {
+			continue
+		}
+		if !o.bucketsSynced(m.buckets) {
+			continue
+		}
+		if m.due.After(now) {
+			if next.IsZero() || m.due.Before(next) {
+				next = m.due
+			}
+			continue
+		}
+		full := m.full || !m.synced
+		m.dirty, m.full = false, false
+		changed, err := p.update(o.st, full)
+		if errors.Is(err, errWaitingForBucket) {
+			m.full = true // render again once the bucket is synced
+			o.watchWanted()
+			continue
+		}
+		m.synced = true
+		if err != nil {
+			m.failed = true
+			m.setError(err)
+			m.logger.Error("update", "err", err)
+		} else {
+			m.failed = false
+		}
+		if changed {
+			now := time.Now()
+			m.status.LastWrite = &now
+			o.triggerAction(m)
+			if _, isEnv := p.(*envProjection); isEnv {
+				envChanged = true
+			}
+		}
+		o.watchWanted()
+	}
+	switch {
+	case o.exec == nil:
+	case !o.execFed && o.allSynced():
+		o.execFed = true
+		o.exec.update(o.environ())
+	case o.execFed && envChanged:
+		o.exec.update(o.environ()) // one restart per batch
+	}
+	return next, nil
+}
+
+// watchWanted starts watchers for buckets a template asked for.
+func (o *owner) watchWanted() {
+	for b := range o.st.wanted {
+		delete(o.st.wanted, b)
+		if _, ok := o.watched[b]; !ok {
+			o.logger.Info("watching bucket read by a template", "bucket", b)
+			o.watch(b, []string{">"})
+		}
+	}
+}
+
+func (o *owner) bucketsSynced(buckets []string) bool {
+	for _, b := range buckets {
+		if bs := o.st.buckets[b]; bs == nil || !bs.synced {
+			return false
+		}
+	}
+	return true
+}
+
+func (o *owner) allSynced() bool {
+	for _, p := range o.projs {
+		if m := p.meta(); !m.synced || m.dirty {
+			return false
+		}
+	}
+	return true
+}
+
+func (o *owner) onceResult() error {
+	var errs []error
+	for _, p := range o.projs {
+		if m := p.meta(); m.failed {
+			errs = append(errs, fmt.Errorf("%s: %s", m.name, m.status.LastError))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrIncomplete, errors.Join(errs...))
+	}
+	return nil
+}
+
+// triggerAction asks the projection's action loop to run, coalescing with a
+// run already pending. The exec child is told through the exec loop.
+func (o *owner) triggerAction(m *projMeta) {
+	if m.action == nil {
+		return
+	}
+	select {
+	case m.trigger <- m.triggerMsg:
+	default: // one run is pending already: it will see these changes too
+	}
+}
+
+func (o *owner) actionLoop(ctx context.Context, m *projMeta) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case why := <-m.trigger:
+			res := m.action.Run(ctx, why)
+			select {
+			case o.results <- actionDone{p: m, res: res}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+func (o *owner) recordAction(d actionDone) {
+	r := d.res
+	st := &ActionStatus{Kind: r.Kind, Detail: r.Detail, Trigger: r.Trigger, At: r.Start, Duration: r.Duration.String()}
+	result := "ok"
+	if r.Err != nil {
+		st.Error = r.Err.Error()
+		result = "error"
+		d.p.setError(fmt.Errorf("action: %w", r.Err))
+		o.a.metrics.errors.WithLabelValues(d.p.name, "action").Inc()
+	}
+	o.a.metrics.actions.WithLabelValues(d.p.name, result).Inc()
+	d.p.status.LastAction = st
+}
+
+// publishStatus stores a fresh snapshot for /status and sets readiness.
+func (o *owner) publishStatus() {
+	s := &Status{Connected: o.a.conn.Load()}
+	ready := true
+	for _, name := range sortedKeys(o.st.buckets) {
+		b := o.st.buckets[name]
+		s.Buckets = append(s.Buckets, BucketStatus{Name: name, Synced: b.synced, Missing: b.gone, Keys: len(b.entries), LastRevision: b.lastRev})
+		if b.gone {
+			ready = false
+		}
+	}
+	for _, p := range o.projs {
+		m := p.meta()
+		ps := m.status
+		ps.Synced = m.synced
+		s.Projections = append(s.Projections, ps)
+		if !m.synced {
+			ready = false
+		}
+	}
+	if o.exec != nil {
+		s.Child = o.exec.status()
+	}
+	s.Ready = ready
+	o.a.ready.Store(ready)
+	if ready {
+		o.a.metrics.ready.Set(1)
+	} else {
+		o.a.metrics.ready.Set(0)
+	}
+	o.a.status.Store(s)
+}
+
+// environ is the child's environment: kvsync's own plus every env projection,
+// in config order (a later projection wins a name both define).
+func (o *owner) environ() []string {
+	env := os.Environ()
+	for _, p := range o.projs {
+		if e, ok := p.(*envProjection); ok {
+			env = append(env, e.environ()...)
+		}
+	}
+	return env
+}
