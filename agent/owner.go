@@ -30,6 +30,12 @@ type projection interface {
 	close() error
 }
 
+// starter is a projection with goroutines of its own (push-back watches its
+// folder). start runs them until ctx is done, tracked by wg.
+type starter interface {
+	start(ctx context.Context, wg *sync.WaitGroup)
+}
+
 // projMeta is what the owner tracks for every projection.
 type projMeta struct {
 	name, kind, target string
@@ -226,6 +232,9 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 		o.watch(b, f)
 	}
 	for _, p := range o.projs {
+		if s, ok := p.(starter); ok {
+			s.start(ctx, &o.wg)
+		}
 		if m := p.meta(); m.action != nil {
 			o.wg.Add(1)
 			go func() {
@@ -328,6 +337,10 @@ func (o *owner) handle(m any) {
 		if len(gone) > 0 {
 			o.logger.Info("reconciled after reconnect", "bucket", m.bucket, "removed", len(gone))
 		}
+	case func(*owner):
+		// Work handed in by other goroutines of the agent (push-back) that
+		// must run where the state lives.
+		m(o)
 	case bucketGone:
 		b := o.st.bucket(m.bucket)
 		b.gone = true
