@@ -3,10 +3,16 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
+
+	"github.com/kvsync/kvsync/agent"
+	"github.com/kvsync/kvsync/internal/kvkey"
+	"github.com/kvsync/kvsync/templates"
 )
 
 // examplesDir is examples/ seen from this package's folder, where go test runs.
@@ -205,4 +211,168 @@ func TestInside(t *testing.T) {
 			}
 		})
 	}
+}
+
+// kvMap is a templates.Source over fixed values: bucket -> key -> value.
+type kvMap map[string]map[string]string
+
+func (m kvMap) Get(bucket, key string) (templates.Entry, bool) {
+	v, ok := m[bucket][key]
+	return templates.Entry{Bucket: bucket, Key: key, Value: []byte(v), Revision: 1, Op: templates.OpPut}, ok
+}
+
+func (m kvMap) List(bucket, filter string) []templates.Entry {
+	var es []templates.Entry
+	for k := range m[bucket] {
+		if kvkey.Match(filter, k) {
+			e, _ := m.Get(bucket, k)
+			es = append(es, e)
+		}
+	}
+	sort.Slice(es, func(i, j int) bool { return es[i].Key < es[j].Key })
+	return es
+}
+
+func (m kvMap) History(ctx context.Context, bucket, key string) ([]templates.Entry, error) {
+	e, ok := m.Get(bucket, key)
+	if !ok {
+		return nil, nil
+	}
+	return []templates.Entry{e}, nil
+}
+
+// TestExampleTemplates renders the example templates against the values their
+// READMEs put, and compares with the output the READMEs promise.
+func TestExampleTemplates(t *testing.T) {
+	for _, o := range envOverrides {
+		t.Setenv(o.env, "")
+	}
+	tests := []struct {
+		config, template string
+		kv               kvMap
+		want             string
+	}{
+		{
+			config:   "../../examples/quickstart/kvsync.yaml",
+			template: "app-conf",
+			kv:       kvMap{"app": {"greeting": "hello", "settings.workers": "4", "other": "x"}},
+			want: "# Rendered by kvsync from bucket \"app\". Do not edit: the next change overwrites it.\n" +
+				"greeting = hello\n" +
+				"workers = 4   # revision 1\n",
+		},
+		{
+			config:   "../../examples/quickstart/kvsync.yaml",
+			template: "app-conf",
+			kv:       kvMap{},
+			want: "# Rendered by kvsync from bucket \"app\". Do not edit: the next change overwrites it.\n" +
+				"greeting = (no greeting yet)\n",
+		},
+		{
+			config:   "../../examples/nginx-reload/kvsync.yaml",
+			template: "upstreams",
+			kv: kvMap{"edge": {
+				"nginx.upstreams.web.1": "10.0.0.1:8080",
+				"nginx.upstreams.web.2": "10.0.0.2:8080",
+				"nginx.upstreams.api.a": "10.0.1.1:9000",
+				"nginx.upstreams.bad":   "ignored: no pool",
+				"unrelated":             "x",
+			}},
+			want: `# Rendered by kvsync from bucket "edge", keys nginx.upstreams.>. Do not edit.
+
+upstream api {
+    server 10.0.1.1:9000;
+}
+
+upstream web {
+    server 10.0.0.1:8080;
+    server 10.0.0.2:8080;
+}
+`,
+		},
+		{
+			config:   "../../examples/nginx-reload/kvsync.yaml",
+			template: "upstreams",
+			kv:       kvMap{},
+			want:     "# Rendered by kvsync from bucket \"edge\", keys nginx.upstreams.>. Do not edit.\n",
+		},
+		{
+			config:   "../../examples/feature-flags/kvsync.yaml",
+			template: "flags-json",
+			kv: kvMap{"flags": {
+				"flags.new_checkout": "true",
+				"flags.dark-mode":    "on",
+				"flags.checkout.v2":  "off",
+			}},
+			want: `{"checkout":{"v2":"off"},"dark-mode":"on","new_checkout":"true"}` + "\n",
+		},
+		{
+			config:   "../../examples/kubernetes-sidecar/kvsync.yaml",
+			template: "prometheus-yml",
+			kv: kvMap{"monitoring": {
+				"prometheus.scrape_interval": "15s",
+				"prometheus.targets.api":     "10.0.0.1:8080,10.0.0.2:8080",
+			}},
+			want: `# Rendered by kvsync from bucket "monitoring". Do not edit.
+global:
+  scrape_interval: 15s
+rule_files:
+  - /shared/rules/*.yml
+scrape_configs:
+  - job_name: prometheus
+    static_configs:
+      - targets: ["localhost:9090"]
+  - job_name: kvsync
+    static_configs:
+      - targets: ["localhost:9333"]
+  - job_name: "api"
+    static_configs:
+      - targets: ["10.0.0.1:8080","10.0.0.2:8080"]
+`,
+		},
+		{
+			config:   "../../systemd/kvsync.yaml",
+			template: "app-properties",
+			kv:       kvMap{"app": {"props.a": "1", "props.b.c": "2", "conf.x": "3"}},
+			want:     "# Rendered by kvsync from bucket \"app\". Do not edit.\na=1\nb.c=2\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(filepath.Base(filepath.Dir(tt.config))+"/"+tt.template, func(t *testing.T) {
+			cfg, err := loadConfig(tt.config)
+			if err != nil {
+				t.Fatalf("loadConfig(%s): %v", tt.config, err)
+			}
+			tc := findTemplate(t, cfg, tt.template)
+			text := tc.Text
+			if tc.Source != "" {
+				b, err := os.ReadFile(tc.Source)
+				if err != nil {
+					t.Fatalf("read %s: %v", tc.Source, err)
+				}
+				text = string(b)
+			}
+			tmpl, err := templates.Parse(tc.Name, text, templates.Options{DefaultBucket: tc.Bucket, MaxOutput: tc.MaxOutputSize})
+			if err != nil {
+				t.Fatalf("parse %s: %v", tc.Name, err)
+			}
+			res, err := tmpl.Render(context.Background(), tt.kv)
+			if err != nil {
+				t.Fatalf("render %s: %v", tc.Name, err)
+			}
+			if got, want := string(res.Output), tt.want; got != want {
+				t.Fatalf("render %s:\n%s\nwant:\n%s", tc.Name, got, want)
+			}
+		})
+	}
+}
+
+func findTemplate(t *testing.T, cfg *agent.Config, name string) agent.TemplateConfig {
+	t.Helper()
+	for _, tc := range cfg.Templates {
+		if tc.Name == name {
+			return tc
+		}
+	}
+	t.Fatalf("no template %q", name)
+	return agent.TemplateConfig{}
 }
