@@ -1,0 +1,711 @@
+package projector
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options configures a projection folder.
+type Options struct {
+	Dir      string      // absolute or relative; created (with DirMode) if missing
+	Mode     fs.FileMode // file permission bits; 0 means DefaultMode
+	DirMode  fs.FileMode // permission bits of folders kvsync creates; 0 means DefaultDirMode
+	UID, GID int         // owner of what kvsync creates; -1 leaves it as is (the zero value 0 means root)
+	Fsync    bool        // make every Apply durable before it returns
+	Snapshot bool        // atomic "snapshot": the whole set is swapped at once through a ..data symlink
+	Logger   *slog.Logger
+}
+
+// Change is one file to write or remove. Path comes from KeyPath.
+type Change struct {
+	Path   string
+	Data   []byte
+	Remove bool
+}
+
+// Result says what an Apply or Reconcile changed on disk. Written and Removed hold
+// only paths whose bytes actually changed, sorted; a file already holding the
+// same bytes is neither rewritten nor listed.
+type Result struct {
+	Written, Removed []string
+	Errors           []PathError // per-path problems; the other paths were still applied
+}
+
+// Changed reports whether any file was written or removed.
+func (r Result) Changed() bool { return len(r.Written)+len(r.Removed) > 0 }
+
+func (r *Result) fail(p string, err error) { r.Errors = append(r.Errors, PathError{Path: p, Err: err}) }
+
+// PathError is a problem with one path of a batch. Err may wrap ErrForeign,
+// ErrInvalidKey or an fs error.
+type PathError struct {
+	Path string
+	Err  error
+}
+
+// Error returns "path: err".
+func (e PathError) Error() string { return e.Path + ": " + e.Err.Error() }
+
+// Unwrap returns Err.
+func (e PathError) Unwrap() error { return e.Err }
+
+// maxDirSyncs is how many folders Apply fsyncs one by one before one syncfs(2) of
+// the whole file system is cheaper.
+const maxDirSyncs = 8
+
+// Dir is a projection folder: the files kvsync writes there and the manifest of
+// what it owns. Its methods are safe for concurrent use; they are serialised.
+type Dir struct {
+	mu    sync.Mutex
+	opts  Options
+	path  string   // absolute
+	root  *os.Root // every file operation goes through it, so none can leave the folder
+	top   *os.File // the folder itself: syncfs(2), fsync, unlinkat(2)
+	state *os.Root // the .kvsync folder
+	man   *manifest
+	log   *slog.Logger
+	cur   string // snapshot mode: the data folder ..data points to, "" before the first
+	// snapshot mode: replaced data folders, removed once retire has passed
+	retired []retired
+	retire  time.Duration
+	err     error // sticky: the manifest could not be written; Close and Open again
+}
+
+// Open opens the projection folder opts.Dir, creating it if missing. It reads the
+// manifest (<Dir>/.kvsync/manifest), removes temp files a crash left behind, and
+// compacts the manifest. A manifest that cannot be read back is an error wrapping
+// ErrCorruptManifest: kvsync does not silently disown its files.
+func Open(opts Options) (*Dir, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("open projection: dir is empty")
+	}
+	if opts.Mode == 0 {
+		opts.Mode = DefaultMode
+	}
+	if opts.DirMode == 0 {
+		opts.DirMode = DefaultDirMode
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	abs, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("open projection %s: %w", opts.Dir, err)
+	}
+	if err := os.MkdirAll(abs, opts.DirMode); err != nil {
+		return nil, fmt.Errorf("create %s: %w", abs, err)
+	}
+	root, err := os.OpenRoot(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open projection %s: %w", abs, err)
+	}
+	d := &Dir{opts: opts, path: abs, root: root, log: opts.Logger.With(slog.String("dir", abs)), retire: retireAfter}
+	if err := d.open(); err != nil {
+		_ = d.closeAll() // the open error is the one to report
+		return nil, fmt.Errorf("open projection %s: %w", abs, err)
+	}
+	return d, nil
+}
+
+func (d *Dir) open() error {
+	top, err := d.root.Open(".")
+	if err != nil {
+		return err
+	}
+	d.top = top
+	fi, err := d.root.Lstat(stateDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := d.root.Mkdir(stateDir, 0o755); err != nil {
+			return fmt.Errorf("create state folder: %w", err)
+		}
+	case err != nil:
+		return fmt.Errorf("check state folder: %w", err)
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a folder (a symlink?)", stateDir)
+	}
+	if d.state, err = d.root.OpenRoot(stateDir); err != nil {
+		return fmt.Errorf("open state folder: %w", err)
+	}
+	mode := "file"
+	if d.opts.Snapshot {
+		mode = "snapshot"
+	}
+	m, torn, err := loadManifest(d.state, mode)
+	if err != nil {
+		return err
+	}
+	d.man = m
+	if torn {
+		d.log.Warn("dropped the incomplete last record of the manifest, cut short by a crash")
+	}
+	if err := d.removeTemps(); err != nil {
+		return err
+	}
+	if d.opts.Snapshot {
+		if err := d.recoverSnapshot(); err != nil {
+			return err
+		}
+	}
+	for p := range m.dirs {
+		// A folder recorded before a crash may never have been made durable, and
+		// one removed by hand is no longer ours to prune.
+		if fi, err := d.root.Lstat(p); errors.Is(err, fs.ErrNotExist) || err == nil && !fi.IsDir() {
+			delete(m.dirs, p)
+		}
+	}
+	return m.compact()
+}
+
+// removeTemps removes the temp files of ours a crash left behind: in the state
+// folder (renameio's, named ".manifest*") and anywhere in the projection.
+func (d *Dir) removeTemps() error {
+	ents, err := fs.ReadDir(d.state.FS(), ".")
+	if err != nil {
+		return fmt.Errorf("read state folder: %w", err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "."+manifestName) && !e.IsDir() {
+			if err := d.state.Remove(e.Name()); err != nil {
+				return fmt.Errorf("remove leftover %s: %w", e.Name(), err)
+			}
+		}
+	}
+	var n int
+	err = fs.WalkDir(d.root.FS(), ".", func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // an unreadable foreign folder: kvsync never wrote there
+		}
+		if e.IsDir() {
+			if p == stateDir || strings.HasPrefix(p, "..data_") {
+				return fs.SkipDir // snapshot data folders are recovered as a whole
+			}
+			return nil
+		}
+		if strings.HasPrefix(e.Name(), tempPrefix) {
+			if err := d.root.Remove(p); err != nil {
+				return fmt.Errorf("remove leftover %s: %w", p, err)
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		d.log.Info("removed temp files left by an interrupted write", slog.Int("count", n))
+	}
+	return nil
+}
+
+// Path returns the absolute path of the projection folder.
+func (d *Dir) Path() string { return d.path }
+
+// Files returns the manifest: every path kvsync currently owns in this Dir, with
+// the sha256 of what it wrote there. The map is a copy.
+func (d *Dir) Files() map[string][32]byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.man == nil {
+		return nil
+	}
+	return maps.Clone(d.man.files)
+}
+
+// Owns reports whether the relative path is in the manifest.
+func (d *Dir) Owns(path string) bool {
+	_, ok := d.Hash(path)
+	return ok
+}
+
+// Hash returns the sha256 of what kvsync last wrote at the relative path, and
+// whether it owns it.
+func (d *Dir) Hash(path string) ([32]byte, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.man == nil {
+		return [32]byte{}, false
+	}
+	h, ok := d.man.files[path]
+	return h, ok
+}
+
+// Close releases the folder. The Dir must not be used afterwards.
+func (d *Dir) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.closeAll(); err != nil {
+		return fmt.Errorf("close projection %s: %w", d.path, err)
+	}
+	return nil
+}
+
+func (d *Dir) closeAll() error {
+	var errs []error
+	if d.man != nil {
+		errs = append(errs, d.man.close())
+		d.man = nil
+	}
+	for _, c := range []interface{ Close() error }{d.state, d.top, d.root} {
+		if c != nil && !isNilCloser(c) {
+			errs = append(errs, c.Close())
+		}
+	}
+	d.state, d.top, d.root = nil, nil, nil
+	d.err = errors.New("projection is closed")
+	return errors.Join(errs...)
+}
+
+func isNilCloser(c interface{ Close() error }) bool {
+	switch v := c.(type) {
+	case *os.Root:
+		return v == nil
+	case *os.File:
+		return v == nil
+	}
+	return false
+}
+
+// Apply applies a batch of changes; for one path the last change wins. It never
+// overwrites or deletes a file that is not in the manifest (ErrForeign), never
+// writes through a parent folder that is a symlink, and removes the folders it
+// created once they are empty. Per-path problems go to Result.Errors and the other
+// paths are still applied; the error is non-nil only when the whole batch failed
+// (the manifest could not be written; the Dir then refuses further work until it
+// is closed and opened again, which replays the manifest).
+func (d *Dir) Apply(changes []Change) (Result, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.apply(changes, nil)
+}
+
+func (d *Dir) apply(changes []Change, force map[string]bool) (Result, error) {
+	if d.err != nil {
+		return Result{}, d.err
+	}
+	var (
+		res Result
+		err error
+	)
+	if d.opts.Snapshot {
+		res, err = d.applySnapshot(changes, force)
+	} else {
+		res, err = d.applyFiles(changes, force)
+	}
+	if err != nil {
+		d.err = fmt.Errorf("projection %s is unusable after a failed batch: %w", d.path, err)
+		return res, err
+	}
+	if d.man.needsCompaction() {
+		if err := d.man.compact(); err != nil {
+			d.err = fmt.Errorf("projection %s is unusable: %w", d.path, err)
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// Reconcile makes the projection hold exactly want (path -> bytes). It compares
+// with the files on disk, not only with the manifest, so a local edit of a file
+// kvsync owns is repaired; it writes what differs and removes owned files that
+// are not in want. Foreign files are left alone (ErrForeign in Result.Errors).
+func (d *Dir) Reconcile(want map[string][]byte) (Result, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.err != nil {
+		return Result{}, d.err
+	}
+	changes := make([]Change, 0, len(want))
+	force := make(map[string]bool)
+	for p, data := range want {
+		if sum, owned := d.man.files[p]; owned {
+			actual, err := d.root.ReadFile(d.visible(p))
+			if err == nil && bytes.Equal(actual, data) && sha256.Sum256(data) == sum {
+				continue
+			}
+			force[p] = true
+		}
+		changes = append(changes, Change{Path: p, Data: data})
+	}
+	for p := range d.man.files {
+		if _, ok := want[p]; !ok {
+			changes = append(changes, Change{Path: p, Remove: true})
+		}
+	}
+	return d.apply(changes, force)
+}
+
+// visible is where the content of an owned path can be read without following
+// the top-level links.
+func (d *Dir) visible(p string) string {
+	if d.opts.Snapshot && d.cur != "" {
+		return d.cur + "/" + p
+	}
+	return p
+}
+
+// dedupe keeps the last change of each path and returns the paths sorted.
+func dedupe(changes []Change) ([]string, map[string]Change) {
+	final := make(map[string]Change, len(changes))
+	for _, c := range changes {
+		final[c.Path] = c
+	}
+	return slices.Sorted(maps.Keys(final)), final
+}
+
+// parent returns the folder of a relative path, "" for the top.
+func parent(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[:i]
+	}
+	return ""
+}
+
+type put struct {
+	path  string
+	data  []byte
+	sum   [32]byte
+	old   [32]byte
+	owned bool
+	tmp   string
+}
+
+// applyFiles is Apply in "file" mode:
+//
+//  1. Remove the owned files the batch removes (unlinkat(2), which never removes a
+//     folder in their place).
+//  2. Remove the folders kvsync created that became empty, deepest first, unless
+//     this batch writes below them.
+//  3. For each file to write: check every parent folder with Lstat (a symlink is
+//     refused; a missing one is created and recorded), refuse a target that
+//     exists and is not owned (ErrForeign), and write a temp file
+//     (.kvsync-tmp-*) beside the target, with mode and owner set.
+//  4. Make 1–3 durable: one syncfs(2) for a batch, fsync of the one file (and
+//     the touched folders) for a single change.
+//  5. Record the intent in the manifest ('-' for removals, which happened; 'd'
+//     and '+' for folders and files about to appear), fdatasync'ed: a crash never
+//     leaves a file kvsync wrote but does not own.
+//  6. Rename every temp file over its target.
+//  7. Fsync the touched folders (or syncfs(2) when there are many).
+func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error) {
+	var res Result
+	paths, final := dedupe(changes)
+	var puts []*put
+	var removes []string
+	for _, p := range paths {
+		c := final[p]
+		if err := checkPath(p); err != nil {
+			res.fail(p, err)
+			continue
+		}
+		old, owned := d.man.files[p]
+		if c.Remove {
+			if owned {
+				removes = append(removes, p)
+			} else if _, err := d.root.Lstat(p); err == nil {
+				res.fail(p, fmt.Errorf("remove: %w", ErrForeign))
+			}
+			continue
+		}
+		sum := sha256.Sum256(c.Data)
+		if owned && sum == old && !force[p] {
+			continue
+		}
+		puts = append(puts, &put{path: p, data: c.Data, sum: sum, old: old, owned: owned})
+	}
+	if len(puts)+len(removes) == 0 {
+		return res, nil
+	}
+	syncDirs := make(map[string]bool)
+
+	// (1)
+	checked := make(map[string]error)
+	var emptied []string
+	for _, p := range removes {
+		err := d.checkParents(p, checked, nil)
+		if err == nil {
+			err = d.unlink(p, 0)
+		}
+		switch {
+		case err == nil:
+			res.Removed = append(res.Removed, p)
+			syncDirs[parent(p)] = true
+			emptied = append(emptied, p)
+		case errors.Is(err, fs.ErrNotExist):
+			// Already gone: only the manifest entry is left to drop.
+		default:
+			res.fail(p, fmt.Errorf("remove: %w", err))
+			continue
+		}
+		d.man.remove(p)
+	}
+
+	// (2)
+	needed := make(map[string]bool)
+	for _, w := range puts {
+		for q := parent(w.path); q != ""; q = parent(q) {
+			needed[q] = true
+		}
+	}
+	d.prune(emptied, needed, syncDirs)
+
+	// (3)
+	single := len(puts) == 1 && len(removes) == 0
+	checked = make(map[string]error)
+	for _, w := range puts {
+		if err := d.checkParents(w.path, checked, syncDirs); err != nil {
+			res.fail(w.path, err)
+			continue
+		}
+		if !w.owned {
+			if fi, err := d.root.Lstat(w.path); err == nil {
+				if fi.IsDir() {
+					res.fail(w.path, fmt.Errorf("write: %s is a folder", w.path))
+				} else {
+					res.fail(w.path, fmt.Errorf("write: %w", ErrForeign))
+				}
+				continue
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				res.fail(w.path, fmt.Errorf("write: %w", err))
+				continue
+			}
+		}
+		tmp, err := writeTemp(d.root, parent(w.path), w.data, d.opts.Mode, d.opts.UID, d.opts.GID, single && d.opts.Fsync)
+		if err != nil {
+			res.fail(w.path, fmt.Errorf("write: %w", err))
+			continue
+		}
+		w.tmp = tmp
+	}
+
+	// (4)
+	if d.opts.Fsync {
+		whole := len(puts) > 1 || len(puts) == 1 && !single || len(syncDirs) > maxDirSyncs
+		if err := d.syncFolders(syncDirs, whole); err != nil {
+			d.removeTempsOf(puts)
+			return res, err
+		}
+	}
+
+	// (5)
+	for _, w := range puts {
+		if w.tmp != "" {
+			d.man.add(w.path, w.sum)
+		}
+	}
+	if err := d.man.flush(d.opts.Fsync); err != nil {
+		d.removeTempsOf(puts)
+		return res, err
+	}
+
+	// (6)
+	clear(syncDirs)
+	undo := false
+	for _, w := range puts {
+		if w.tmp == "" {
+			continue
+		}
+		if err := d.root.Rename(w.tmp, w.path); err != nil {
+			_ = d.root.Remove(w.tmp) // best effort; Open removes leftovers
+			res.fail(w.path, fmt.Errorf("rename: %w", err))
+			if w.owned {
+				d.man.add(w.path, w.old) // the file still holds the old bytes
+			} else {
+				d.man.remove(w.path)
+			}
+			undo = true
+			continue
+		}
+		res.Written = append(res.Written, w.path)
+		syncDirs[parent(w.path)] = true
+	}
+
+	// (7)
+	if d.opts.Fsync {
+		if err := d.syncFolders(syncDirs, len(syncDirs) > maxDirSyncs); err != nil {
+			return res, err
+		}
+	}
+	if undo {
+		if err := d.man.flush(d.opts.Fsync); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// prune removes the folders kvsync created that the removal of files left empty,
+// deepest first, except those in keep. A folder that is not empty stays.
+func (d *Dir) prune(removed []string, keep, syncDirs map[string]bool) {
+	cand := make(map[string]bool)
+	for _, p := range removed {
+		for q := parent(p); q != ""; q = parent(q) {
+			if d.man.dirs[q] && !keep[q] {
+				cand[q] = true
+			}
+		}
+	}
+	if len(cand) == 0 {
+		return
+	}
+	list := slices.Collect(maps.Keys(cand))
+	slices.SortFunc(list, func(a, b string) int {
+		if na, nb := strings.Count(a, "/"), strings.Count(b, "/"); na != nb {
+			return nb - na
+		}
+		return strings.Compare(a, b)
+	})
+	for _, q := range list {
+		err := d.unlink(q, unix.AT_REMOVEDIR)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			continue // not empty (or not ours to judge): it stays
+		}
+		d.man.removeDir(q)
+		syncDirs[parent(q)] = true
+	}
+}
+
+// checkParents checks every parent folder of p, top down, with Lstat: a symlink
+// is refused and a non-folder is an error. When created is non-nil a missing
+// folder is created with DirMode and owner, recorded in the manifest, and its
+// parent added to created (to be fsynced); otherwise a missing folder is an
+// fs.ErrNotExist error. checked caches results within one batch.
+//
+// Residual race: a folder swapped for a symlink between this check and the
+// write is followed, but only within the projection folder, since every
+// operation goes through an os.Root.
+func (d *Dir) checkParents(p string, checked map[string]error, created map[string]bool) error {
+	for i := 0; i < len(p); i++ {
+		if p[i] != '/' {
+			continue
+		}
+		q := p[:i]
+		err, ok := checked[q]
+		if !ok {
+			err = d.checkFolder(q, created)
+			checked[q] = err
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Dir) checkFolder(q string, created map[string]bool) error {
+	fi, err := d.root.Lstat(q)
+	if errors.Is(err, fs.ErrNotExist) && created != nil {
+		err = d.root.Mkdir(q, d.opts.DirMode)
+		if err == nil {
+			d.man.addDir(q)
+			created[parent(q)] = true
+			return d.setFolder(q)
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("create folder %s: %w", q, err)
+		}
+		fi, err = d.root.Lstat(q) // made by someone else meanwhile
+	}
+	switch {
+	case err != nil:
+		return fmt.Errorf("check folder %s: %w", q, err)
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("folder %s is a symlink: refusing to write through it", q)
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a folder", q)
+	}
+	return nil
+}
+
+// setFolder gives a folder kvsync created its mode (explicitly, so the umask
+// does not narrow it) and owner.
+func (d *Dir) setFolder(q string) error {
+	if err := d.root.Chmod(q, d.opts.DirMode); err != nil {
+		return fmt.Errorf("chmod folder %s: %w", q, err)
+	}
+	if d.opts.UID >= 0 || d.opts.GID >= 0 {
+		if err := d.root.Lchown(q, d.opts.UID, d.opts.GID); err != nil {
+			return fmt.Errorf("chown folder %s: %w", q, err)
+		}
+	}
+	return nil
+}
+
+// unlink removes p with unlinkat(2) in its parent folder. flags 0 removes only a
+// non-folder; unix.AT_REMOVEDIR only an empty folder.
+func (d *Dir) unlink(p string, flags int) error {
+	fd := int(d.top.Fd())
+	if dir := parent(p); dir != "" {
+		f, err := d.root.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		fd = int(f.Fd())
+	}
+	if err := unix.Unlinkat(fd, path.Base(p), flags); err != nil {
+		return &fs.PathError{Op: "unlinkat", Path: p, Err: err}
+	}
+	return nil
+}
+
+// syncFolders fsyncs each folder in dirs, or, when whole is set, the whole file
+// system with one syncfs(2), which also covers files written without fsync.
+func (d *Dir) syncFolders(dirs map[string]bool, whole bool) error {
+	if whole {
+		if err := unix.Syncfs(int(d.top.Fd())); err != nil {
+			return fmt.Errorf("syncfs %s: %w", d.path, err)
+		}
+		return nil
+	}
+	for q := range dirs {
+		if err := d.syncFolder(q); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Dir) syncFolder(q string) error {
+	if q == "" {
+		if err := d.top.Sync(); err != nil {
+			return fmt.Errorf("sync %s: %w", d.path, err)
+		}
+		return nil
+	}
+	f, err := d.root.Open(q)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", q, err)
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", q, err)
+	}
+	return nil
+}
+
+func (d *Dir) removeTempsOf(puts []*put) {
+	for _, w := range puts {
+		if w.tmp != "" {
+			_ = d.root.Remove(w.tmp) // best effort; Open removes leftovers
+		}
+	}
+}
