@@ -257,7 +257,7 @@ func (w *watcher) follow(ctx context.Context) error {
 			if err := w.check(ctx, created); err != nil {
 				return err
 			}
-			if err := w.list(ctx, cons, &maxSeen); err != nil {
+			if err := w.list(ctx); err != nil {
 				w.logger.Warn("reconcile after reconnect", "err", err)
 				w.reconnected() // try again on the next loop
 				select {
@@ -299,43 +299,27 @@ func (w *watcher) check(ctx context.Context, created time.Time) error {
 	return nil
 }
 
-// list sends the complete key list once the consumer has caught up, so the
-// owner can drop keys deleted while the watcher was away (NATS-NOTES trap 9).
-func (w *watcher) list(ctx context.Context, cons jetstream.Consumer, maxSeen *atomic.Uint64) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for !w.caughtUp(ctx, cons, maxSeen) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("consumer did not catch up within 30s")
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+// list sends the complete list of keys that still have a message in the
+// stream, so the owner can drop keys removed while the watcher was away without
+// a marker it could see (NATS-NOTES trap 9). It reads the stream's per-subject
+// state: complete or an error, never a partial list that would delete files.
+func (w *watcher) list(ctx context.Context) error {
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	st, err := w.js.Stream(lctx, w.stream())
 	if err != nil {
 		return fmt.Errorf("stream info: %w", err)
 	}
-	asOf := st.CachedInfo().State.LastSeq
-	kv, err := w.js.KeyValue(lctx, w.bucket)
+	prefix := "$KV." + w.bucket + "."
+	info, err := st.Info(lctx, jetstream.WithSubjectFilter(prefix+">"))
 	if err != nil {
-		return fmt.Errorf("open bucket: %w", err)
+		return fmt.Errorf("list subjects: %w", err)
 	}
-	keys := map[string]struct{}{}
-	lister, err := kv.ListKeysFiltered(lctx, append([]string(nil), w.filters...)...)
-	if err != nil {
-		return fmt.Errorf("list keys: %w", err)
+	keys := make(map[string]struct{}, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		keys[strings.TrimPrefix(subj, prefix)] = struct{}{}
 	}
-	for k := range lister.Keys() {
-		keys[k] = struct{}{}
-	}
-	if err := lister.Stop(); err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
-		return fmt.Errorf("list keys: %w", err)
-	}
-	w.out.push(listing{bucket: w.bucket, asOf: asOf, keys: keys})
+	w.out.push(listing{bucket: w.bucket, asOf: info.State.LastSeq, keys: keys})
 	return nil
 }
 
