@@ -1,0 +1,308 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	natstest "github.com/nats-io/nats-server/v2/test"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+)
+
+// connServer runs a JetStream server on a random port (or the port edit sets)
+// with its store in a temp folder, shut down at the end of the test.
+func connServer(t *testing.T, edit func(*server.Options)) *server.Server {
+	t.Helper()
+	opts := natstest.DefaultTestOptions
+	opts.Port = -1
+	opts.JetStream = true
+	opts.StoreDir = t.TempDir()
+	opts.JetStreamMaxMemory = 16 << 20
+	opts.JetStreamMaxStore = 64 << 20
+	if edit != nil {
+		edit(&opts)
+	}
+	s := natstest.RunServer(&opts)
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// connEventually polls fn until it is true, failing the test after timeout.
+func connEventually(t *testing.T, timeout time.Duration, what string, fn func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !fn() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// freePort returns a loopback port nothing listens on (for now).
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func TestResolve(t *testing.T) {
+	_, dir := contextHome(t)
+	writeCtxFile(t, filepath.Join(dir, "full.json"), `{"url": "nats://ctx:4222", "user": "cu", "password": "cp",
+		"token": "ct", "ca": "/ctx/ca.pem", "cert": "/ctx/c.pem", "key": "/ctx/k.pem", "jetstream_domain": "hub",
+		"user_jwt": "jwt", "user_seed": "seed"}`)
+	writeCtxFile(t, filepath.Join(dir, "nourl.json"), `{"creds": "/ctx/app.creds"}`)
+	for _, tc := range []struct {
+		name string
+		in   NATSConfig
+		want NATSConfig
+		jwt  string // context JWT still in force
+	}{
+		{"empty", NATSConfig{}, NATSConfig{URL: DefaultURL}, ""},
+		{"no context", NATSConfig{URL: "nats://x:1", User: "u"}, NATSConfig{URL: "nats://x:1", User: "u"}, ""},
+		{
+			"context fills the gaps", NATSConfig{Context: "full"},
+			NATSConfig{Context: "full", URL: "nats://ctx:4222", User: "cu", Password: "cp", Token: "ct",
+				TLS: TLSConfig{CA: "/ctx/ca.pem", Cert: "/ctx/c.pem", Key: "/ctx/k.pem"}, Domain: "hub"}, "jwt",
+		},
+		{
+			"explicit fields win", NATSConfig{Context: "full", URL: "nats://mine:4222", TLS: TLSConfig{CA: "/my/ca.pem"}, Domain: "leaf"},
+			NATSConfig{Context: "full", URL: "nats://mine:4222", User: "cu", Password: "cp", Token: "ct",
+				TLS: TLSConfig{CA: "/my/ca.pem", Cert: "/ctx/c.pem", Key: "/ctx/k.pem"}, Domain: "leaf"}, "jwt",
+		},
+		{
+			"explicit credentials replace all of the context's", NATSConfig{Context: "full", Creds: "/my.creds"},
+			NATSConfig{Context: "full", URL: "nats://ctx:4222", Creds: "/my.creds",
+				TLS: TLSConfig{CA: "/ctx/ca.pem", Cert: "/ctx/c.pem", Key: "/ctx/k.pem"}, Domain: "hub"}, "",
+		},
+		{
+			"context without url", NATSConfig{Context: "nourl"},
+			NATSConfig{Context: "nourl", URL: DefaultURL, Creds: "/ctx/app.creds"}, "",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, c, err := resolve(tc.in)
+			if err != nil {
+				t.Fatalf("resolve: %v", err)
+			}
+			if got != tc.want {
+				t.Fatalf("resolve=%+v\nwant     %+v", got, tc.want)
+			}
+			jwt := ""
+			if c != nil {
+				jwt = c.UserJWT
+			}
+			if jwt != tc.jwt {
+				t.Fatalf("context JWT=%q, want %q", jwt, tc.jwt)
+			}
+		})
+	}
+	if _, _, err := resolve(NATSConfig{Context: "absent"}); !errors.Is(err, ErrContextNotFound) {
+		t.Fatalf("resolve with an unknown context: err=%v, want ErrContextNotFound", err)
+	}
+}
+
+func TestConnectOnce(t *testing.T) {
+	_, dir := contextHome(t)
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	seed, _ := kp.Seed()
+	seedFile := filepath.Join(t.TempDir(), "user.nk")
+	writeCtxFile(t, seedFile, string(seed))
+	s := connServer(t, func(o *server.Options) {
+		o.Users = []*server.User{{Username: "app", Password: "s3cret"}}
+		o.Nkeys = []*server.NkeyUser{{Nkey: pub}}
+	})
+	url := s.ClientURL()
+	writeCtxFile(t, filepath.Join(dir, "app.json"), `{"url": "`+url+`", "user": "app", "password": "s3cret"}`)
+	dead := "nats://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+
+	for _, tc := range []struct {
+		name string
+		cfg  NATSConfig
+		want string // error substring; "" is success
+	}{
+		{"user and password", NATSConfig{URL: url, User: "app", Password: "s3cret", Name: "test-conn"}, ""},
+		{"nkey seed file", NATSConfig{URL: url, NKey: seedFile}, ""},
+		{"context", NATSConfig{Context: "app"}, ""},
+		{"url list with a dead server first", NATSConfig{URL: dead + " , " + url, User: "app", Password: "s3cret"}, ""},
+		{"wrong password", NATSConfig{URL: url, User: "app", Password: "nope"}, "uthorization"},
+		{"explicit user over context", NATSConfig{Context: "app", User: "app", Password: "nope"}, "uthorization"},
+		{"missing nkey file", NATSConfig{URL: url, NKey: filepath.Join(dir, "none.nk")}, "read nkey seed"},
+		{"dead server", NATSConfig{URL: dead}, "connect to " + dead},
+		{"password kept out of errors", NATSConfig{URL: "nats://u:hunter2@" + strings.TrimPrefix(dead, "nats://")}, "xxxxx"},
+		{"unknown context", NATSConfig{Context: "absent"}, "not found"},
+		{"cert without key", NATSConfig{URL: url, TLS: TLSConfig{Cert: "/c.pem"}}, "cert and key go together"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nc, err := ConnectOnce(context.Background(), tc.cfg)
+			if tc.want != "" {
+				if err == nil {
+					nc.Close()
+					t.Fatalf("ConnectOnce: no error, want %q", tc.want)
+				}
+				if !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("error %q does not contain %q", err, tc.want)
+				}
+				if strings.Contains(err.Error(), "hunter2") {
+					t.Fatalf("error %q shows the password", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ConnectOnce: %v", err)
+			}
+			defer nc.Close()
+			if !nc.IsConnected() {
+				t.Fatalf("status %v, want connected", nc.Status())
+			}
+			if got, want := nc.Opts.MaxReconnect, -1; got != want {
+				t.Fatalf("MaxReconnect=%d, want %d", got, want)
+			}
+			if got, want := nc.Opts.PingInterval, pingInterval; got != want {
+				t.Fatalf("PingInterval=%v, want %v", got, want)
+			}
+			want := tc.cfg.Name
+			if want == "" {
+				want = "kvsync"
+			}
+			if got := nc.Opts.Name; got != want {
+				t.Fatalf("connection name=%q, want %q", got, want)
+			}
+		})
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := ConnectOnce(ctx, NATSConfig{URL: url, User: "app", Password: "s3cret"}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("ConnectOnce with a done ctx: err=%v, want context.Canceled", err)
+	}
+}
+
+// TestConnectWaitsForServer: Connect does not fail on a server that is down;
+// it connects when the server comes, and again after a restart.
+func TestConnectWaitsForServer(t *testing.T) {
+	port := freePort(t)
+	store := t.TempDir()
+	url := "nats://127.0.0.1:" + strconv.Itoa(port)
+	reconnected := make(chan struct{}, 4)
+	nc, err := Connect(context.Background(), NATSConfig{URL: url},
+		nats.ReconnectHandler(func(*nats.Conn) { reconnected <- struct{}{} }),
+		nats.ConnectHandler(func(*nats.Conn) { reconnected <- struct{}{} }))
+	if err != nil {
+		t.Fatalf("Connect to a server that is down: %v", err)
+	}
+	defer nc.Close()
+	if nc.IsConnected() {
+		t.Fatalf("connected with no server")
+	}
+	start := func() *server.Server {
+		return connServer(t, func(o *server.Options) { o.Port, o.StoreDir = port, store })
+	}
+	s := start()
+	connEventually(t, 15*time.Second, "not connected after the server started", nc.IsConnected)
+	js, err := JetStream(nc, NATSConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "b"}); err != nil {
+		t.Fatalf("create bucket: %v", err)
+	}
+
+	s.Shutdown()
+	connEventually(t, 10*time.Second, "still connected after shutdown", func() bool { return !nc.IsConnected() })
+	start()
+	connEventually(t, 15*time.Second, "not reconnected after restart", nc.IsConnected)
+	if _, err := js.KeyValue(context.Background(), "b"); err != nil {
+		t.Fatalf("bucket after restart: %v", err)
+	}
+}
+
+func TestJetStreamDomain(t *testing.T) {
+	_, dir := contextHome(t)
+	s := connServer(t, func(o *server.Options) { o.JetStreamDomain = "hub" })
+	writeCtxFile(t, filepath.Join(dir, "hub.json"), `{"url": "`+s.ClientURL()+`", "jetstream_domain": "hub"}`)
+	writeCtxFile(t, filepath.Join(dir, "other.json"), `{"url": "`+s.ClientURL()+`", "jetstream_domain": "elsewhere"}`)
+	for _, tc := range []struct {
+		name string
+		cfg  NATSConfig
+		ok   bool
+	}{
+		{"domain", NATSConfig{URL: s.ClientURL(), Domain: "hub"}, true},
+		{"no domain", NATSConfig{URL: s.ClientURL()}, true},
+		{"context domain", NATSConfig{Context: "hub"}, true},
+		{"explicit domain over context", NATSConfig{Context: "other", Domain: "hub"}, true},
+		{"wrong domain", NATSConfig{URL: s.ClientURL(), Domain: "elsewhere"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nc, err := ConnectOnce(context.Background(), tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			js, err := JetStream(nc, tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_, err = js.AccountInfo(ctx)
+			if got, want := err == nil, tc.ok; got != want {
+				t.Fatalf("AccountInfo err=%v, want success=%v", err, want)
+			}
+		})
+	}
+}
+
+func TestReconnectDelay(t *testing.T) {
+	for _, tc := range []struct {
+		attempts int
+		base     time.Duration
+	}{
+		{0, 250 * time.Millisecond},
+		{1, 250 * time.Millisecond},
+		{2, 500 * time.Millisecond},
+		{3, time.Second},
+		{5, 4 * time.Second},
+		{6, 5 * time.Second},
+		{100, 5 * time.Second},
+		{1 << 30, 5 * time.Second},
+	} {
+		for range 50 {
+			d := reconnectDelay(tc.attempts)
+			if d < tc.base || d > tc.base+tc.base/2 {
+				t.Fatalf("reconnectDelay(%d)=%v, want in [%v, %v]", tc.attempts, d, tc.base, tc.base+tc.base/2)
+			}
+		}
+	}
+}
+
+func TestServerListAndRedact(t *testing.T) {
+	for _, tc := range []struct{ in, list, redacted string }{
+		{"nats://a:1", "nats://a:1", "nats://a:1"},
+		{" nats://a:1 , ,nats://b:2,", "nats://a:1,nats://b:2", "nats://a:1,nats://b:2"},
+		{"nats://u:pw@a:1,nats://tok@b:2", "nats://u:pw@a:1,nats://tok@b:2", "nats://u:xxxxx@a:1,nats://xxxxx@b:2"},
+	} {
+		if got := serverList(tc.in); got != tc.list {
+			t.Fatalf("serverList(%q)=%q, want %q", tc.in, got, tc.list)
+		}
+		if got := redact(serverList(tc.in)); got != tc.redacted {
+			t.Fatalf("redact(%q)=%q, want %q", tc.in, got, tc.redacted)
+		}
+	}
+}
