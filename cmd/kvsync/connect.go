@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/agent"
+)
+
+// defaultTimeout bounds one-shot commands: connect plus the request.
+const defaultTimeout = 10 * time.Second
+
+// cliNATSConfig builds the connection settings of a command that has no config
+// file: the NATS CLI's environment (NATS_URL, NATS_CREDS, NATS_CONTEXT,
+// NATS_USER, NATS_PASSWORD; KVSYNC_NATS_URL wins over NATS_URL), then the
+// flags. With neither a URL nor a context, the context selected with
+// `nats context select` is used when there is one, like the NATS CLI does;
+// else agent.DefaultURL.
+func cliNATSConfig(f *connFlags) (agent.NATSConfig, error) {
+	cfg := agent.NATSConfig{Name: "kvsync"}
+	for _, e := range []struct {
+		env string
+		dst *string
+	}{
+		{"NATS_URL", &cfg.URL},
+		{"KVSYNC_NATS_URL", &cfg.URL},
+		{"NATS_CREDS", &cfg.Creds},
+		{"NATS_CONTEXT", &cfg.Context},
+		{"NATS_USER", &cfg.User},
+		{"NATS_PASSWORD", &cfg.Password},
+	} {
+		if v := os.Getenv(e.env); v != "" {
+			*e.dst = v
+		}
+	}
+	f.apply(&cfg)
+	if cfg.URL == "" && cfg.Context == "" {
+		sel, err := agent.SelectedContext()
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Context = sel
+	}
+	if cfg.URL == "" && cfg.Context == "" {
+		cfg.URL = agent.DefaultURL
+	}
+	if (cfg.TLS.Cert == "") != (cfg.TLS.Key == "") {
+		return cfg, usagef("--tls-cert and --tls-key go together")
+	}
+	return cfg, nil
+}
+
+// connectCLI connects for a one-shot command: the first connect must succeed
+// (a dead server is an error within seconds, not an endless retry).
+func connectCLI(ctx context.Context, f *connFlags) (*nats.Conn, jetstream.JetStream, error) {
+	cfg, err := cliNATSConfig(f)
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := agent.ConnectOnce(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := agent.JetStream(nc, cfg)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+// bucketError turns the errors of binding to a bucket into messages for people.
+func bucketError(bucket string, err error) error {
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
+		return fmt.Errorf("bucket %s not found", bucket)
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+		return fmt.Errorf("bucket %s: JetStream is not enabled on this server or account", bucket)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return fmt.Errorf("bucket %s: no answer from JetStream (is JetStream enabled, is the domain right?): %w", bucket, err)
+	}
+	return fmt.Errorf("bucket %s: %w", bucket, err)
+}
