@@ -601,3 +601,16 @@ func TestBucketDeletedKeepsFiles(t *testing.T) {
 		return nil
 	})
 }
+
+func testJS(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}

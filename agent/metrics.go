@@ -11,6 +11,7 @@ type metrics struct {
 	reg         *prometheus.Registry
 	updates     *prometheus.CounterVec   // bucket, op
 	writes      *prometheus.CounterVec   // projection
+	renders     *prometheus.CounterVec   // projection
 	removes     *prometheus.CounterVec   // projection
 	rejected    *prometheus.CounterVec   // projection, reason
 	errors      *prometheus.CounterVec   // projection, kind
@@ -32,6 +33,9 @@ func newMetrics() *metrics {
 		}, []string{"bucket", "op"}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvsync_writes_total", Help: "Files written (content changed).",
+		}, []string{"projection"}),
+		renders: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_renders_total", Help: "Template renders (a render that produces the same bytes writes nothing).",
 		}, []string{"projection"}),
 		removes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvsync_removes_total", Help: "Files removed.",
@@ -66,7 +70,7 @@ func newMetrics() *metrics {
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"projection"}),
 	}
-	reg.MustRegister(m.updates, m.writes, m.removes, m.rejected, m.errors, m.actions, m.conflicts,
+	reg.MustRegister(m.updates, m.writes, m.renders, m.removes, m.rejected, m.errors, m.actions, m.conflicts,
 		m.pushes, m.lastRev, m.connected, m.ready, m.propagation,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -71,6 +71,7 @@ func (p *templateProjection) update(s *state, _ bool) (bool, error) {
 	start := time.Now()
 	clear(s.wanted)
 	res, err := p.tmpl.Render(context.Background(), s)
+	p.o.a.metrics.renders.WithLabelValues(p.m.name).Inc()
 	p.deps, p.rendered = res.Deps, true
 	p.m.status.Buckets = res.Deps.Buckets()
 	var waiting []string
