@@ -40,9 +40,10 @@ type procOptions struct {
 type procOption func(*procOptions)
 
 // enableReaper makes the children started by a supervisor or an action runner
-// be waited by r, which must then be running (go r.run(ctx)) for as long as
-// they run. The integrator turns it on when reaperWanted() is true, and must
-// then give the same r to the supervisor and to every action runner.
+// be waited by r, which must be run (go r.run(ctx)). The agent turns it on
+// when reaperWanted() is true, and then gives the same r to the supervisor
+// and to every action runner: a child started without it would have its exit
+// status taken by r's wait4(-1).
 func enableReaper(r *procReaper) procOption {
 	return func(o *procOptions) { o.reaper = r }
 }
@@ -201,10 +202,12 @@ func newSupervisor(cfg ExecConfig, logger *slog.Logger, opts ...procOption) (*su
 	}, nil
 }
 
-// Start starts the child with env as its whole environment (the integrator
+// Start starts the child with env as its whole environment (the agent
 // passes os.Environ() plus the projected variables), in a process group of
-// its own, with kvsync's stdin, stdout and stderr. It returns an error if a
-// child is running already or the supervisor was stopped.
+// its own, with kvsync's stdin, stdout and stderr. Being in its own group,
+// the child is not in the terminal's foreground group: it gets Ctrl-C only
+// through forwardSignals, and reading the terminal stops it (SIGTTIN).
+// It returns an error if a child is running already, or errSupervisorStopped.
 func (s *supervisor) Start(env []string) error {
 	s.ops <- struct{}{}
 	defer func() { <-s.ops }()
