@@ -2,8 +2,16 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -304,5 +312,100 @@ func TestServerListAndRedact(t *testing.T) {
 		if got := redact(serverList(tc.in)); got != tc.redacted {
 			t.Fatalf("redact(%q)=%q, want %q", tc.in, got, tc.redacted)
 		}
+	}
+}
+
+// tlsFiles writes a CA, a server certificate for 127.0.0.1 and a client
+// certificate, all signed by the CA, as PEM files in dir.
+func tlsFiles(t *testing.T, dir string) (ca, srvCert, srvKey, cliCert, cliKey string) {
+	t.Helper()
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	leaf := func(serial int64, usage x509.ExtKeyUsage, name string) (string, string) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			ExtKeyUsage: []x509.ExtKeyUsage{usage}, KeyUsage: x509.KeyUsageDigitalSignature,
+			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, err := x509.MarshalECPrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "EC PRIVATE KEY", kder)
+	}
+	ca = write("ca.pem", "CERTIFICATE", caDER)
+	srvCert, srvKey = leaf(2, x509.ExtKeyUsageServerAuth, "server")
+	cliCert, cliKey = leaf(3, x509.ExtKeyUsageClientAuth, "client")
+	return ca, srvCert, srvKey, cliCert, cliKey
+}
+
+// TestConnectTLS: a server that wants TLS and a client certificate takes the
+// CA and client certificate from the config, or from a context.
+func TestConnectTLS(t *testing.T) {
+	_, dir := contextHome(t)
+	pki := t.TempDir()
+	ca, srvCert, srvKey, cliCert, cliKey := tlsFiles(t, pki)
+	tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: srvCert, KeyFile: srvKey, CaFile: ca, Verify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := connServer(t, func(o *server.Options) {
+		o.TLSConfig, o.TLS, o.TLSVerify, o.TLSTimeout = tc, true, true, 2
+	})
+	url := "tls://127.0.0.1:" + strconv.Itoa(s.Addr().(*net.TCPAddr).Port)
+	t.Setenv("PKI", pki)
+	writeCtxFile(t, filepath.Join(dir, "tls.json"),
+		`{"url": "`+url+`", "ca": "$PKI/ca.pem", "cert": "${PKI}/client.pem", "key": "$PKI/client-key.pem"}`)
+	for _, tc := range []struct {
+		name string
+		cfg  NATSConfig
+		ok   bool
+	}{
+		{"ca and client cert", NATSConfig{URL: url, TLS: TLSConfig{CA: ca, Cert: cliCert, Key: cliKey}}, true},
+		{"from context", NATSConfig{Context: "tls"}, true},
+		{"no client cert", NATSConfig{URL: url, TLS: TLSConfig{CA: ca}}, false},
+		{"unknown CA", NATSConfig{URL: url, TLS: TLSConfig{CA: cliCert, Cert: cliCert, Key: cliKey}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nc, err := ConnectOnce(context.Background(), tc.cfg)
+			if got, want := err == nil, tc.ok; got != want {
+				t.Fatalf("ConnectOnce err=%v, want success=%v", err, want)
+			}
+			if err != nil {
+				return
+			}
+			defer nc.Close()
+			if st, err := nc.TLSConnectionState(); err != nil || !st.HandshakeComplete {
+				t.Fatalf("not a TLS connection: %v", err)
+			}
+		})
 	}
 }
