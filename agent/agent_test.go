@@ -614,3 +614,14 @@ func testJS(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
 	}
 	return nc, js
 }
+
+func TestBucketTTLWithoutMarkersRemovesFiles(t *testing.T) {
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "ttl", TTL: 2 * time.Second})
+	dir := t.TempDir()
+	startAgent(t, filesCfg(s.ClientURL(), "ttl", dir), Options{})
+	put(t, kv, "short", "lived")
+	waitFor(t, 3*time.Second, fileIs(filepath.Join(dir, "short"), "lived"))
+	// The server drops the key after 2 s and sends no event.
+	waitFor(t, 10*time.Second, fileGone(filepath.Join(dir, "short")))
+}

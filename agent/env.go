@@ -88,10 +88,10 @@ func (p *envProjection) update(s *state, _ bool) (bool, error) {
 	}
 	if p.cfg.File != "" {
 		start := time.Now()
-		changed, err := projector.WriteFile(p.cfg.File, projector.EncodeDotenv(vars), p.fopts)
+		changed, err := writeOutput(p.cfg.File, projector.EncodeDotenv(vars), p.fopts)
 		if err != nil {
 			p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
-			return false, fmt.Errorf("write %s: %w", p.cfg.File, err)
+			return false, err
 		}
 		if changed {
 			p.o.a.metrics.writes.WithLabelValues(p.m.name).Inc()

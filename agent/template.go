@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/kvsync/kvsync/projector"
@@ -99,14 +100,23 @@ func (p *templateProjection) update(s *state, _ bool) (bool, error) {
 		p.m.logger.Info("dry run: would write", "dest", p.cfg.Dest, "bytes", len(res.Output))
 		return false, nil
 	}
-	changed, err := projector.WriteFile(p.cfg.Dest, res.Output, p.fopts)
+	changed, err := writeOutput(p.cfg.Dest, res.Output, p.fopts)
 	if err != nil {
 		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
-		return false, fmt.Errorf("write %s: %w", p.cfg.Dest, err)
+		return false, err
 	}
 	if changed {
 		p.o.a.metrics.writes.WithLabelValues(p.m.name).Inc()
 		p.m.logger.Info("template rendered", "dest", p.cfg.Dest, "bytes", len(res.Output), "took", time.Since(start))
 	}
 	return changed, nil
+}
+
+// writeOutput writes one rendered file, creating its folder first as an
+// operator expects of a new dest (the folder gets mode 0755).
+func writeOutput(path string, data []byte, o projector.FileOptions) (bool, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return false, fmt.Errorf("create folder of %s: %w", path, err)
+	}
+	return projector.WriteFile(path, data, o)
 }

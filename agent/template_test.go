@@ -44,7 +44,7 @@ func templateCfg(url, dir string) *Config {
 	cfg.NATS.URL = url
 	cfg.HTTP.Listen = ""
 	cfg.Templates = []TemplateConfig{{
-		Name: "conf", Bucket: "app", Dest: filepath.Join(dir, "app.conf"),
+		Name: "conf", Bucket: "app", Dest: filepath.Join(dir, "sub", "app.conf"),
 		Text:     `a={{ key "a" }}` + "\n",
 		OnChange: &Action{Command: []string{"sh", "-c", "echo ran >> " + filepath.Join(dir, "actions.log")}},
 	}}
@@ -57,7 +57,7 @@ func TestTemplateRendersOnDependencyChangeOnly(t *testing.T) {
 	put(t, kv, "a", "1")
 	dir := t.TempDir()
 	ag := startAgent(t, templateCfg(s.ClientURL(), dir), Options{})
-	dest := filepath.Join(dir, "app.conf")
+	dest := filepath.Join(dir, "sub", "app.conf")
 	waitFor(t, 5*time.Second, fileIs(dest, "a=1\n"))
 	waitFor(t, 5*time.Second, func() error {
 		if n := lines(filepath.Join(dir, "actions.log")); n != 1 {
@@ -106,7 +106,7 @@ func TestTemplateMissingKeyKeepsLastGoodFile(t *testing.T) {
 	cfg := templateCfg(s.ClientURL(), dir)
 	cfg.Templates[0].Text = `a={{ key "a" }} b={{ keyOr "b" "none" }}` + "\n"
 	ag := startAgent(t, cfg, Options{})
-	dest := filepath.Join(dir, "app.conf")
+	dest := filepath.Join(dir, "sub", "app.conf")
 	waitFor(t, 5*time.Second, fileIs(dest, "a=good b=none\n"))
 	if err := kv.Delete(context.Background(), "a"); err != nil {
 		t.Fatal(err)
@@ -143,7 +143,7 @@ func TestTemplateCrossBucket(t *testing.T) {
 	cfg := templateCfg(s.ClientURL(), dir)
 	cfg.Templates[0].Text = `{{ key "a" }} {{ key "other:x" }}`
 	startAgent(t, cfg, Options{})
-	dest := filepath.Join(dir, "app.conf")
+	dest := filepath.Join(dir, "sub", "app.conf")
 	waitFor(t, 5*time.Second, fileIs(dest, "1 from other"))
 	put(t, other, "x", "changed")
 	waitFor(t, 2*time.Second, fileIs(dest, "1 changed"))
@@ -185,7 +185,7 @@ func TestBurstCollapsesIntoOneAction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dest := filepath.Join(dir, "app.conf")
+	dest := filepath.Join(dir, "sub", "app.conf")
 	waitFor(t, 10*time.Second, func() error {
 		b, _ := os.ReadFile(dest)
 		if !strings.Contains(string(b), "k99=999;") {

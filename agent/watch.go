@@ -178,6 +178,15 @@ func (w *watcher) follow(ctx context.Context) error {
 	}
 	created := st.CachedInfo().Created
 	lastSeq := st.CachedInfo().State.LastSeq
+	// A bucket-wide TTL without limit markers removes keys with no event at
+	// all (NATS-NOTES): only a listing notices. Such buckets, and only they,
+	// are listed every quarter of their TTL (at least every second).
+	var expiry <-chan time.Time
+	if c := st.CachedInfo().Config; c.MaxAge > 0 && c.SubjectDeleteMarkerTTL == 0 {
+		t := time.NewTicker(max(c.MaxAge/4, time.Second))
+		defer t.Stop()
+		expiry = t.C
+	}
 
 	cons, err := w.js.OrderedConsumer(ctx, w.stream(), jetstream.OrderedConsumerConfig{
 		FilterSubjects: subjects(w.bucket, w.filters),
@@ -248,6 +257,12 @@ func (w *watcher) follow(ctx context.Context) error {
 			}
 			if w.caughtUp(ctx, cons, &maxSeen) {
 				markSynced()
+			}
+		case <-expiry:
+			if synced.Load() {
+				if err := w.list(ctx); err != nil {
+					w.logger.Warn("list keys for TTL expiry", "err", err)
+				}
 			}
 		case <-trouble:
 			if err := w.check(ctx, created); err != nil {
