@@ -625,3 +625,43 @@ func TestBucketTTLWithoutMarkersRemovesFiles(t *testing.T) {
 	// The server drops the key after 2 s and sends no event.
 	waitFor(t, 10*time.Second, fileGone(filepath.Join(dir, "short")))
 }
+
+func TestReloadKeepsOldConfigOnError(t *testing.T) {
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
+	put(t, kv, "a", "1")
+	dirA, dirB := t.TempDir(), t.TempDir()
+	reloads := make(chan struct{})
+	next := make(chan *Config, 1)
+	reload := func() (*Config, error) {
+		c := <-next
+		if c == nil {
+			return nil, errors.New("config: files[0].dir: required")
+		}
+		return c, nil
+	}
+	ag := startAgent(t, filesCfg(s.ClientURL(), "app", dirA), Options{Reloads: reloads, Reload: reload})
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dirA, "a"), "1"))
+
+	next <- nil // a bad config: the running one stays
+	reloads <- struct{}{}
+	waitFor(t, 2*time.Second, func() error {
+		if !strings.Contains(ag.logs.String(), "keeping the running config") {
+			return errors.New("bad reload not logged")
+		}
+		return nil
+	})
+	put(t, kv, "a", "2")
+	waitFor(t, 2*time.Second, fileIs(filepath.Join(dirA, "a"), "2"))
+
+	good := filesCfg(s.ClientURL(), "app", dirB)
+	good.Default()
+	next <- good
+	reloads <- struct{}{}
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dirB, "a"), "2"))
+	put(t, kv, "a", "3")
+	waitFor(t, 2*time.Second, fileIs(filepath.Join(dirB, "a"), "3"))
+	if err := fileIs(filepath.Join(dirA, "a"), "2")(); err != nil {
+		t.Fatalf("the old projection still runs after reload: %v", err)
+	}
+}

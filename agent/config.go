@@ -204,7 +204,7 @@ type LogConfig struct {
 // get their defaults in (*Config).Default, which runs after loading.
 func Default() Config {
 	return Config{
-		NATS: NATSConfig{URL: "nats://127.0.0.1:4222", Name: "kvsync"},
+		NATS: NATSConfig{Name: "kvsync"},
 		HTTP: HTTPConfig{Listen: "127.0.0.1:9333"},
 		Log:  LogConfig{Level: "info", Format: "text"},
 	}
@@ -310,6 +310,11 @@ func (c *Config) Default() {
 	}
 	if c.NATS.Name == "" {
 		c.NATS.Name = "kvsync"
+	}
+	// The default URL only when nothing else says where to connect: a
+	// context's URL must not be shadowed by it.
+	if c.NATS.URL == "" && c.NATS.Context == "" && c.Embedded == nil {
+		c.NATS.URL = DefaultURL
 	}
 }
 
