@@ -244,6 +244,7 @@ func (w *watcher) follow(ctx context.Context) error {
 	// Until synced, confirm the end of the initial values with the consumer's
 	// own count as well: the per-message pending count can stall when entries
 	// expire during catch-up (NATS-NOTES trap 3).
+	lastLog := time.Now()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -257,6 +258,10 @@ func (w *watcher) follow(ctx context.Context) error {
 			}
 			if w.caughtUp(ctx, cons, &maxSeen) {
 				markSynced()
+			} else if time.Since(lastLog) >= 2*time.Second {
+				// Long initial syncs (large buckets) say how far they are.
+				lastLog = time.Now()
+				w.logger.Info("initial sync in progress", "revision", maxSeen.Load(), "last_revision", lastSeq)
 			}
 		case <-expiry:
 			if synced.Load() {
