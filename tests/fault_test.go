@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -316,4 +318,216 @@ func TestFaultBucketDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	converges(t, 5*time.Second, kv, dir)
+}
+
+// TestFaultDestProblems: a folder blocked by a file, a full disk and a
+// template dest that is a folder each give an error on their own projection;
+// the other projections keep working; each recovers once fixed.
+func TestFaultDestProblems(t *testing.T) {
+	s := startServer(t)
+	kv := createBucket(t, jetStream(t, s), "app", 1)
+	root := t.TempDir()
+	good, blocked, full := filepath.Join(root, "good"), filepath.Join(root, "blocked"), filepath.Join(root, "full")
+	dest := filepath.Join(root, "rendered.conf")
+	for _, d := range []string{blocked, full, dest} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// (1) A file where the projection needs a folder.
+	if err := os.WriteFile(filepath.Join(blocked, "sub"), []byte("foreign"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// (2) A tiny file system: the disk is full after 64 KiB.
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", full).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a small tmpfs to fill (needs root and mount rights): %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", full).Run() })
+	// (3) dest is a folder with a file of someone else in it.
+	if err := os.WriteFile(filepath.Join(dest, "keep"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	put := func(k, v string) {
+		t.Helper()
+		if _, err := kv.Put(context.Background(), k, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("g.one", "1")
+	put("b.ok", "ok")
+	put("b.sub/x", "blocked")
+	put("f.big", strings.Repeat("x", 200<<10))
+	put("t.v", "rendered 1")
+	a := startAgent(t, s.ClientURL(), fmt.Sprintf(`files:
+  - {name: good, bucket: app, keys: ["g.>"], strip_prefix: "g.", dir: %q}
+  - {name: blocked, bucket: app, keys: ["b.>"], strip_prefix: "b.", dir: %q}
+  - {name: full, bucket: app, keys: ["f.>"], strip_prefix: "f.", dir: %q}
+templates:
+  - {name: tmpl, bucket: app, dest: %q, text: '{{ key "t.v" }}'}
+`, good, blocked, full, dest))
+	a.waitReady(t, 15*time.Second)
+
+	// Each broken projection reports its own error; nothing else broke.
+	pollFor(t, 10*time.Second, func() error {
+		st := a.status(t)
+		for _, c := range []struct{ name, want string }{
+			{"blocked", "sub"}, {"full", "no space left"}, {"tmpl", "rendered.conf"},
+		} {
+			if got := st.projection(c.name).LastError; !strings.Contains(got, c.want) {
+				return fmt.Errorf("%s last_error = %q, want it to mention %q", c.name, got, c.want)
+			}
+		}
+		if got := st.projection("good").LastError; got != "" {
+			return fmt.Errorf("good last_error = %q, want none", got)
+		}
+		return nil
+	})
+	waitFile(t, filepath.Join(good, "one"), []byte("1"), time.Now(), 5*time.Second)
+	waitFile(t, filepath.Join(blocked, "ok"), []byte("ok"), time.Now(), 5*time.Second)
+	if got, err := os.ReadFile(filepath.Join(blocked, "sub")); err != nil || string(got) != "foreign" {
+		t.Fatalf("the foreign file in the way = %q, %v; want it untouched", got, err)
+	}
+	put("g.two", "2")
+	put("f.small", "small")
+	waitFile(t, filepath.Join(good, "two"), []byte("2"), time.Now(), 5*time.Second)
+	waitFile(t, filepath.Join(full, "small"), []byte("small"), time.Now(), 5*time.Second)
+	a.alive(t)
+
+	// Fix each problem; the projections catch up with the next change.
+	if err := os.Remove(filepath.Join(blocked, "sub")); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-o", "remount,size=4m", full).CombinedOutput(); err != nil {
+		t.Fatalf("grow tmpfs: %v %s", err, out)
+	}
+	if err := os.RemoveAll(dest); err != nil {
+		t.Fatal(err)
+	}
+	put("b.sub/x", "unblocked")
+	put("f.big", strings.Repeat("y", 200<<10))
+	put("t.v", "rendered 2")
+	waitFile(t, filepath.Join(blocked, "sub", "x"), []byte("unblocked"), time.Now(), 5*time.Second)
+	waitFile(t, filepath.Join(full, "big"), []byte(strings.Repeat("y", 200<<10)), time.Now(), 5*time.Second)
+	waitFile(t, dest, []byte("rendered 2"), time.Now(), 5*time.Second)
+	a.alive(t)
+}
+
+// agentStatus is the part of GET /status the tests read.
+type agentStatus struct {
+	Ready       bool         `json:"ready"`
+	Projections []projStatus `json:"projections"`
+	Buckets     []struct {
+		Name    string `json:"name"`
+		Missing bool   `json:"missing"`
+	} `json:"buckets"`
+}
+
+// projStatus is one projection of GET /status.
+type projStatus struct {
+	Name      string   `json:"name"`
+	Keys      int      `json:"keys_projected"`
+	LastError string   `json:"last_error"`
+	Rejected  []string `json:"rejected"`
+	WaitingOn []string `json:"waiting_on"`
+}
+
+// projection returns the status of the projection name (zero if absent).
+func (s agentStatus) projection(name string) projStatus {
+	for _, p := range s.Projections {
+		if p.Name == name {
+			return p
+		}
+	}
+	return projStatus{}
+}
+
+// status fetches and decodes GET /status.
+func (a *agentProc) status(t testing.TB) agentStatus {
+	t.Helper()
+	_, body, err := a.get("/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st agentStatus
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatalf("/status: %v\n%s", err, body)
+	}
+	return st
+}
+
+// TestFaultDirIsAFile: the dir of one files projection is a regular file when
+// the agent starts. That projection reports the error; the other keeps
+// working; once the file is gone, the projection starts.
+func TestFaultDirIsAFile(t *testing.T) {
+	t.Skip("BUG: agent/files.go newFilesProjection opens the dir (projector.Open) while the owner is built; " +
+		"its error makes newOwner fail, and the whole agent exits 1 instead of reporting the error on that projection")
+	s := startServer(t)
+	kv := createBucket(t, jetStream(t, s), "app", 1)
+	root := t.TempDir()
+	good, bad := filepath.Join(root, "good"), filepath.Join(root, "bad")
+	if err := os.WriteFile(bad, []byte("foreign"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"g.one", "b.one"} {
+		if _, err := kv.Put(context.Background(), k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startAgent(t, s.ClientURL(), fmt.Sprintf(`files:
+  - {name: good, bucket: app, keys: ["g.>"], strip_prefix: "g.", dir: %q}
+  - {name: bad, bucket: app, keys: ["b.>"], strip_prefix: "b.", dir: %q}
+`, good, bad))
+	pollFor(t, 15*time.Second, func() error {
+		a.alive(t)
+		if _, err := os.Stat(filepath.Join(good, "one")); err != nil {
+			return err
+		}
+		if got := a.status(t).projection("bad").LastError; !strings.Contains(got, bad) {
+			return fmt.Errorf("bad last_error = %q, want it to name %s", got, bad)
+		}
+		return nil
+	})
+	if got, err := os.ReadFile(bad); err != nil || string(got) != "foreign" {
+		t.Fatalf("the file in the way = %q, %v; want it untouched", got, err)
+	}
+	if err := os.Remove(bad); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(context.Background(), "b.two", []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(t, filepath.Join(bad, "two"), []byte("two"), time.Now(), 10*time.Second)
+	waitFile(t, filepath.Join(bad, "one"), []byte("b.one"), time.Now(), 10*time.Second)
+	a.alive(t)
+}
+
+// TestFaultRetryWithoutChange: once a write problem is fixed, the projection
+// catches up by itself, without waiting for the next change of the key.
+func TestFaultRetryWithoutChange(t *testing.T) {
+	t.Skip("BUG: agent/owner.go flush never retries a projection whose update failed: " +
+		"a failed path is written again only when its key changes, a reload or a restart")
+	s := startServer(t)
+	kv := createBucket(t, jetStream(t, s), "app", 1)
+	dir := filepath.Join(t.TempDir(), "blocked")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sub"), []byte("foreign"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(context.Background(), "sub/x", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, s.ClientURL(), fmt.Sprintf("files:\n  - {name: app, bucket: app, dir: %q}\n", dir))
+	pollFor(t, 15*time.Second, func() error {
+		if got := a.status(t).projection("app").LastError; !strings.Contains(got, "sub") {
+			return fmt.Errorf("last_error = %q, want it to name sub", got)
+		}
+		return nil
+	})
+	if err := os.Remove(filepath.Join(dir, "sub")); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(t, filepath.Join(dir, "sub", "x"), []byte("v"), time.Now(), 30*time.Second)
 }
