@@ -60,10 +60,13 @@ func runProcHelper(mode, dir string) int {
 			helperWrite(dir, fmt.Sprintf("got.%s.%d", sigName(sig), os.Getpid()), "")
 		}
 		return 0
-	case "ignore-term": // survive kill_signal
+	case "ignore-term": // survive SIGTERM; exit on SIGUSR2
 		signal.Ignore(syscall.SIGTERM)
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGUSR2)
 		ready()
-		return forever()
+		<-sigs
+		return 0
 	case "grandchild": // start a sleep in the same process group
 		cmd := exec.Command("sleep", "1000")
 		if err := cmd.Start(); err != nil {
@@ -376,15 +379,16 @@ func TestSupervisorStop(t *testing.T) {
 		name       string
 		mode       string
 		killSignal string
+		timeout    time.Duration
 		wantKill   bool // SIGKILL needed after kill_timeout
 	}{
-		{"kill_signal ends it", "marker", "SIGTERM", false},
-		{"SIGKILL after kill_timeout", "ignore-term", "SIGTERM", true},
-		{"kill_signal SIGINT is what is sent", "ignore-term", "SIGINT", false},
+		{"kill_signal ends it", "marker", "SIGTERM", 10 * time.Second, false},
+		{"SIGKILL after kill_timeout", "ignore-term", "SIGTERM", 300 * time.Millisecond, true},
+		{"kill_signal SIGUSR2 is what is sent", "ignore-term", "SIGUSR2", 10 * time.Second, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			s, logs := mustSupervisor(t, ExecConfig{KillSignal: tc.killSignal, KillTimeout: 300 * time.Millisecond})
+			s, logs := mustSupervisor(t, ExecConfig{KillSignal: tc.killSignal, KillTimeout: tc.timeout})
 			pid := mustStart(t, s, tc.mode, dir)
 			if err := s.Stop(context.Background()); err != nil {
 				t.Fatalf("Stop: %v", err)
