@@ -603,3 +603,21 @@ func TestActionCommandLeavesDaemon(t *testing.T) {
 		t.Fatalf("daemon %d was killed", daemon)
 	}
 }
+
+// A webhook that does not answer is cut by the per-attempt timeout (here
+// the action's timeout: next to http:) and retried.
+func TestActionHTTPTimeout(t *testing.T) {
+	var attempts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		attempts.Add(1)
+		<-req.Context().Done()
+	}))
+	defer srv.Close()
+	r, _ := mustActionRunner(t, Action{Timeout: 100 * time.Millisecond, HTTP: &HTTPAction{URL: srv.URL, Retries: 1}}, nil)
+	res := r.Run(context.Background(), "test")
+	if !errors.Is(res.Err, context.DeadlineExceeded) {
+		t.Fatalf("Err = %v, want context.DeadlineExceeded", res.Err)
+	}
+	// The server may see the last request a moment after the client gave up.
+	execPollFor(t, 5*time.Second, "2 attempts", func() bool { return attempts.Load() == 2 })
+}
