@@ -520,6 +520,7 @@ func TestFaultRetryWithoutChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := startAgent(t, s.ClientURL(), fmt.Sprintf("files:\n  - {name: app, bucket: app, dir: %q}\n", dir))
+	a.waitReady(t, 15*time.Second)
 	pollFor(t, 15*time.Second, func() error {
 		if got := a.status(t).projection("app").LastError; !strings.Contains(got, "sub") {
 			return fmt.Errorf("last_error = %q, want it to name sub", got)
