@@ -58,6 +58,7 @@ type Agent struct {
 
 	status atomic.Pointer[Status] // the latest snapshot, served by /status
 	warned projector.WarnOnce     // in-place write fallbacks already logged
+	reaper *procReaper            // set when kvsync is PID 1 or a subreaper
 	ready  atomic.Bool
 	conn   atomic.Bool
 }
@@ -136,9 +137,22 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 
+	// As PID 1 or a subreaper, kvsync reaps orphans. The one reaper is then
+	// the only waiter for children: the exec child and command actions get
+	// their exit status from it.
+	if reaperWanted() {
+		a.reaper = newProcReaper(a.logger)
+		rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+		defer rcancel() // after the child is stopped: deferred calls run in reverse
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.reaper.run(rctx)
+		}()
+	}
 	var exec *execLoop
 	if a.cfg.Exec != nil && !a.opts.Once && !a.opts.DryRun {
-		exec, err = newExecLoop(*a.cfg.Exec, a.logger)
+		exec, err = newExecLoop(*a.cfg.Exec, a.logger, a.reaper)
 		if err != nil {
 			return err
 		}

@@ -20,8 +20,8 @@ const (
 	pingInterval   = 5 * time.Second
 	maxPingsOut    = 2
 	dialTimeout    = 3 * time.Second
-	reconnectFirst = 250 * time.Millisecond
-	reconnectMax   = 5 * time.Second
+	reconnectFirst = 50 * time.Millisecond
+	reconnectMax   = 400 * time.Millisecond
 )
 
 // DefaultURL is the server kvsync dials when nothing else is configured.
@@ -34,8 +34,8 @@ const DefaultURL = "nats://127.0.0.1:4222"
 // credentials go as a group: if cfg sets any of creds, nkey, token or user,
 // none of the context's credentials are used.
 //
-// The connection reconnects forever with a jittered backoff (250 ms doubling
-// to 5 s), and the first connect is retried the same way: Connect does not fail
+// The connection reconnects forever with a jittered backoff (50 ms doubling
+// to 400 ms), and the first connect is retried the same way: Connect does not fail
 // because the server is down, which is what a daemon that starts before its
 // server wants. opts (handlers, mostly) are applied after kvsync's own and win.
 // Errors are configuration errors: unreadable context, bad nkey seed file.
@@ -180,8 +180,10 @@ func options(cfg NATSConfig, c *NATSContext) ([]nats.Option, error) {
 }
 
 // reconnectDelay is the pause after every server of the list failed once:
-// 250 ms doubling to 5 s, plus up to half of it again as jitter so that a fleet
-// of agents does not reconnect in lockstep after a server restart.
+// 50 ms doubling to 400 ms, plus up to half of it again as jitter so that a fleet
+// of agents does not reconnect in lockstep after a server restart. The cap is
+// low on purpose: the first change after a server comes back must reach disk
+// within a second, and one failed TCP connect per agent every ~0.5 s is cheap.
 func reconnectDelay(attempts int) time.Duration {
 	d := reconnectMax
 	if attempts < 16 {

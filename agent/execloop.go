@@ -15,7 +15,6 @@ import (
 type execLoop struct {
 	cfg    ExecConfig
 	sup    *supervisor
-	reaper *procReaper
 	logger *slog.Logger
 
 	mu       sync.Mutex
@@ -26,12 +25,11 @@ type execLoop struct {
 	kick     chan struct{}
 }
 
-func newExecLoop(cfg ExecConfig, logger *slog.Logger) (*execLoop, error) {
+func newExecLoop(cfg ExecConfig, logger *slog.Logger, reaper *procReaper) (*execLoop, error) {
 	l := &execLoop{cfg: cfg, logger: logger.With("exec", cfg.Command[0]), kick: make(chan struct{}, 1)}
 	var opts []procOption
-	if reaperWanted() {
-		l.reaper = newProcReaper(l.logger)
-		opts = append(opts, enableReaper(l.reaper))
+	if reaper != nil {
+		opts = append(opts, enableReaper(reaper))
 	}
 	sup, err := newSupervisor(cfg, l.logger, opts...)
 	if err != nil {
@@ -79,9 +77,6 @@ func (l *execLoop) status() *ChildStatus {
 
 // run starts, restarts and finally stops the child. On return the child is gone.
 func (l *execLoop) run(ctx context.Context) {
-	if l.reaper != nil {
-		go l.reaper.run(ctx)
-	}
 	fctx, fcancel := context.WithCancel(context.Background())
 	defer fcancel()
 	go l.sup.forwardSignals(fctx)

@@ -152,7 +152,11 @@ func (o *owner) newMeta(name, kind, target string, buckets []string, w *WaitConf
 		if o.exec != nil {
 			restart = o.exec.restart
 		}
-		r, err := newActionRunner(*act, name, m.logger, restart)
+		var opts []procOption
+		if o.a.reaper != nil {
+			opts = append(opts, enableReaper(o.a.reaper))
+		}
+		r, err := newActionRunner(*act, name, m.logger, restart, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("%s: on_change: %w", name, err)
 		}
