@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"sort"
 
@@ -107,12 +108,13 @@ func Render(ctx context.Context, cfg *Config, js jetstream.JetStream, names []st
 	for _, n := range names {
 		want[n] = true
 	}
+	unknown := maps.Clone(want)
 	var out []Rendered
 	for _, tc := range cfg.Templates {
 		if len(want) > 0 && !want[tc.Name] {
 			continue
 		}
-		delete(want, tc.Name)
+		delete(unknown, tc.Name)
 		text := tc.Text
 		if tc.Source != "" {
 			b, err := os.ReadFile(tc.Source)
@@ -134,8 +136,8 @@ func Render(ctx context.Context, cfg *Config, js jetstream.JetStream, names []st
 		}
 		out = append(out, Rendered{Name: tc.Name, Dest: tc.Dest, Output: res.Output, Missing: res.Missing, Err: err})
 	}
-	if len(want) > 0 {
-		return out, fmt.Errorf("no template named %v", sortedKeys(want))
+	if len(unknown) > 0 {
+		return out, fmt.Errorf("no template named %v", sortedKeys(unknown))
 	}
 	return out, nil
 }
