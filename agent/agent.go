@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -197,6 +198,9 @@ func (a *Agent) awaitReload(res <-chan error) (*Config, error) {
 			if err != nil {
 				a.logger.Error("reload: keeping the running config", "err", err)
 				continue
+			}
+			if !reflect.DeepEqual(next.Exec, a.cfg.Exec) {
+				a.logger.Warn("reload: exec: changed; the running child is kept, restart kvsync to apply it")
 			}
 			a.logger.Info("reload: applying the new config")
 			return next, nil
