@@ -1,0 +1,170 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/nats-io/nats.go"
+
+	"github.com/kvsync/kvsync/agent"
+)
+
+// running is an agent hosted in this process, on a connection of its own.
+type running struct {
+	a      *agent.Agent
+	nc     *nats.Conn
+	cancel context.CancelFunc
+	done   chan error
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// baseConfig is an agent config with no projection, reaching the bench's
+// server, with HTTP off.
+func (e *env) baseConfig() *agent.Config {
+	cfg := agent.Default()
+	cfg.NATS = e.nats
+	cfg.HTTP.Listen = ""
+	return &cfg
+}
+
+// startAgent fills cfg's defaults and runs an agent on a new connection.
+func (e *env) startAgent(ctx context.Context, cfg *agent.Config) (*running, error) {
+	cfg.Default()
+	nc, _, err := e.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := agent.New(cfg, agent.Options{Conn: nc, Logger: e.logger})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r := &running{a: a, nc: nc, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- a.Run(actx) }()
+	return r, nil
+}
+
+// stop stops the agent and closes its connection. Later calls return the
+// first call's result.
+func (r *running) stop() error {
+	r.stopOnce.Do(func() {
+		r.cancel()
+		defer r.nc.Close()
+		select {
+		case r.stopErr = <-r.done:
+		case <-time.After(30 * time.Second):
+			r.stopErr = errors.New("agent did not stop within 30s")
+		}
+	})
+	return r.stopErr
+}
+
+// waitReady waits until the agent finished its initial sync.
+func (r *running) waitReady(ctx context.Context, timeout time.Duration) error {
+	return poll(ctx, timeout, time.Millisecond, func() error {
+		select {
+		case err := <-r.done:
+			r.done <- err
+			return final{fmt.Errorf("agent stopped: %v", err)}
+		default:
+		}
+		if !r.a.Ready() {
+			return errors.New("agent not ready")
+		}
+		return nil
+	})
+}
+
+// metrics returns the agent's /metrics page.
+func (r *running) metrics() string {
+	rec := httptest.NewRecorder()
+	r.a.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	return rec.Body.String()
+}
+
+// propagation reads the agent's propagation histogram of one projection.
+func (r *running) propagation(projection string) *Summary {
+	return histSummary(histogram(strings.NewReader(r.metrics()), "kvsync_propagation_seconds", map[string]string{"projection": projection}))
+}
+
+// final is an error of a poll function that makes waiting pointless.
+type final struct{ error }
+
+// poll calls fn every interval until it returns nil or a final error, ctx is
+// done or timeout passes; it returns fn's last error then.
+func poll(ctx context.Context, timeout, interval time.Duration, fn func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		var f final
+		if errors.As(err, &f) {
+			return f.error
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %v: %w", timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(interval):
+		}
+	}
+}
+
+// watchFiles calls seen with the path of every file created, replaced or
+// written in dirs (not below them), from one goroutine, until stop is
+// called. Files replaced by rename, as kvsync writes them, show up as
+// created. The inotify event arrives within microseconds of the rename;
+// seen reads the file to confirm what it holds.
+func watchFiles(dirs []string, seen func(path string)) (stop func(), err error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("watch files: %w", err)
+	}
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			w.Close()
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+		if err := w.Add(d); err != nil {
+			w.Close()
+			return nil, fmt.Errorf("watch %s: %w", d, err)
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				if ev.Has(fsnotify.Create) || ev.Has(fsnotify.Write) {
+					seen(filepath.Clean(ev.Name))
+				}
+			case _, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+			}
+		}
+	}()
+	return func() { w.Close(); wg.Wait() }, nil
+}

@@ -1,0 +1,344 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/agent"
+)
+
+// The scenarios, in the order All runs them.
+const (
+	Latency     = "latency"
+	InitialSync = "initial-sync"
+	Once        = "once"
+	Burst       = "burst"
+	Idle        = "idle"
+	Fanout      = "fanout"
+	All         = "all"
+)
+
+// Scenarios lists every scenario name Run knows, All excluded.
+func Scenarios() []string {
+	return []string{Latency, InitialSync, Once, Burst, Idle, Fanout}
+}
+
+// Options say what to measure and where. The zero value of a size picks the
+// scenario's default (see the field comments).
+type Options struct {
+	// NATS reaches the server. Without a URL and a context, Run starts an
+	// embedded JetStream server with a store in a temporary folder.
+	NATS agent.NATSConfig
+	// Scenarios to run, in the order given; empty or All runs every one.
+	Scenarios []string
+	// Keys is the size of the data set: initial-sync 100,000; once 10,000;
+	// burst 1,000 keys (10 puts each); idle 1,000. Latency uses fixed sets
+	// (1 key; templates over 1,000 and 10,000 keys; 100 env keys).
+	Keys int
+	// Count is the number of samples: latency 500 per case and pacing;
+	// fanout 100 puts.
+	Count int
+	// Pacings are the gaps between one sample being seen and the next put;
+	// empty means 20 ms and 0 (back to back).
+	Pacings []time.Duration
+	// Fsync makes files projections durable before they report a write.
+	Fsync bool
+	// Agents is the number of agents of the fanout scenario (200).
+	Agents int
+	// IdleFor is how long the idle scenario leaves the agent alone (10 s).
+	IdleFor time.Duration
+	// Dir holds the projected files; empty means a new temporary folder,
+	// removed at the end.
+	Dir string
+	// Child returns a command that runs kvsync with args (`run -c FILE`):
+	// the scenarios that measure one agent's memory and CPU run it as a
+	// child process. Nil runs os.Executable(), which is kvsync itself.
+	Child func(ctx context.Context, args ...string) *exec.Cmd
+	// Logger receives the agents' and the bench's own log lines.
+	Logger *slog.Logger
+	// Progress, when set, receives progress: a line redrawn in place when
+	// Terminal, else one log line per step.
+	Progress io.Writer
+	Terminal bool
+}
+
+// Report is everything one Run measured.
+type Report struct {
+	Machine Machine  `json:"machine"`
+	Results []Result `json:"results"`
+}
+
+// Machine describes where the figures were taken.
+type Machine struct {
+	GoVersion string `json:"go_version"`
+	OS        string `json:"os"`
+	Arch      string `json:"arch"`
+	CPUs      int    `json:"cpus"`
+	Server    string `json:"server"` // "embedded" or the URL
+	Fsync     bool   `json:"fsync"`
+	Started   string `json:"started"`
+}
+
+// Result is one measured case. Fields that do not apply are zero and left out
+// of the JSON.
+type Result struct {
+	Scenario string `json:"scenario"`
+	Case     string `json:"case"`
+	Pacing   string `json:"pacing,omitempty"`
+	// Latency is put → the bytes visible in the destination file.
+	Latency *Summary `json:"latency,omitempty"`
+	// Raw is put → a plain JetStream KV watcher received the entry, measured
+	// on the same puts.
+	Raw *Summary `json:"raw,omitempty"`
+	// Histogram is the agent's own kvsync_propagation_seconds histogram
+	// (server timestamp → bytes on disk), quantiles interpolated in buckets.
+	Histogram *Summary `json:"histogram,omitempty"`
+	// All is, per put, the time until every agent had the file (fanout).
+	All        *Summary      `json:"all,omitempty"`
+	Wall       time.Duration `json:"wall_ns,omitempty"`
+	Throughput float64       `json:"throughput,omitempty"`
+	Unit       string        `json:"throughput_unit,omitempty"`
+	PeakRSS    int64         `json:"peak_rss_bytes,omitempty"`
+	RSS        int64         `json:"rss_bytes,omitempty"`
+	CPU        time.Duration `json:"cpu_ns,omitempty"`
+	Actions    int           `json:"actions,omitempty"`
+	Keys       int           `json:"keys,omitempty"`
+	Note       string        `json:"note,omitempty"`
+}
+
+// Run runs the scenarios of o and returns what they measured. A scenario that
+// fails stops the run; the results so far are returned with the error.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	names, err := expand(o.Scenarios)
+	if err != nil {
+		return nil, err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(o.Pacings) == 0 {
+		o.Pacings = []time.Duration{20 * time.Millisecond, 0}
+	}
+	e, err := newEnv(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	rep := &Report{Machine: Machine{
+		GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH, CPUs: runtime.NumCPU(),
+		Server: e.server, Fsync: o.Fsync, Started: time.Now().UTC().Format(time.RFC3339),
+	}}
+	for _, n := range names {
+		var res []Result
+		var err error
+		switch n {
+		case Latency:
+			res, err = e.latency(ctx)
+		case InitialSync:
+			res, err = e.initialSync(ctx)
+		case Once:
+			res, err = e.once(ctx)
+		case Burst:
+			res, err = e.burst(ctx)
+		case Idle:
+			res, err = e.idle(ctx)
+		case Fanout:
+			res, err = e.fanout(ctx)
+		}
+		rep.Results = append(rep.Results, res...)
+		if err != nil {
+			return rep, fmt.Errorf("%s: %w", n, err)
+		}
+	}
+	return rep, nil
+}
+
+// expand checks the scenario names and replaces All by every scenario.
+func expand(names []string) ([]string, error) {
+	if len(names) == 0 {
+		return Scenarios(), nil
+	}
+	var out []string
+	for _, n := range names {
+		switch {
+		case n == All:
+			out = append(out, Scenarios()...)
+		case slices.Contains(Scenarios(), n):
+			out = append(out, n)
+		default:
+			return nil, fmt.Errorf("unknown scenario %q (want one of %s, %s)", n, strings.Join(Scenarios(), ", "), All)
+		}
+	}
+	return out, nil
+}
+
+// env is the server, the writer's connection and the work folder shared by
+// the scenarios of one run.
+type env struct {
+	o      Options
+	nats   agent.NATSConfig
+	server string // "embedded" or the URL, for the report
+	srv    *server.Server
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	dir    string
+	rmDir  bool
+	prog   *progress
+	logger *slog.Logger
+	seq    int // samples taken so far: makes every value unique
+}
+
+func newEnv(ctx context.Context, o Options) (*env, error) {
+	e := &env{o: o, nats: o.NATS, logger: o.Logger, prog: &progress{w: o.Progress, term: o.Terminal}}
+	if e.nats.Name == "" {
+		e.nats.Name = "kvsync-bench"
+	}
+	e.dir = o.Dir
+	if e.dir == "" {
+		d, err := os.MkdirTemp("", "kvsync-bench-")
+		if err != nil {
+			return nil, fmt.Errorf("work folder: %w", err)
+		}
+		e.dir, e.rmDir = d, true
+	}
+	if e.nats.URL == "" && e.nats.Context == "" {
+		srv, err := agent.StartEmbedded(agent.EmbeddedConfig{StoreDir: e.path("server"), Listen: "127.0.0.1:0"})
+		if err != nil {
+			e.close()
+			return nil, err
+		}
+		e.srv, e.server = srv, "embedded"
+		e.nats.URL = srv.ClientURL()
+	} else {
+		e.server = e.nats.URL
+		if e.server == "" {
+			e.server = "context " + e.nats.Context
+		}
+	}
+	nc, js, err := e.connect(ctx)
+	if err != nil {
+		e.close()
+		return nil, err
+	}
+	e.nc, e.js = nc, js
+	return e, nil
+}
+
+// connect opens a connection of its own (each agent and the writer have one).
+func (e *env) connect(ctx context.Context) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := agent.ConnectOnce(ctx, e.nats)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := agent.JetStream(nc, e.nats)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+func (e *env) close() {
+	if e.nc != nil {
+		e.nc.Close()
+	}
+	if e.srv != nil {
+		e.srv.Shutdown()
+		e.srv.WaitForShutdown()
+	}
+	if e.rmDir {
+		_ = os.RemoveAll(e.dir)
+	}
+}
+
+// path returns a fresh path under the work folder.
+func (e *env) path(parts ...string) string {
+	return strings.Join(append([]string{e.dir}, parts...), string(os.PathSeparator))
+}
+
+// bucket creates a bucket of its own for one case; drop deletes it.
+func (e *env) bucket(ctx context.Context, name string) (jetstream.KeyValue, func(), error) {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	full := "kvsync_bench_" + strings.ReplaceAll(name, "-", "_") + "_" + hex.EncodeToString(b[:])
+	kv, err := e.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: full, Storage: jetstream.FileStorage})
+	if err != nil {
+		return nil, nil, fmt.Errorf("create bucket %s: %w", full, err)
+	}
+	drop := func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := e.js.DeleteKeyValue(dctx, full); err != nil {
+			e.logger.Warn("delete bench bucket", "bucket", full, "err", err)
+		}
+	}
+	return kv, drop, nil
+}
+
+// fill puts n keys named by key(i) with values val(i), asynchronously, and
+// waits for every ack.
+func (e *env) fill(ctx context.Context, kv jetstream.KeyValue, n int, key func(int) string, val func(int) []byte) error {
+	bucket := kv.Bucket()
+	step := e.prog.start("fill "+bucket, n)
+	defer step.done()
+	for i := 0; i < n; i++ {
+		if _, err := e.js.PublishAsync("$KV."+bucket+"."+key(i), val(i)); err != nil {
+			return fmt.Errorf("put %s: %w", key(i), err)
+		}
+		// Wait for the acks now and then: the client refuses more than
+		// 4,000 unacknowledged messages.
+		if i%2000 == 1999 || i == n-1 {
+			if err := e.acked(ctx); err != nil {
+				return err
+			}
+			step.set(i + 1)
+		}
+	}
+	return nil
+}
+
+// acked waits until every async publish of the writer was acknowledged.
+func (e *env) acked(ctx context.Context) error {
+	select {
+	case <-e.js.PublishAsyncComplete():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Minute):
+		return errors.New("publish acks not received within 1m")
+	}
+}
+
+// pad returns s padded with 'x' to n bytes.
+func pad(s string, n int) []byte {
+	b := make([]byte, 0, max(n, len(s)))
+	b = append(b, s...)
+	for len(b) < n {
+		b = append(b, 'x')
+	}
+	return b
+}
+
+// orDefault returns v, or def when v is zero.
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}

@@ -1,0 +1,154 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/kvsync/kvsync/agent"
+)
+
+// burstWait is the quiescence of the burst scenario's projection.
+const burstWait = 50 * time.Millisecond
+
+// burst: 10 puts for each of Keys keys (1,000), back to back, into an
+// in-process agent whose files projection has wait.min 50ms and an on_change
+// command. It measures the time from the last put's ack until every file
+// holds its final value, and counts the action runs (the contract: one).
+func (e *env) burst(ctx context.Context) ([]Result, error) {
+	keys := orDefault(e.o.Keys, 1000)
+	puts := 10 * keys
+	res := Result{Scenario: Burst, Case: fmt.Sprintf("%d puts over %d keys, wait.min %v", puts, keys, burstWait), Keys: keys}
+	kv, drop, err := e.bucket(ctx, "burst")
+	if err != nil {
+		return nil, err
+	}
+	defer drop()
+
+	dir, marks := e.path("burst", "files"), e.path("burst", "actions")
+	key := func(i int) string { return fmt.Sprintf("k.%06d", i%keys) }
+	val := func(i int) []byte { return pad(fmt.Sprintf("p%07d-", i), 100) }
+	final := map[string][]byte{}
+	for i := puts - keys; i < puts; i++ {
+		final[filepath.Join(dir, key(i))] = val(i)
+	}
+
+	settled := make(chan time.Time, 1)
+	done := map[string]bool{} // touched by the watcher goroutine only
+	stopFiles, err := watchFiles([]string{dir}, func(path string) {
+		at := time.Now()
+		want, ok := final[path]
+		if !ok || done[path] {
+			return
+		}
+		if b, err := os.ReadFile(path); err == nil && bytes.Equal(b, want) {
+			done[path] = true
+			if len(done) == len(final) {
+				settled <- at
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer stopFiles()
+
+	cfg := e.baseConfig()
+	fsync := e.o.Fsync
+	cfg.Files = []agent.FilesConfig{{
+		Name: "files", Bucket: kv.Bucket(), Keys: []string{">"}, Dir: dir, Fsync: &fsync,
+		Wait:     &agent.WaitConfig{Min: burstWait},
+		OnChange: &agent.Action{Command: []string{"/bin/sh", "-c", `echo run >> "$0"`, marks}},
+	}}
+	r, err := e.startAgent(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = r.stop() }()
+	if err := r.waitReady(ctx, time.Minute); err != nil {
+		return nil, err
+	}
+
+	step := e.prog.start(fmt.Sprintf("burst of %d puts over %d keys", puts, keys), puts)
+	start := time.Now()
+	for i := 0; i < puts; i++ {
+		if _, err := kv.Put(ctx, key(i), val(i)); err != nil {
+			step.done()
+			return nil, fmt.Errorf("put %s: %w", key(i), err)
+		}
+		if i%500 == 499 {
+			step.set(i + 1)
+		}
+	}
+	lastPut := time.Now()
+	step.done()
+	var at time.Time
+	select {
+	case at = <-settled:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(2 * time.Minute):
+		return nil, fmt.Errorf("files did not all hold their final value within 2m of the last put")
+	}
+	res.Wall = at.Sub(lastPut)
+	res.Throughput, res.Unit = float64(puts)/lastPut.Sub(start).Seconds(), "puts/s"
+
+	// The action runs after the files are written: wait for the first run,
+	// then long enough for a second one to show if the burst was split.
+	if err := poll(ctx, 30*time.Second, 5*time.Millisecond, func() error {
+		if n, _ := countLines(marks); n == 0 {
+			return fmt.Errorf("on_change did not run")
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(10*burstWait + 500*time.Millisecond):
+	}
+	if res.Actions, err = countLines(marks); err != nil {
+		return nil, err
+	}
+	writes := counter(r.metrics(), "kvsync_writes_total", "files")
+	res.Note = fmt.Sprintf("in-process agent; wall = last put acked -> every file final (includes wait.min %v); %v file writes for %d keys; actions must be 1", burstWait, writes, keys)
+	return []Result{res}, r.stop()
+}
+
+// countLines counts the lines of a file; a missing file has none.
+func countLines(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	return bytes.Count(b, []byte("\n")), nil
+}
+
+// counter reads the value of a counter of one projection from a metrics page.
+func counter(page, name, projection string) float64 {
+	sc := bufio.NewScanner(strings.NewReader(page))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		end := strings.LastIndexByte(line, '}')
+		if parseLabels(line[len(name)+1 : end])["projection"] != projection {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(strings.TrimSpace(line[end+1:]), &v); err == nil {
+			return v
+		}
+	}
+	return 0
+}

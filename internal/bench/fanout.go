@@ -1,0 +1,171 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/agent"
+)
+
+// round is one fanout put: when each agent's file held its value.
+type round struct {
+	val     []byte
+	arrived []time.Time // written by the watcher goroutine until done is closed
+	left    int
+	done    chan struct{}
+}
+
+// fanout: Agents agents (200), each hosted in a goroutine of this process
+// with a connection of its own, project the same key; per put, the time until
+// each agent's file holds it, and until all do.
+func (e *env) fanout(ctx context.Context) ([]Result, error) {
+	n := orDefault(e.o.Agents, 200)
+	count := orDefault(e.o.Count, 100)
+	warm := min(2, count/10)
+	pacing := e.o.Pacings[0]
+	res := Result{Scenario: Fanout, Case: fmt.Sprintf("%d agents, 1 key", n), Pacing: pacing.String()}
+	kv, drop, err := e.bucket(ctx, "fanout")
+	if err != nil {
+		return nil, err
+	}
+	defer drop()
+	if _, err := kv.Put(ctx, "fan", []byte("init")); err != nil {
+		return nil, fmt.Errorf("put fan: %w", err)
+	}
+
+	dirs := make([]string, n)
+	index := map[string]int{}
+	for i := range dirs {
+		dirs[i] = e.path("fanout", fmt.Sprintf("agent-%03d", i))
+		index[filepath.Join(dirs[i], "fan")] = i
+	}
+	var cur atomic.Pointer[round]
+	stopFiles, err := watchFiles(dirs, func(path string) {
+		at := time.Now()
+		i, ok := index[path]
+		r := cur.Load()
+		if !ok || r == nil || !r.arrived[i].IsZero() {
+			return
+		}
+		if b, err := os.ReadFile(path); err == nil && bytes.Equal(b, r.val) {
+			r.arrived[i] = at
+			if r.left--; r.left == 0 {
+				close(r.done)
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer stopFiles()
+
+	step := e.prog.start(fmt.Sprintf("fanout: start %d agents", n), n)
+	agents := make([]*running, 0, n)
+	defer func() { stopAll(agents) }()
+	fsync := e.o.Fsync
+	for i := 0; i < n; i++ {
+		cfg := e.baseConfig()
+		cfg.Files = []agent.FilesConfig{{Name: "files", Bucket: kv.Bucket(), Keys: []string{"fan"}, Dir: dirs[i], Fsync: &fsync}}
+		r, err := e.startAgent(ctx, cfg)
+		if err != nil {
+			step.done()
+			return nil, fmt.Errorf("agent %d: %w", i, err)
+		}
+		agents = append(agents, r)
+		step.set(i + 1)
+	}
+	for i, r := range agents {
+		if err := r.waitReady(ctx, 2*time.Minute); err != nil {
+			step.done()
+			return nil, fmt.Errorf("agent %d: %w", i, err)
+		}
+	}
+	step.done()
+
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	watch, err := kv.Watch(wctx, "fan", jetstream.UpdatesOnly())
+	if err != nil {
+		return nil, fmt.Errorf("raw watcher: %w", err)
+	}
+	defer func() { _ = watch.Stop() }()
+	rawHits := make(chan rawHit, 1024)
+	go func() {
+		for en := range watch.Updates() {
+			if en != nil {
+				rawHits <- rawHit{rev: en.Revision(), at: time.Now()}
+			}
+		}
+	}()
+
+	step = e.prog.start(fmt.Sprintf("fanout to %d agents pacing=%v", n, pacing), count+warm)
+	defer step.done()
+	var each, all, raw []time.Duration
+	for s := 0; s < count+warm; s++ {
+		r := &round{val: pad(fmt.Sprintf("f%07d-", s), 100), arrived: make([]time.Time, n), left: n, done: make(chan struct{})}
+		cur.Store(r)
+		t0 := time.Now()
+		rev, err := kv.Put(ctx, "fan", r.val)
+		if err != nil {
+			return nil, fmt.Errorf("put fan: %w", err)
+		}
+		rawAt, err := awaitRaw(ctx, rawHits, rev)
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(30 * time.Second):
+			return nil, errors.New("not every agent had the put within 30s")
+		}
+		cur.Store(nil)
+		if s >= warm {
+			var last time.Duration
+			for _, at := range r.arrived {
+				d := at.Sub(t0)
+				each = append(each, d)
+				last = max(last, d)
+			}
+			all = append(all, last)
+			raw = append(raw, rawAt.Sub(t0))
+		}
+		step.set(s + 1)
+		if pacing > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(pacing):
+			}
+		}
+	}
+	res.Latency, res.All, res.Raw = summarize(each), summarize(all), summarize(raw)
+	if st, err := procStatus(os.Getpid()); err == nil {
+		res.RSS = st.rss
+	}
+	res.Note = fmt.Sprintf("%d agents as goroutines of one process, one connection each; latency over every agent and put, all = until the last agent had it; fsync=%v; RSS is the whole bench process (server included when embedded)", n, e.o.Fsync)
+	return []Result{res}, nil
+}
+
+// stopAll stops agents in parallel.
+func stopAll(agents []*running) {
+	var wg sync.WaitGroup
+	for _, r := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = r.stop()
+		}()
+	}
+	wg.Wait()
+}
