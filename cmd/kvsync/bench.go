@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kvsync/kvsync/internal/bench"
+)
+
+// BenchCommand measures propagation latency, initial sync, bursts, an idle
+// agent and fan-out against a server: the one given with -s, else an
+// embedded one with a store in a temporary folder.
+type BenchCommand struct {
+	io ioStreams
+	// child, when set, replaces os.Executable() as the kvsync run by the
+	// scenarios that measure an agent in a process of its own (tests).
+	child func(ctx context.Context, args ...string) *exec.Cmd
+}
+
+// Run implements command.
+func (c *BenchCommand) Run(ctx context.Context, args []string) error {
+	fs := newFlagSet("bench", c.io.err)
+	scenario := fs.String("scenario", bench.All, "what to measure: "+strings.Join(bench.Scenarios(), "|")+"|all (comma-separated list allowed)")
+	keys := fs.Int("keys", 0, "size of the data set (default per scenario: initial-sync 100000, once 10000, burst 1000, idle 1000, latency templates 1000 and 10x)")
+	count := fs.Int("count", 0, "samples (default: latency 500 per case and pacing, fanout 100 puts)")
+	pacing := fs.String("pacing", "", "gap between a sample being seen and the next put, e.g. 20ms or 0 (default: both 20ms and 0)")
+	fsync := fs.Bool("fsync", true, "files projections fsync every write")
+	agents := fs.Int("agents", 200, "agents of the fanout scenario")
+	idle := fs.Duration("idle", 10*time.Second, "how long the idle scenario leaves the agent alone")
+	jsonOut := fs.Bool("json", false, "print the report as JSON")
+	dir := fs.String("dir", "", "folder for the projected files (default: a temporary folder, removed at the end)")
+	var conn connFlags
+	conn.register(fs)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	o := bench.Options{
+		Keys: *keys, Count: *count, Fsync: *fsync, Agents: *agents, IdleFor: *idle, Dir: *dir,
+		Child: c.child,
+	}
+	if *keys < 0 || *count < 0 || *agents < 1 || *idle <= 0 {
+		return usagef("--keys and --count must not be negative, --agents and --idle must be positive")
+	}
+	for _, s := range strings.Split(*scenario, ",") {
+		s = strings.TrimSpace(s)
+		if s != bench.All && !slices.Contains(bench.Scenarios(), s) {
+			return usagef("--scenario %q: want %s or %s", s, strings.Join(bench.Scenarios(), ", "), bench.All)
+		}
+		o.Scenarios = append(o.Scenarios, s)
+	}
+	if *pacing != "" {
+		d, err := time.ParseDuration(*pacing)
+		if *pacing == "0" {
+			d, err = 0, nil
+		}
+		if err != nil || d < 0 {
+			return usagef("--pacing %q: want a duration such as 20ms, or 0", *pacing)
+		}
+		o.Pacings = []time.Duration{d}
+	}
+	// Only -s (or a context) points the bench at a server of your own; the
+	// NATS_* environment does not, so a stray NATS_URL never turns a
+	// measurement of the embedded server into one of a production server.
+	if conn.server != "" || conn.context != "" {
+		if o.NATS, err = cliNATSConfig(&conn); err != nil {
+			return err
+		}
+	}
+	terminal := isTerminal(c.io.err)
+	o.Progress, o.Terminal = c.io.err, terminal
+	o.Logger = slog.New(slog.NewTextHandler(c.io.err, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	rep, err := bench.Run(ctx, o)
+	if rep != nil && len(rep.Results) > 0 {
+		var werr error
+		if *jsonOut {
+			werr = rep.WriteJSON(c.io.out)
+		} else {
+			werr = rep.WriteTable(c.io.out)
+		}
+		if err == nil {
+			err = werr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kvsync/kvsync/internal/bench"
+)
+
+// benchChildEnv makes this test binary act as kvsync (see
+// TestBenchChildHelper): the bench scenarios that measure an agent in a
+// process of its own start it.
+const benchChildEnv = "KVSYNC_BENCH_TEST_CHILD"
+
+// TestBenchChildHelper is kvsync itself when benchChildEnv is set; run
+// normally, it returns at once.
+func TestBenchChildHelper(t *testing.T) {
+	if os.Getenv(benchChildEnv) == "" {
+		return
+	}
+	args := os.Args
+	for i, a := range args {
+		if a == "--" {
+			args = args[i+1:]
+			break
+		}
+	}
+	os.Exit(run(context.Background(), args, os.Stdin, os.Stdout, os.Stderr))
+}
+
+func benchChild(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, os.Args[0], append([]string{"-test.run=^TestBenchChildHelper$", "--"}, args...)...)
+	cmd.Env = append(os.Environ(), benchChildEnv+"=1")
+	return cmd
+}
+
+// runBench runs `kvsync bench --json args...` and decodes the report.
+func runBench(t *testing.T, args ...string) *bench.Report {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	c := &BenchCommand{io: ioStreams{in: strings.NewReader(""), out: &out, err: &errOut}, child: benchChild}
+	args = append([]string{"--json", "--dir", t.TempDir()}, args...)
+	if err := c.Run(context.Background(), args); err != nil {
+		t.Fatalf("bench %v: %v\n%s", args, err, errOut.String())
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("decode report: %v\n%s", err, out.String())
+	}
+	if got, want := rep.Machine.Server, "embedded"; got != want {
+		t.Fatalf("Machine.Server=%q, want %q", got, want)
+	}
+	return &rep
+}
+
+// checkSummary asserts a distribution of n samples is ordered and positive.
+func checkSummary(t *testing.T, what string, s *bench.Summary, n int) {
+	t.Helper()
+	if s == nil {
+		t.Fatalf("%s: no summary", what)
+	}
+	if got, want := s.N, n; got != want {
+		t.Fatalf("%s: N=%d, want %d", what, got, want)
+	}
+	if !(0 < s.P50 && s.P50 <= s.P90 && s.P90 <= s.P99 && s.P99 <= s.Max) {
+		t.Fatalf("%s: percentiles out of order: %+v", what, s)
+	}
+}
+
+func TestBenchLatency(t *testing.T) {
+	rep := runBench(t, "--scenario", "latency", "--keys", "10", "--count", "5", "--pacing", "0")
+	var cases []string
+	for _, r := range rep.Results {
+		cases = append(cases, r.Case)
+		if got, want := r.Pacing, "0s"; got != want {
+			t.Fatalf("%s: Pacing=%q, want %q", r.Case, got, want)
+		}
+		checkSummary(t, r.Case+" latency", r.Latency, 5)
+		checkSummary(t, r.Case+" raw", r.Raw, 5)
+		if got, want := r.Histogram != nil, r.Case == "files"; got != want {
+			t.Fatalf("%s: histogram present=%v, want %v", r.Case, got, want)
+		}
+	}
+	if got, want := strings.Join(cases, ","), "files,template-10,template-100,env"; got != want {
+		t.Fatalf("cases=%s, want %s", got, want)
+	}
+	files := rep.Results[0]
+	if files.Histogram.N < 5 {
+		t.Fatalf("files histogram N=%d, want at least the 5 samples", files.Histogram.N)
+	}
+}
+
+func TestBenchChildScenarios(t *testing.T) {
+	for _, tt := range []struct {
+		scenario string
+		idle     bool // CPU is measured while idle, RSS while running
+	}{
+		{scenario: "initial-sync"},
+		{scenario: "once"},
+		{scenario: "idle", idle: true},
+	} {
+		t.Run(tt.scenario, func(t *testing.T) {
+			rep := runBench(t, "--scenario", tt.scenario, "--keys", "30", "--idle", "200ms")
+			if got, want := len(rep.Results), 1; got != want {
+				t.Fatalf("%d results, want %d", got, want)
+			}
+			r := rep.Results[0]
+			if got, want := r.Scenario, tt.scenario; got != want {
+				t.Fatalf("Scenario=%q, want %q", got, want)
+			}
+			if got, want := r.Keys, 30; got != want {
+				t.Fatalf("Keys=%d, want %d", got, want)
+			}
+			if r.Wall <= 0 || r.PeakRSS <= 0 {
+				t.Fatalf("Wall=%v PeakRSS=%d, want both positive", r.Wall, r.PeakRSS)
+			}
+			if tt.idle {
+				if r.CPU < 0 || r.RSS <= 0 || r.RSS > r.PeakRSS {
+					t.Fatalf("idle: CPU=%v RSS=%d PeakRSS=%d", r.CPU, r.RSS, r.PeakRSS)
+				}
+			} else if r.CPU <= 0 || r.Throughput <= 0 {
+				t.Fatalf("CPU=%v Throughput=%v, want both positive", r.CPU, r.Throughput)
+			}
+		})
+	}
+}
+
+func TestBenchBurstRunsOneAction(t *testing.T) {
+	rep := runBench(t, "--scenario", "burst", "--keys", "20")
+	r := rep.Results[0]
+	if got, want := r.Actions, 1; got != want {
+		t.Fatalf("Actions=%d, want %d (%s)", got, want, r.Note)
+	}
+	if r.Wall <= 0 || r.Throughput <= 0 {
+		t.Fatalf("Wall=%v Throughput=%v, want both positive", r.Wall, r.Throughput)
+	}
+	if !strings.Contains(r.Note, "20 file writes for 20 keys") {
+		t.Fatalf("Note=%q, want one write per key", r.Note)
+	}
+}
+
+func TestBenchFanout(t *testing.T) {
+	rep := runBench(t, "--scenario", "fanout", "--agents", "3", "--count", "4", "--pacing", "0")
+	r := rep.Results[0]
+	checkSummary(t, "per agent", r.Latency, 3*4)
+	checkSummary(t, "all agents", r.All, 4)
+	checkSummary(t, "raw", r.Raw, 4)
+	if got, want := r.All.Max, r.Latency.Max; got != want {
+		t.Fatalf("All.Max=%v, want the slowest agent %v", got, want)
+	}
+}
+
+func TestBenchTable(t *testing.T) {
+	var out, errOut bytes.Buffer
+	c := &BenchCommand{io: ioStreams{in: strings.NewReader(""), out: &out, err: &errOut}, child: benchChild}
+	if err := c.Run(context.Background(), []string{"--scenario", "burst", "--keys", "5", "--dir", t.TempDir()}); err != nil {
+		t.Fatalf("bench: %v\n%s", err, errOut.String())
+	}
+	for _, want := range []string{"SCENARIO", "THROUGHPUT", "burst", "50 puts over 5 keys"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+	// Not a terminal: progress comes as log lines, one per step start and end.
+	if got := strings.Count(errOut.String(), "bench: burst of 50 puts over 5 keys"); got != 2 {
+		t.Fatalf("progress lines for the burst: %d, want 2:\n%s", got, errOut.String())
+	}
+}
+
+func TestBenchUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"bench", "--scenario", "nope"},
+		{"bench", "--pacing", "fast"},
+		{"bench", "--agents", "0"},
+		{"bench", "extra"},
+	} {
+		var out, errOut bytes.Buffer
+		if got, want := run(context.Background(), args, strings.NewReader(""), &out, &errOut), exitUsage; got != want {
+			t.Fatalf("%v: exit %d, want %d (%s)", args, got, want, errOut.String())
+		}
+	}
+	if !slices.Contains(bench.Scenarios(), "fanout") {
+		t.Fatalf("Scenarios()=%v lacks fanout", bench.Scenarios())
+	}
+}
