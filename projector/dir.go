@@ -261,24 +261,20 @@ func (d *Dir) closeAll() error {
 		errs = append(errs, d.man.close())
 		d.man = nil
 	}
-	for _, c := range []interface{ Close() error }{d.state, d.top, d.root} {
-		if c != nil && !isNilCloser(c) {
-			errs = append(errs, c.Close())
-		}
+	if d.state != nil {
+		errs = append(errs, d.state.Close())
+		d.state = nil
 	}
-	d.state, d.top, d.root = nil, nil, nil
+	if d.top != nil {
+		errs = append(errs, d.top.Close())
+		d.top = nil
+	}
+	if d.root != nil {
+		errs = append(errs, d.root.Close())
+		d.root = nil
+	}
 	d.err = errors.New("projection is closed")
 	return errors.Join(errs...)
-}
-
-func isNilCloser(c interface{ Close() error }) bool {
-	switch v := c.(type) {
-	case *os.Root:
-		return v == nil
-	case *os.File:
-		return v == nil
-	}
-	return false
 }
 
 // Apply applies a batch of changes; for one path the last change wins. It never
@@ -394,7 +390,9 @@ type put struct {
 //  3. For each file to write: check every parent folder with Lstat (a symlink is
 //     refused; a missing one is created and recorded), refuse a target that
 //     exists and is not owned (ErrForeign), and write a temp file
-//     (.kvsync-tmp-*) beside the target, with mode and owner set.
+//     (.kvsync-tmp-*) beside the target, with mode and owner set. Files are
+//     created, renamed and removed relative to an open descriptor of their
+//     folder (openat, renameat, unlinkat).
 //  4. Make 1–3 durable: one syncfs(2) for a batch, fsync of the one file (and
 //     the touched folders) for a single change.
 //  5. Record the intent in the manifest ('-' for removals, which happened; 'd'
@@ -433,13 +431,16 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 	}
 	syncDirs := make(map[string]bool)
 
+	fc := d.folders()
+	defer fc.close()
+
 	// (1)
 	checked := make(map[string]error)
 	var emptied []string
 	for _, p := range removes {
 		err := d.checkParents(p, checked, nil)
 		if err == nil {
-			err = d.unlink(p, 0)
+			err = fc.unlink(p, 0)
 		}
 		switch {
 		case err == nil:
@@ -462,7 +463,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 			needed[q] = true
 		}
 	}
-	d.prune(emptied, needed, syncDirs)
+	d.prune(fc, emptied, needed, syncDirs)
 
 	// (3)
 	single := len(puts) == 1 && len(removes) == 0
@@ -485,19 +486,21 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 				continue
 			}
 		}
-		tmp, err := writeTemp(d.root, parent(w.path), w.data, d.opts.Mode, d.opts.UID, d.opts.GID, single && d.opts.Fsync)
+		dirf, err := fc.get(parent(w.path))
+		if err == nil {
+			w.tmp, err = writeTemp(dirFD{dirf}, "", w.data, d.opts.Mode, d.opts.UID, d.opts.GID, single && d.opts.Fsync)
+		}
 		if err != nil {
 			res.fail(w.path, fmt.Errorf("write: %w", err))
 			continue
 		}
-		w.tmp = tmp
 	}
 
 	// (4)
 	if d.opts.Fsync {
 		whole := len(puts) > 1 || len(puts) == 1 && !single || len(syncDirs) > maxDirSyncs
-		if err := d.syncFolders(syncDirs, whole); err != nil {
-			d.removeTempsOf(puts)
+		if err := d.syncFolders(fc, syncDirs, whole); err != nil {
+			fc.removeTemps(puts)
 			return res, err
 		}
 	}
@@ -509,7 +512,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 		}
 	}
 	if err := d.man.flush(d.opts.Fsync); err != nil {
-		d.removeTempsOf(puts)
+		fc.removeTemps(puts)
 		return res, err
 	}
 
@@ -520,8 +523,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 		if w.tmp == "" {
 			continue
 		}
-		if err := d.root.Rename(w.tmp, w.path); err != nil {
-			_ = d.root.Remove(w.tmp) // best effort; Open removes leftovers
+		if err := fc.rename(w.tmp, w.path); err != nil {
 			res.fail(w.path, fmt.Errorf("rename: %w", err))
 			if w.owned {
 				d.man.add(w.path, w.old) // the file still holds the old bytes
@@ -537,7 +539,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 
 	// (7)
 	if d.opts.Fsync {
-		if err := d.syncFolders(syncDirs, len(syncDirs) > maxDirSyncs); err != nil {
+		if err := d.syncFolders(fc, syncDirs, len(syncDirs) > maxDirSyncs); err != nil {
 			return res, err
 		}
 	}
@@ -551,7 +553,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 
 // prune removes the folders kvsync created that the removal of files left empty,
 // deepest first, except those in keep. A folder that is not empty stays.
-func (d *Dir) prune(removed []string, keep, syncDirs map[string]bool) {
+func (d *Dir) prune(fc *folders, removed []string, keep, syncDirs map[string]bool) {
 	cand := make(map[string]bool)
 	for _, p := range removed {
 		for q := parent(p); q != ""; q = parent(q) {
@@ -571,7 +573,8 @@ func (d *Dir) prune(removed []string, keep, syncDirs map[string]bool) {
 		return strings.Compare(a, b)
 	})
 	for _, q := range list {
-		err := d.unlink(q, unix.AT_REMOVEDIR)
+		fc.forget(q)
+		err := fc.unlink(q, unix.AT_REMOVEDIR)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			continue // not empty (or not ours to judge): it stays
 		}
@@ -587,8 +590,10 @@ func (d *Dir) prune(removed []string, keep, syncDirs map[string]bool) {
 // fs.ErrNotExist error. checked caches results within one batch.
 //
 // Residual race: a folder swapped for a symlink between this check and the
-// write is followed, but only within the projection folder, since every
-// operation goes through an os.Root.
+// moment its descriptor is opened would be followed, but only within the
+// projection folder: descriptors are opened through an os.Root (with
+// O_NOFOLLOW on the last component), and every later operation on the file is
+// relative to that descriptor.
 func (d *Dir) checkParents(p string, checked map[string]error, created map[string]bool) error {
 	for i := 0; i < len(p); i++ {
 		if p[i] != '/' {
@@ -649,24 +654,14 @@ func (d *Dir) setFolder(q string) error {
 // unlink removes p with unlinkat(2) in its parent folder. flags 0 removes only a
 // non-folder; unix.AT_REMOVEDIR only an empty folder.
 func (d *Dir) unlink(p string, flags int) error {
-	fd := int(d.top.Fd())
-	if dir := parent(p); dir != "" {
-		f, err := d.root.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		fd = int(f.Fd())
-	}
-	if err := unix.Unlinkat(fd, path.Base(p), flags); err != nil {
-		return &fs.PathError{Op: "unlinkat", Path: p, Err: err}
-	}
-	return nil
+	fc := d.folders()
+	defer fc.close()
+	return fc.unlink(p, flags)
 }
 
 // syncFolders fsyncs each folder in dirs, or, when whole is set, the whole file
 // system with one syncfs(2), which also covers files written without fsync.
-func (d *Dir) syncFolders(dirs map[string]bool, whole bool) error {
+func (d *Dir) syncFolders(fc *folders, dirs map[string]bool, whole bool) error {
 	if whole {
 		if err := unix.Syncfs(int(d.top.Fd())); err != nil {
 			return fmt.Errorf("syncfs %s: %w", d.path, err)
@@ -674,38 +669,123 @@ func (d *Dir) syncFolders(dirs map[string]bool, whole bool) error {
 		return nil
 	}
 	for q := range dirs {
-		if err := d.syncFolder(q); err != nil {
-			return err
+		f, err := fc.get(q)
+		if err == nil {
+			err = f.Sync()
+		}
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", path.Join(d.path, q), err)
 		}
 	}
 	return nil
 }
 
 func (d *Dir) syncFolder(q string) error {
+	fc := d.folders()
+	defer fc.close()
+	return d.syncFolders(fc, map[string]bool{q: true}, false)
+}
+
+// maxOpenFolders bounds the descriptors a folders cache keeps open.
+const maxOpenFolders = 256
+
+// folders holds open descriptors of the folders one batch works in. Temp files,
+// renames and removals are then done relative to the folder itself (openat,
+// renameat, unlinkat with a bare name), which is both tighter (the folder cannot
+// be swapped between operations) and much cheaper than resolving the path
+// through os.Root again for every operation.
+type folders struct {
+	d    *Dir
+	open map[string]*os.File
+}
+
+func (d *Dir) folders() *folders { return &folders{d: d, open: make(map[string]*os.File)} }
+
+// get returns the open folder q ("" for the top), refusing a symlink.
+func (fc *folders) get(q string) (*os.File, error) {
 	if q == "" {
-		if err := d.top.Sync(); err != nil {
-			return fmt.Errorf("sync %s: %w", d.path, err)
-		}
-		return nil
+		return fc.d.top, nil
 	}
-	f, err := d.root.Open(q)
+	if f, ok := fc.open[q]; ok {
+		return f, nil
+	}
+	if len(fc.open) >= maxOpenFolders {
+		fc.close()
+	}
+	f, err := fc.d.root.OpenFile(q, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
-		return fmt.Errorf("sync %s: %w", q, err)
+		return nil, err
 	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	fc.open[q] = f
+	return f, nil
+}
+
+// forget closes folder q, before it is removed.
+func (fc *folders) forget(q string) {
+	if f, ok := fc.open[q]; ok {
+		_ = f.Close() // read-only descriptor
+		delete(fc.open, q)
+	}
+}
+
+func (fc *folders) close() {
+	for q, f := range fc.open {
+		_ = f.Close() // read-only descriptor
+		delete(fc.open, q)
+	}
+}
+
+func (fc *folders) unlink(p string, flags int) error {
+	f, err := fc.get(parent(p))
+	if err == nil {
+		err = unix.Unlinkat(int(f.Fd()), path.Base(p), flags)
 	}
 	if err != nil {
-		return fmt.Errorf("sync %s: %w", q, err)
+		return &fs.PathError{Op: "unlinkat", Path: p, Err: err}
 	}
 	return nil
 }
 
-func (d *Dir) removeTempsOf(puts []*put) {
+// rename renames the temp file tmp (a bare name in the folder of p) over p, and
+// removes the temp file if that fails.
+func (fc *folders) rename(tmp, p string) error {
+	f, err := fc.get(parent(p))
+	if err != nil {
+		return err
+	}
+	fd := int(f.Fd())
+	if err := unix.Renameat(fd, tmp, fd, path.Base(p)); err != nil {
+		_ = unix.Unlinkat(fd, tmp, 0) // best effort; Open removes leftovers
+		return &fs.PathError{Op: "renameat", Path: p, Err: err}
+	}
+	return nil
+}
+
+func (fc *folders) removeTemps(puts []*put) {
 	for _, w := range puts {
-		if w.tmp != "" {
-			_ = d.root.Remove(w.tmp) // best effort; Open removes leftovers
+		if w.tmp == "" {
+			continue
+		}
+		if f, err := fc.get(parent(w.path)); err == nil {
+			_ = unix.Unlinkat(int(f.Fd()), w.tmp, 0) // best effort; Open removes leftovers
 		}
 	}
+}
+
+// dirFD makes temp files in an open folder, for writeTemp.
+type dirFD struct{ f *os.File }
+
+func (h dirFD) OpenFile(name string, flag int, perm fs.FileMode) (*os.File, error) {
+	fd, err := unix.Openat(int(h.f.Fd()), name, flag|unix.O_CLOEXEC|unix.O_NOFOLLOW, uint32(perm.Perm()))
+	if err != nil {
+		return nil, &fs.PathError{Op: "openat", Path: name, Err: err}
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+func (h dirFD) Remove(name string) error {
+	if err := unix.Unlinkat(int(h.f.Fd()), name, 0); err != nil {
+		return &fs.PathError{Op: "unlinkat", Path: name, Err: err}
+	}
+	return nil
 }
