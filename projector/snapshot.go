@@ -216,7 +216,7 @@ func (d *Dir) applySnapshot(changes []Change, force map[string]bool) (Result, er
 
 	// (4)
 	if d.opts.Fsync {
-		if err := d.syncFolders(nil, true); err != nil {
+		if err := d.syncFolders(nil, nil, true); err != nil {
 			return fail(err)
 		}
 	}
