@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -16,7 +17,8 @@ import (
 // touches it.
 type bucketState struct {
 	entries  map[string]templates.Entry // live keys only
-	sorted   []string                   // keys of entries, sorted; nil when stale
+	ordered  []templates.Entry          // entries sorted by key; nil when the key set changed
+	index    map[string]int             // key -> position in ordered
 	building map[string]templates.Entry // the next full view, during an epoch's initial sync
 	epoch    uint64
 	synced   bool // a complete view has been seen at least once
@@ -69,7 +71,10 @@ func (s *state) Get(bucket, key string) (templates.Entry, bool) {
 	return e, ok
 }
 
-// List implements templates.Source.
+// List implements templates.Source. The entries come from the bucket's sorted
+// view: a filter with a literal prefix ("app.>") is a binary search and a
+// scan of its range only, and when every key in that range matches, the
+// result is a sub-slice of the view, with no copy. Callers must not modify it.
 func (s *state) List(bucket, filter string) []templates.Entry {
 	b, ok := s.usable(bucket)
 	if !ok {
@@ -81,13 +86,50 @@ func (s *state) List(bucket, filter string) []templates.Entry {
 		}
 		return nil
 	}
+	view := b.view()
+	prefix := literalPrefix(filter)
+	lo, _ := slices.BinarySearchFunc(view, prefix, func(e templates.Entry, p string) int { return strings.Compare(e.Key, p) })
+	hi := lo
+	for hi < len(view) && strings.HasPrefix(view[hi].Key, prefix) {
+		hi++
+	}
+	all := true
+	for _, e := range view[lo:hi] {
+		if !kvkey.Match(filter, e.Key) {
+			all = false
+			break
+		}
+	}
+	if all {
+		return view[lo:hi:hi]
+	}
 	var out []templates.Entry
-	for _, k := range b.keys() {
-		if kvkey.Match(filter, k) {
-			out = append(out, b.entries[k])
+	for _, e := range view[lo:hi] {
+		if kvkey.Match(filter, e.Key) {
+			out = append(out, e)
 		}
 	}
 	return out
+}
+
+// literalPrefix is the part of a filter before its first wildcard token,
+// with the trailing '.': every matching key starts with it.
+func literalPrefix(filter string) string {
+	n := 0
+	for {
+		i := strings.IndexByte(filter[n:], '.')
+		tok := filter[n:]
+		if i >= 0 {
+			tok = filter[n : n+i]
+		}
+		if tok == "*" || tok == ">" {
+			return filter[:n]
+		}
+		if i < 0 {
+			return filter
+		}
+		n += i + 1
+	}
 }
 
 // History implements templates.Source; it asks the server.
@@ -126,18 +168,27 @@ func opName(op jetstream.KeyValueOp) string {
 	return "PUT"
 }
 
-// keys returns the bucket's keys, sorted; it sorts again only after the key set
-// changed, not after an update of an existing key.
-func (b *bucketState) keys() []string {
-	if b.sorted == nil {
-		b.sorted = make([]string, 0, len(b.entries))
+// view returns the live entries sorted by key. It is rebuilt only after the
+// key set changed; an update of an existing key is written into it in place.
+func (b *bucketState) view() []templates.Entry {
+	if b.ordered == nil {
+		keys := make([]string, 0, len(b.entries))
 		for k := range b.entries {
-			b.sorted = append(b.sorted, k)
+			keys = append(keys, k)
 		}
-		sort.Strings(b.sorted)
+		slices.Sort(keys)
+		b.ordered = make([]templates.Entry, len(keys))
+		b.index = make(map[string]int, len(keys))
+		for i, k := range keys {
+			b.ordered[i] = b.entries[k]
+			b.index[k] = i
+		}
 	}
-	return b.sorted
+	return b.ordered
 }
+
+// invalidate drops the sorted view after the key set changed.
+func (b *bucketState) invalidate() { b.ordered, b.index = nil, nil }
 
 // apply records an event in the live view (or the view being built) and
 // reports whether the live view changed.
@@ -151,18 +202,24 @@ func (b *bucketState) apply(ev event) bool {
 	}
 	old, had := m[ev.key]
 	if ev.op == OpPut {
-		m[ev.key] = templates.Entry{Bucket: ev.bucket, Key: ev.key, Value: ev.value, Revision: ev.rev, Created: ev.created, Op: "PUT"}
-		if !had && b.building == nil {
-			b.sorted = nil
+		e := templates.Entry{Bucket: ev.bucket, Key: ev.key, Value: ev.value, Revision: ev.rev, Created: ev.created, Op: "PUT"}
+		m[ev.key] = e
+		if b.building != nil {
+			return false
 		}
-		return b.building == nil && (!had || old.Revision != ev.rev)
+		if !had {
+			b.invalidate()
+		} else if i, ok := b.index[ev.key]; ok {
+			b.ordered[i] = e
+		}
+		return !had || old.Revision != ev.rev
 	}
 	if !had {
 		return false
 	}
 	delete(m, ev.key)
 	if b.building == nil {
-		b.sorted = nil
+		b.invalidate()
 		return true
 	}
 	return false
@@ -182,7 +239,8 @@ func (b *bucketState) swap() []string {
 			changed = append(changed, k)
 		}
 	}
-	b.entries, b.building, b.sorted = b.building, nil, nil
+	b.entries, b.building = b.building, nil
+	b.invalidate()
 	b.synced = true
 	return changed
 }

@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/kvsync/kvsync/internal/kvkey"
+)
+
+func TestLiteralPrefix(t *testing.T) {
+	for _, tt := range []struct{ filter, want string }{
+		{">", ""}, {"*", ""}, {"app.>", "app."}, {"app.*.x", "app."}, {"a.b.>", "a.b."},
+		{"*.x", ""}, {"a/b.>", "a/b."}, {"plain", "plain"},
+	} {
+		if got := literalPrefix(tt.filter); got != tt.want {
+			t.Errorf("literalPrefix(%q)=%q, want %q", tt.filter, got, tt.want)
+		}
+	}
+}
+
+// TestStateListMatchesScan checks the sorted view against a plain scan, also
+// after updates, inserts and deletes.
+func TestStateListMatchesScan(t *testing.T) {
+	st := newState(nil)
+	b := st.bucket("b")
+	b.synced = true
+	keys := []string{"app", "app.a", "app.b.c", "app.b.d", "apple", "b", "b.app.x", "x.y", "app/x", "app.z"}
+	for i, k := range keys {
+		b.apply(event{bucket: "b", key: k, value: []byte(fmt.Sprint(i)), rev: uint64(i + 1)})
+	}
+	filters := []string{">", "*", "app.>", "app.*", "app.b.>", "app.*.c", "*.y", "b.>", "app", "nope.>"}
+	check := func(when string) {
+		for _, f := range filters {
+			var want []string
+			for _, k := range b.view() {
+				if kvkey.Match(f, k.Key) {
+					want = append(want, k.Key+"="+string(k.Value))
+				}
+			}
+			var got, gotKeys []string
+			for _, e := range st.List("b", f) {
+				got = append(got, e.Key+"="+string(e.Value))
+				gotKeys = append(gotKeys, e.Key)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("%s: List(%q)=%v, want %v", when, f, got, want)
+			}
+			if !slices.IsSorted(gotKeys) {
+				t.Errorf("%s: List(%q) not sorted: %v", when, f, got)
+			}
+		}
+	}
+	check("initial")
+	b.apply(event{bucket: "b", key: "app.a", value: []byte("updated"), rev: 100})
+	if e := st.List("b", "app.>")[0]; string(e.Value) != "updated" {
+		t.Fatalf("update not in the view: %q", e.Value)
+	}
+	check("after update")
+	b.apply(event{bucket: "b", key: "app.aa", value: []byte("new"), rev: 101})
+	b.apply(event{bucket: "b", key: "app.b.c", op: OpDelete, rev: 102})
+	check("after insert and delete")
+	if got := len(st.List("b", "app.>")); got != 4 { // app.a app.aa app.b.d app.z
+		t.Fatalf("app.> has %d entries, want 4", got)
+	}
+}
