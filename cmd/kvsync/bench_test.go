@@ -99,35 +99,42 @@ func TestBenchLatency(t *testing.T) {
 func TestBenchChildScenarios(t *testing.T) {
 	for _, tt := range []struct {
 		scenario string
+		results  int  // once: a template case and a files case
 		idle     bool // CPU is measured while idle, RSS while running
 	}{
-		{scenario: "initial-sync"},
-		{scenario: "once"},
-		{scenario: "idle", idle: true},
+		{scenario: "initial-sync", results: 1},
+		{scenario: "once", results: 2},
+		{scenario: "idle", results: 1, idle: true},
 	} {
 		t.Run(tt.scenario, func(t *testing.T) {
 			rep := runBench(t, "--scenario", tt.scenario, "--keys", "30", "--idle", "200ms")
-			if got, want := len(rep.Results), 1; got != want {
+			if got, want := len(rep.Results), tt.results; got != want {
 				t.Fatalf("%d results, want %d", got, want)
 			}
-			r := rep.Results[0]
-			if got, want := r.Scenario, tt.scenario; got != want {
-				t.Fatalf("Scenario=%q, want %q", got, want)
-			}
-			if got, want := r.Keys, 30; got != want {
-				t.Fatalf("Keys=%d, want %d", got, want)
-			}
-			if r.Wall <= 0 || r.PeakRSS <= 0 {
-				t.Fatalf("Wall=%v PeakRSS=%d, want both positive", r.Wall, r.PeakRSS)
-			}
-			if tt.idle {
-				if r.CPU < 0 || r.RSS <= 0 || r.RSS > r.PeakRSS {
-					t.Fatalf("idle: CPU=%v RSS=%d PeakRSS=%d", r.CPU, r.RSS, r.PeakRSS)
-				}
-			} else if r.CPU <= 0 || r.Throughput <= 0 {
-				t.Fatalf("CPU=%v Throughput=%v, want both positive", r.CPU, r.Throughput)
+			for _, r := range rep.Results {
+				checkChildResult(t, tt.scenario, tt.idle, r)
 			}
 		})
+	}
+}
+
+func checkChildResult(t *testing.T, scenario string, idle bool, r bench.Result) {
+	t.Helper()
+	if got, want := r.Scenario, scenario; got != want {
+		t.Fatalf("Scenario=%q, want %q", got, want)
+	}
+	if got, want := r.Keys, 30; got != want {
+		t.Fatalf("Keys=%d, want %d", got, want)
+	}
+	if r.Wall <= 0 || r.PeakRSS <= 0 {
+		t.Fatalf("%s: Wall=%v PeakRSS=%d, want both positive", r.Case, r.Wall, r.PeakRSS)
+	}
+	if idle {
+		if r.CPU < 0 || r.RSS <= 0 || r.RSS > r.PeakRSS {
+			t.Fatalf("idle: CPU=%v RSS=%d PeakRSS=%d", r.CPU, r.RSS, r.PeakRSS)
+		}
+	} else if r.CPU <= 0 || r.Throughput <= 0 {
+		t.Fatalf("%s: CPU=%v Throughput=%v, want both positive", r.Case, r.CPU, r.Throughput)
 	}
 }
 

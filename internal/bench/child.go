@@ -250,45 +250,109 @@ func (e *env) initialSync(ctx context.Context) ([]Result, error) {
 	return []Result{res}, nil
 }
 
-// once: a child `kvsync run --once` of Keys keys (10,000): wall time to its
-// exit, peak RSS.
+// once: a child `kvsync run --once` over a bucket of Keys keys (10,000), two
+// ways: a template ranging over every key into one file (what consul-template's
+// and confd's once modes are measured on), and one file per key. Wall time to
+// its exit, peak RSS.
 func (e *env) once(ctx context.Context) ([]Result, error) {
 	n := orDefault(e.o.Keys, 10_000)
-	res := Result{Scenario: Once, Case: fmt.Sprintf("run --once, %s keys", sizeLabel(n)), Keys: n}
 	bucket, drop, err := e.fillFiles(ctx, "once", n)
 	if err != nil {
 		return nil, err
 	}
 	defer drop()
-	dir, cfgPath := e.path("once", "files"), e.path("once", "kvsync.json")
-	if err := e.writeChildConfig(cfgPath, bucket, dir, ""); err != nil {
-		return nil, err
+	var out []Result
+	for _, asTemplate := range []bool{true, false} {
+		res := Result{Scenario: Once, Keys: n}
+		name := "files"
+		var write func(path string) error
+		if asTemplate {
+			name = "template"
+			res.Case = fmt.Sprintf("run --once, %s-key template", sizeLabel(n))
+			dest := e.path("once", "all.conf")
+			write = func(path string) error { return e.writeTemplateChildConfig(path, bucket, dest) }
+		} else {
+			res.Case = fmt.Sprintf("run --once, %s files", sizeLabel(n))
+			dir := e.path("once", "files")
+			write = func(path string) error { return e.writeChildConfig(path, bucket, dir, "") }
+		}
+		cfgPath := e.path("once", name+".json")
+		if err := write(cfgPath); err != nil {
+			return nil, err
+		}
+		step := e.prog.start(fmt.Sprintf("run --once of %d keys, %s (child process)", n, name), 0)
+		c, err := e.startChild(ctx, "run", "--once", "-c", cfgPath)
+		if err != nil {
+			step.done()
+			return nil, err
+		}
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			_ = c.stop()
+			step.done()
+			return nil, ctx.Err()
+		}
+		res.Wall = time.Since(c.start)
+		step.done()
+		if err := c.exitErr(); err != nil {
+			return nil, err
+		}
+		if asTemplate {
+			if err := checkTemplate(e.path("once", "all.conf"), n); err != nil {
+				return nil, err
+			}
+		} else if err := checkFiles(e.path("once", "files"), n); err != nil {
+			return nil, err
+		}
+		res.PeakRSS, res.CPU = usage(c.cmd.ProcessState)
+		res.Throughput, res.Unit = float64(n)/res.Wall.Seconds(), "keys/s"
+		res.Note = fmt.Sprintf("child process (process start to exit, connect included); %s; fsync=%v; peak RSS and CPU from rusage", name, e.o.Fsync)
+		out = append(out, res)
 	}
-	step := e.prog.start(fmt.Sprintf("run --once of %d keys (child process)", n), 0)
-	c, err := e.startChild(ctx, "run", "--once", "-c", cfgPath)
+	return out, nil
+}
+
+// writeTemplateChildConfig writes the config of a child agent with one
+// template that ranges over every key of bucket into dest.
+func (e *env) writeTemplateChildConfig(path, bucket, dest string) error {
+	n := e.nats
+	cfg := map[string]any{
+		"nats": map[string]any{
+			"url": n.URL, "context": n.Context, "creds": n.Creds, "nkey": n.NKey, "token": n.Token,
+			"user": n.User, "password": n.Password, "name": "kvsync-bench-child", "domain": n.Domain,
+			"tls": map[string]any{"ca": n.TLS.CA, "cert": n.TLS.Cert, "key": n.TLS.Key},
+		},
+		"templates": []any{map[string]any{
+			"name": "all", "bucket": bucket, "dest": dest,
+			"text": "{{ range keys \">\" }}{{ .Key }}={{ .Value }}\n{{ end }}",
+		}},
+		"http": map[string]any{"listen": ""},
+		"log":  map[string]any{"level": "warn"},
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
-		step.done()
-		return nil, err
+		return fmt.Errorf("encode config: %w", err)
 	}
-	select {
-	case <-c.done:
-	case <-ctx.Done():
-		_ = c.stop()
-		step.done()
-		return nil, ctx.Err()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
 	}
-	res.Wall = time.Since(c.start)
-	step.done()
-	if err := c.exitErr(); err != nil {
-		return nil, err
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := checkFiles(dir, n); err != nil {
-		return nil, err
+	return nil
+}
+
+// checkTemplate confirms that the rendered file has a line per key.
+func checkTemplate(path string, n int) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read rendered file: %w", err)
 	}
-	res.PeakRSS, res.CPU = usage(c.cmd.ProcessState)
-	res.Throughput, res.Unit = float64(n)/res.Wall.Seconds(), "keys/s"
-	res.Note = fmt.Sprintf("child process, start to exit; fsync=%v; peak RSS and CPU from rusage", e.o.Fsync)
-	return []Result{res}, nil
+	if got := bytes.Count(b, []byte("\n")); got != n {
+		return fmt.Errorf("%s has %d lines, want %d", path, got, n)
+	}
+	return nil
 }
 
 // idle: a child agent with Keys keys (1,000) projected is left alone for
