@@ -35,6 +35,20 @@ const firstPutBudget = time.Second
 // agent, never restarted, converges to exactly the bucket's final state, and
 // the first put after the restart is on disk within firstPutBudget.
 func TestFaultServerKill(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		outage time.Duration // how long the server stays dead
+	}{
+		// A long outage lets the agent's reconnect backoff grow (250 ms
+		// doubling to 5 s): the first put must still land within the budget.
+		{"restart at once", 0},
+		{"six second outage", 6 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testServerKill(t, tc.outage) })
+	}
+}
+
+func testServerKill(t *testing.T, outage time.Duration) {
 	n := startNATSProc(t)
 	_, js := connectRetrying(t, n.url())
 	kv := createBucket(t, js, "app", 1)
@@ -58,7 +72,9 @@ func TestFaultServerKill(t *testing.T) {
 	<-done
 	before := acked.Load()
 
-	// (2) Restart it on the same port from the same store.
+	// (2) Restart it on the same port from the same store, after the outage.
+	// The outage is a duration the test chooses, not a wait for anything.
+	time.Sleep(outage)
 	n.start(t)
 
 	// (3) The first put after the restart reaches disk within the budget.
