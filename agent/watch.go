@@ -37,13 +37,12 @@ func (o Op) String() string {
 
 // event is one KV entry as the watcher received it.
 type event struct {
-	bucket   string
-	key      string
-	op       Op
-	value    []byte
-	rev      uint64
-	created  time.Time // server timestamp: propagation is measured from here
-	received time.Time
+	bucket  string
+	key     string
+	op      Op
+	value   []byte
+	rev     uint64
+	created time.Time // server timestamp: propagation is measured from here
 }
 
 // Messages from watchers to the owner goroutine, in stream order per bucket.
@@ -226,6 +225,9 @@ func (w *watcher) follow(ctx context.Context) error {
 	}
 	cc, err := cons.Consume(handler,
 		jetstream.PullHeartbeat(time.Second),
+		// Large pulls make the initial sync of a big bucket a few round
+		// trips; the byte cap bounds the client buffer for large values.
+		jetstream.PullMaxMessagesWithBytesLimit(4096, 8<<20),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			w.logger.Debug("consumer error", "err", err)
 			select {
@@ -351,12 +353,11 @@ func parseMsg(m jetstream.Msg, prefix, bucket string, md *jetstream.MsgMetadata)
 		return event{}, false
 	}
 	ev := event{
-		bucket:   bucket,
-		key:      subj[len(prefix):],
-		value:    m.Data(),
-		rev:      md.Sequence.Stream,
-		created:  md.Timestamp,
-		received: time.Now(),
+		bucket:  bucket,
+		key:     subj[len(prefix):],
+		value:   m.Data(),
+		rev:     md.Sequence.Stream,
+		created: md.Timestamp,
 	}
 	h := m.Headers()
 	switch h.Get("KV-Operation") {
