@@ -1,12 +1,13 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
@@ -24,6 +25,8 @@ type filesProjection struct {
 	pending  map[string]struct{} // keys changed since the last update
 	rejected map[string]string   // key -> reason, for /status
 	revs     map[string]uint64   // path -> revision last projected (push-back guards)
+
+	push *pusher // push-back of local edits; nil when off
 }
 
 func newFilesProjection(c *FilesConfig, o *owner) (projection, error) {
@@ -51,7 +54,20 @@ func newFilesProjection(c *FilesConfig, o *owner) (projection, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", c.Name, err)
 	}
+	if c.Push.Enabled && !o.a.opts.Once {
+		if p.push, err = newPusher(p, o); err != nil {
+			_ = p.dir.Close() // the pusher's error is the one to report
+			return nil, fmt.Errorf("%s: %w", c.Name, err)
+		}
+	}
 	return p, nil
+}
+
+// start runs the push-back goroutines, if push-back is on.
+func (p *filesProjection) start(ctx context.Context, wg *sync.WaitGroup) {
+	if p.push != nil {
+		p.push.start(ctx, wg)
+	}
 }
 
 func (p *filesProjection) meta() *projMeta { return p.m }
@@ -65,6 +81,11 @@ func (p *filesProjection) noteKey(_, key string) { p.pending[key] = struct{}{} }
 func (p *filesProjection) close() error {
 	if p.dir == nil {
 		return nil
+	}
+	if p.push != nil {
+		if err := p.push.close(); err != nil {
+			return errors.Join(err, p.dir.Close())
+		}
 	}
 	return p.dir.Close()
 }
@@ -98,10 +119,16 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 				continue
 			}
 			if rel, ok := p.path(k); ok {
+				if p.push != nil {
+					p.push.beforeWrite(rel, k, e.Value, b, true)
+				}
 				want[rel] = e.Value
 				revs[rel] = e.Revision
 				created[rel] = e.Created
 			}
+		}
+		if p.push != nil {
+			p.push.beforeReconcile(want, b)
 		}
 		p.revs = revs
 		clear(p.pending)
@@ -118,10 +145,16 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 				continue
 			}
 			if e, live := b.entries[k]; live {
+				if p.push != nil {
+					p.push.beforeWrite(rel, k, e.Value, b, false)
+				}
 				changes = append(changes, projector.Change{Path: rel, Data: e.Value})
 				p.revs[rel] = e.Revision
 				created[rel] = e.Created
 			} else {
+				if p.push != nil {
+					p.push.beforeRemove(rel, k, b)
+				}
 				changes = append(changes, projector.Change{Path: rel, Remove: true})
 				delete(p.revs, rel)
 			}
@@ -134,6 +167,9 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 			return false, nil
 		}
 		res, err = p.dir.Apply(changes)
+	}
+	if p.push != nil {
+		p.push.afterWrite(res)
 	}
 	p.m.status.Rejected = p.m.status.Rejected[:0]
 	for _, k := range sortedKeys(p.rejected) {
@@ -205,9 +241,4 @@ func lookupOwner(userName, groupName string) (uid, gid int, err error) {
 		return 0, 0, fmt.Errorf("user/group need kvsync to run as root")
 	}
 	return uid, gid, nil
-}
-
-// abs returns the absolute path of a projected file.
-func (p *filesProjection) abs(rel string) string {
-	return filepath.Join(p.cfg.Dir, filepath.FromSlash(rel))
 }

@@ -1,0 +1,1049 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/kvkey"
+	"github.com/kvsync/kvsync/projector"
+)
+
+// Push-back of local edits in a files projection.
+//
+// Three goroutines and one rule: projection state (revisions, manifest,
+// the files kvsync writes) is read and changed only on the owner goroutine,
+// and NATS is called only by the sender. The owner never waits for either.
+//
+//  1. The watcher follows the folder with fsnotify (sub-folders as they
+//     appear, never .kvsync/) and ignores editor and kvsync temp names. A path
+//     is handed on once no event touched it for the debounce period, so a
+//     rename-and-replace save arrives as one change of the final file.
+//  2. scan, on the owner goroutine, reads the file and decides: a file that
+//     holds what kvsync wrote there (the manifest's hash) or what the bucket
+//     already holds is not pushed, which is what keeps kvsync's own writes
+//     from echoing back; a name that is not a key, a key outside the keys:
+//     filters, a symlink or a non-regular file is refused; anything else
+//     becomes a job guarded by the revision last projected at that path.
+//  3. The sender runs the jobs in order: Create for a new file, Update
+//     guarded by the revision, Delete guarded by it. A connection problem
+//     keeps the job and retries it with backoff; a compare-and-set conflict
+//     goes to the conflict policy; a refusal is reported and the file kept.
+//  4. Before kvsync replaces or removes a file (beforeWrite, beforeRemove), a
+//     local edit still on disk that no job holds is rescued into a job, so a
+//     remote change racing a local edit never silently wins: the edit ends in
+//     the bucket or in a conflict file.
+//
+// Residual window: an edit saved between the rescue check and the rename that
+// replaces the file (microseconds, plus the fsync of the write) is lost. Closing
+// it needs an exchange-rename in the projector.
+
+// valueHeadroom is what a pushed value leaves of the bucket's max value size
+// for the headers the server counts too (NATS-NOTES).
+const valueHeadroom = 150
+
+// pushTimeout bounds one KV call of the sender.
+const pushTimeout = 5 * time.Second
+
+// keepLocalTries bounds how often keep-local re-reads the latest revision
+// when other writers keep winning the race.
+const keepLocalTries = 5
+
+type pushOp uint8
+
+const (
+	pushPut pushOp = iota
+	pushDelete
+)
+
+// pushJob is one local change to send.
+type pushJob struct {
+	op    pushOp
+	rel   string // path in the projection folder
+	key   string
+	data  []byte
+	sum   [32]byte
+	guard uint64 // revision the edit is based on; 0: the key must not exist
+	// stale: the revision the edit is based on is unknown and the bucket moved
+	// on (an edit made while kvsync was stopped): a conflict without asking.
+	stale bool
+	// rescue: kvsync replaced the file; these bytes exist only here.
+	rescue bool
+}
+
+func (j pushJob) opName() string {
+	switch {
+	case j.op == pushDelete:
+		return "delete"
+	case j.guard == 0 && !j.stale:
+		return "create"
+	}
+	return "update"
+}
+
+// jobID identifies a job as enqueued, to drop duplicates: two scans of the
+// same bytes made before the first push's result came back.
+type jobID struct {
+	op    pushOp
+	sum   [32]byte
+	guard uint64
+}
+
+// revChain records that pushes from revision base led to revision head, so
+// a job scanned before the result of the previous push came back is sent
+// with the right guard.
+type revChain struct{ base, head uint64 }
+
+// pushQueue is the FIFO from the owner to the sender. push never blocks.
+type pushQueue struct {
+	mu   sync.Mutex
+	jobs []pushJob
+	wake chan struct{}
+}
+
+func (q *pushQueue) push(j pushJob) {
+	q.mu.Lock()
+	q.jobs = append(q.jobs, j)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *pushQueue) peek() (pushJob, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.jobs) == 0 {
+		return pushJob{}, false
+	}
+	return q.jobs[0], true
+}
+
+func (q *pushQueue) pop() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.jobs[0] = pushJob{}
+	q.jobs = q.jobs[1:]
+}
+
+func (q *pushQueue) drain() []pushJob {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	jobs := q.jobs
+	q.jobs = nil
+	return jobs
+}
+
+// pusher pushes the local edits of one files projection back to its bucket.
+type pusher struct {
+	p        *filesProjection
+	cfg      PushConfig
+	dir      string   // absolute
+	root     *os.Root // the projection folder: reads never leave it
+	post     func(func(*owner))
+	js       jetstream.JetStream
+	logger   *slog.Logger
+	metrics  *metrics
+	q        *pushQueue
+	debounce time.Duration
+
+	// Owner goroutine only.
+	settled  map[string][32]byte  // path -> bytes already queued or dealt with
+	refused  map[string][32]byte  // path -> bytes refused (reported once)
+	missing  map[string]time.Time // path -> first scan that found it gone
+	asides   map[string]string    // path -> temp name of an identical foreign file, during an update
+	deferred map[string]struct{}  // scans before the first complete update
+	ready    bool                 // the first complete update ran
+
+	// Sender goroutine only.
+	kv       jetstream.KeyValue
+	maxValue int64 // the bucket's max value size; <= 0: none
+	statusAt time.Time
+	chain    map[string]revChain
+	last     map[string]jobID
+}
+
+func newPusher(p *filesProjection, o *owner) (*pusher, error) {
+	root, err := os.OpenRoot(p.dir.Path())
+	if err != nil {
+		return nil, fmt.Errorf("push: %w", err)
+	}
+	d := p.cfg.Push.Debounce
+	if d <= 0 {
+		d = 100 * time.Millisecond
+	}
+	in := o.in
+	return &pusher{
+		p: p, cfg: p.cfg.Push, dir: p.dir.Path(), root: root,
+		post:     func(f func(*owner)) { in.push(f) },
+		js:       o.js,
+		logger:   p.m.logger.With("push", true),
+		metrics:  o.a.metrics,
+		q:        &pushQueue{wake: make(chan struct{}, 1)},
+		debounce: d,
+		settled:  map[string][32]byte{}, refused: map[string][32]byte{},
+		missing: map[string]time.Time{}, asides: map[string]string{}, deferred: map[string]struct{}{},
+		chain: map[string]revChain{}, last: map[string]jobID{},
+	}, nil
+}
+
+// start runs the folder watcher and the sender until ctx is done.
+func (ps *pusher) start(ctx context.Context, wg *sync.WaitGroup) {
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		ps.watch(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		ps.send(ctx)
+	}()
+}
+
+func (ps *pusher) close() error { return ps.root.Close() }
+
+// ---- (1) the folder watcher ----
+
+// pendingPath is a path waiting for its debounce to pass.
+type pendingPath struct {
+	due     time.Time
+	removed bool // an event said it went away: check again before deleting
+}
+
+func (ps *pusher) watch(ctx context.Context) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		ps.post(func(*owner) { ps.fail(".", fmt.Errorf("watch %s: %w", ps.dir, err)) })
+		return
+	}
+	defer w.Close()
+	dirty := map[string]pendingPath{}
+	ps.addTree(w, "", dirty)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		var next time.Time
+		for _, pp := range dirty {
+			if next.IsZero() || pp.due.Before(next) {
+				next = pp.due
+			}
+		}
+		if next.IsZero() {
+			timer.Stop()
+		} else {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			ps.event(w, ev, dirty)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				ps.logger.Warn("folder events overflowed: rescanning", "dir", ps.dir)
+				ps.addTree(w, "", dirty)
+				continue
+			}
+			ps.logger.Warn("watch folder", "dir", ps.dir, "err", err)
+		case <-timer.C:
+			ps.flushDirty(dirty)
+		}
+	}
+}
+
+func (ps *pusher) event(w *fsnotify.Watcher, ev fsnotify.Event, dirty map[string]pendingPath) {
+	if ev.Op == fsnotify.Chmod {
+		return // kvsync's own temp files get chmod; content did not change
+	}
+	rel, ok := ps.relOf(ev.Name)
+	if !ok || rel == "" || skipPath(rel) {
+		return
+	}
+	if ev.Has(fsnotify.Create) {
+		if fi, err := os.Lstat(ev.Name); err == nil && fi.IsDir() {
+			ps.addTree(w, rel, dirty)
+		}
+	}
+	pp := dirty[rel]
+	pp.due = time.Now().Add(ps.debounce)
+	pp.removed = pp.removed || ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)
+	dirty[rel] = pp
+}
+
+// flushDirty hands the paths whose debounce passed to the owner. A path that
+// went away is checked once more a debounce later, so a save that replaces
+// the file by rename is never taken for a removal.
+func (ps *pusher) flushDirty(dirty map[string]pendingPath) {
+	now := time.Now()
+	var rels []string
+	for rel, pp := range dirty {
+		if pp.due.After(now) {
+			continue
+		}
+		rels = append(rels, rel)
+		if pp.removed && ps.cfg.Delete {
+			dirty[rel] = pendingPath{due: now.Add(ps.debounce)}
+		} else {
+			delete(dirty, rel)
+		}
+	}
+	if len(rels) == 0 {
+		return
+	}
+	slices.Sort(rels)
+	ps.post(func(o *owner) { ps.scan(o, rels) })
+}
+
+// addTree watches the folder rel and every folder below it, and marks the
+// files found there dirty (they may have appeared before the watch did).
+func (ps *pusher) addTree(w *fsnotify.Watcher, rel string, dirty map[string]pendingPath) {
+	due := time.Now().Add(ps.debounce)
+	top := filepath.Join(ps.dir, filepath.FromSlash(rel))
+	_ = filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if d != nil && d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil // gone meanwhile, or unreadable: nothing of ours
+		}
+		r, ok := ps.relOf(p)
+		if !ok {
+			return nil
+		}
+		if d.IsDir() {
+			if r != "" && skipPath(r) {
+				return fs.SkipDir
+			}
+			if err := w.Add(p); err != nil {
+				ps.logger.Warn("watch folder", "dir", p, "err", err)
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if !skipPath(r) {
+			pp := dirty[r]
+			pp.due = due
+			dirty[r] = pp
+		}
+		return nil
+	})
+}
+
+func (ps *pusher) relOf(abs string) (string, bool) {
+	r, err := filepath.Rel(ps.dir, abs)
+	if err != nil || r == ".." || strings.HasPrefix(r, ".."+string(filepath.Separator)) {
+		return "", false
+	}
+	if r == "." {
+		return "", true
+	}
+	return filepath.ToSlash(r), true
+}
+
+// skipPath reports whether a path is never pushed and not worth a look:
+// kvsync's state folder and temp files, reserved names, editor temp files.
+func skipPath(rel string) bool {
+	for _, seg := range strings.Split(rel, "/") {
+		if strings.HasPrefix(seg, ".kvsync") || strings.HasPrefix(seg, "..") {
+			return true
+		}
+	}
+	return editorTemp(path.Base(rel))
+}
+
+// editorTemp reports names editors use for probes, swap, backup, lock and
+// temp files while they save.
+func editorTemp(name string) bool {
+	switch {
+	case name == "4913": // vim's probe for write access
+		return true
+	case strings.HasSuffix(name, "~"): // backups: vim, emacs, many more
+		return true
+	case strings.HasPrefix(name, ".#"): // emacs lock links
+		return true
+	case len(name) > 1 && name[0] == '#' && name[len(name)-1] == '#': // emacs autosave
+		return true
+	case strings.HasSuffix(name, "___jb_tmp___"), strings.HasSuffix(name, "___jb_old___"): // JetBrains
+		return true
+	}
+	// vim swap files: .name.swp, .swo, ... down to .swa, and the .swx probe.
+	if n := len(name); n >= 4 && name[n-4:n-1] == ".sw" {
+		if c := name[n-1]; c >= 'a' && c <= 'p' || c == 'x' {
+			return true
+		}
+	}
+	return false
+}
+
+// ---- (2) deciding, on the owner goroutine ----
+
+// scan looks at paths whose events settled.
+func (ps *pusher) scan(o *owner, rels []string) {
+	if !ps.ready {
+		for _, r := range rels {
+			ps.deferred[r] = struct{}{}
+		}
+		return
+	}
+	b := o.st.bucket(ps.p.cfg.Bucket)
+	for _, rel := range rels {
+		ps.scanOne(rel, b)
+	}
+}
+
+func (ps *pusher) scanOne(rel string, b *bucketState) {
+	fi, err := ps.root.Lstat(rel)
+	if errors.Is(err, fs.ErrNotExist) {
+		ps.gone(rel)
+		return
+	}
+	if err != nil {
+		ps.fail(rel, fmt.Errorf("stat: %w", err))
+		return
+	}
+	delete(ps.missing, rel)
+	if fi.IsDir() {
+		return
+	}
+	key, err := projector.PathKey(rel, ps.p.cfg.StripPrefix, ps.p.layout)
+	if err != nil {
+		ps.fail(rel, fmt.Errorf("file name is not a valid key: %w", err))
+		return
+	}
+	if !kvkey.MatchAny(ps.p.cfg.Keys, key) {
+		ps.fail(rel, fmt.Errorf("key %q is outside the projection's keys %q", key, ps.p.cfg.Keys))
+		return
+	}
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		ps.fail(rel, errors.New("symlinks are not pushed"))
+		return
+	case !fi.Mode().IsRegular():
+		ps.fail(rel, fmt.Errorf("not a regular file (%s)", fi.Mode().Type()))
+		return
+	}
+	data, ok := ps.read(rel)
+	if !ok {
+		return // replaced by something else meanwhile: its own event follows
+	}
+	sum := sha256.Sum256(data)
+	own, owned := ps.p.dir.Hash(rel)
+	if owned && own == sum {
+		return // what kvsync wrote: never echoed back
+	}
+	if s, ok := ps.settled[rel]; ok && s == sum {
+		return
+	}
+	if r, ok := ps.refused[rel]; ok && r == sum {
+		return
+	}
+	if e, ok := b.entries[key]; ok && bytes.Equal(e.Value, data) {
+		if !owned {
+			ps.adopt(rel, data)
+		}
+		return // the bucket holds these bytes already
+	}
+	// The guard is the revision kvsync projected at this path. A file kvsync
+	// does not own was never a projection of the key (it was there first, and
+	// the write of the key was refused): it is new, and a key that exists
+	// meanwhile is a conflict.
+	var guard uint64
+	if owned {
+		guard = ps.p.revs[rel]
+	}
+	ps.enqueue(pushJob{op: pushPut, rel: rel, key: key, data: data, sum: sum, guard: guard})
+}
+
+// gone handles a path found missing: a removal to push (twice seen, a
+// debounce apart, with push.delete), or a folder whose files went with it.
+func (ps *pusher) gone(rel string) {
+	_, owned := ps.p.dir.Hash(rel)
+	rev, known := ps.p.revs[rel]
+	if !owned && !known {
+		prefix := rel + "/"
+		for f := range ps.p.dir.Files() {
+			if strings.HasPrefix(f, prefix) {
+				ps.gone(f)
+			}
+		}
+		return
+	}
+	if !ps.cfg.Delete || !known {
+		return
+	}
+	now := time.Now()
+	first, seen := ps.missing[rel]
+	if !seen {
+		ps.missing[rel] = now
+		return
+	}
+	if now.Sub(first) < ps.debounce/2 {
+		return
+	}
+	delete(ps.missing, rel)
+	key, err := projector.PathKey(rel, ps.p.cfg.StripPrefix, ps.p.layout)
+	if err != nil {
+		return
+	}
+	ps.enqueue(pushJob{op: pushDelete, rel: rel, key: key, guard: rev})
+}
+
+func (ps *pusher) enqueue(j pushJob) {
+	if j.op == pushPut {
+		ps.settled[j.rel] = j.sum
+	}
+	ps.logger.Debug("local change queued", "path", j.rel, "key", j.key, "op", j.opName(), "guard", j.guard, "rescue", j.rescue)
+	ps.q.push(j)
+}
+
+// fail reports a local file that is not pushed: an error log, the push error
+// counter and the projection's last error. The file stays as it is.
+func (ps *pusher) fail(rel string, err error) {
+	err = fmt.Errorf("push %s: %w", rel, err)
+	ps.logger.Error("local change not pushed", "path", rel, "err", err)
+	ps.metrics.errors.WithLabelValues(ps.p.m.name, "push").Inc()
+	ps.p.m.setError(err)
+}
+
+// read returns the content of a regular file, without following a symlink.
+func (ps *pusher) read(rel string) ([]byte, bool) {
+	f, err := ps.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, false
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, false
+	}
+	return data, true
+}
+
+// beforeWrite runs on the owner goroutine before kvsync writes data at rel
+// (full: in a Reconcile, which also rewrites a file whose bytes on disk
+// differ). A local edit still on disk is rescued; a foreign file that holds
+// exactly data (a new file pushed with Create, coming back) is set aside so
+// that the write makes it kvsync's.
+func (ps *pusher) beforeWrite(rel, key string, data []byte, b *bucketState, full bool) {
+	own, owned := ps.p.dir.Hash(rel)
+	if !full && owned && own == sha256.Sum256(data) {
+		return // Apply leaves the file alone
+	}
+	disk, ok := ps.read(rel)
+	if !ok {
+		return
+	}
+	if bytes.Equal(disk, data) {
+		if !owned {
+			if aside, err := ps.setAside(rel); err == nil {
+				ps.asides[rel] = aside
+			}
+		}
+		return
+	}
+	if owned {
+		ps.rescue(rel, key, disk, own, b)
+	}
+}
+
+// beforeRemove runs on the owner goroutine before kvsync removes rel.
+func (ps *pusher) beforeRemove(rel, key string, b *bucketState) {
+	own, owned := ps.p.dir.Hash(rel)
+	if !owned {
+		return
+	}
+	if disk, ok := ps.read(rel); ok {
+		ps.rescue(rel, key, disk, own, b)
+	}
+}
+
+// beforeReconcile is beforeRemove for every owned path not in want (the
+// caller runs beforeWrite for the paths of want).
+func (ps *pusher) beforeReconcile(want map[string][]byte, b *bucketState) {
+	for rel := range ps.p.dir.Files() {
+		if _, ok := want[rel]; ok {
+			continue
+		}
+		key, err := projector.PathKey(rel, ps.p.cfg.StripPrefix, ps.p.layout)
+		if err != nil {
+			continue
+		}
+		ps.beforeRemove(rel, key, b)
+	}
+}
+
+// rescue queues an edit kvsync is about to replace.
+func (ps *pusher) rescue(rel, key string, disk []byte, own [32]byte, b *bucketState) {
+	sum := sha256.Sum256(disk)
+	if sum == own {
+		return
+	}
+	if s, ok := ps.settled[rel]; ok && s == sum {
+		return // a job holds these bytes already
+	}
+	j := pushJob{op: pushPut, rel: rel, key: key, data: disk, sum: sum, rescue: true}
+	if rev, ok := ps.p.revs[rel]; ok {
+		j.guard = rev
+	} else if e, ok := b.entries[key]; ok && sha256.Sum256(e.Value) == own {
+		j.guard = e.Revision // the bucket still holds what the edit started from
+	} else {
+		j.stale = true
+	}
+	ps.logger.Info("local edit meets a remote change: pushing it first", "path", rel, "key", key)
+	ps.enqueue(j)
+}
+
+// afterWrite runs on the owner goroutine after an Apply or Reconcile.
+func (ps *pusher) afterWrite(res projector.Result) {
+	for rel, aside := range ps.asides {
+		ps.putBack(rel, aside, slices.Contains(res.Written, rel))
+	}
+	clear(ps.asides)
+	for _, rel := range res.Written {
+		delete(ps.settled, rel)
+		delete(ps.refused, rel)
+	}
+	for _, rel := range res.Removed {
+		delete(ps.settled, rel)
+		delete(ps.refused, rel)
+	}
+	if !ps.ready {
+		ps.ready = true
+		rels := slices.Sorted(maps.Keys(ps.deferred))
+		clear(ps.deferred)
+		if len(rels) > 0 {
+			ps.scan(ps.p.o, rels)
+		}
+	}
+}
+
+// adopt makes a foreign file that holds exactly what the bucket holds
+// kvsync's, so later remote changes can replace it.
+func (ps *pusher) adopt(rel string, data []byte) {
+	aside, err := ps.setAside(rel)
+	if err != nil {
+		return
+	}
+	res, err := ps.p.dir.Apply([]projector.Change{{Path: rel, Data: data}})
+	ps.putBack(rel, aside, err == nil && slices.Contains(res.Written, rel))
+}
+
+// setAside renames the file at rel to a temp name beside it, which the
+// projector then writes in its place. The temp name starts with the
+// projector's temp prefix, so a crash leaves nothing it does not clean.
+func (ps *pusher) setAside(rel string) (string, error) {
+	aside := ".kvsync-tmp-adopt-" + strconv.FormatUint(rand.Uint64(), 36)
+	if d := path.Dir(rel); d != "." {
+		aside = d + "/" + aside
+	}
+	if err := ps.root.Rename(rel, aside); err != nil {
+		return "", err
+	}
+	return aside, nil
+}
+
+// putBack removes the set-aside file once kvsync wrote the same bytes in
+// its place, or moves it back if the write did not happen.
+func (ps *pusher) putBack(rel, aside string, written bool) {
+	if written {
+		_ = ps.root.Remove(aside) // identical bytes are at rel now
+		return
+	}
+	if _, err := ps.root.Lstat(rel); errors.Is(err, fs.ErrNotExist) {
+		if err := ps.root.Rename(aside, rel); err == nil {
+			return
+		}
+	}
+	ps.logger.Warn("could not put a local file back; it is kept aside", "path", rel, "aside", aside)
+}
+
+// ---- (3) the sender ----
+
+func (ps *pusher) send(ctx context.Context) {
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	failing := false
+	for {
+		j, ok := ps.q.peek()
+		if !ok {
+			select {
+			case <-ctx.Done():
+				ps.saveUnsent()
+				return
+			case <-ps.q.wake:
+			}
+			continue
+		}
+		err := ps.handle(ctx, j)
+		if ctx.Err() != nil {
+			ps.saveUnsent()
+			return
+		}
+		if err != nil {
+			if !failing {
+				ps.logger.Warn("push postponed: retrying", "path", j.rel, "key", j.key, "err", err)
+				failing = true
+			}
+			select {
+			case <-ctx.Done():
+				ps.saveUnsent()
+				return
+			case <-time.After(bo.next()):
+			}
+			continue
+		}
+		if failing {
+			ps.logger.Info("push resumed", "path", j.rel, "key", j.key)
+			failing = false
+		}
+		bo.reset()
+		ps.q.pop()
+	}
+}
+
+// handle sends one job. It returns an error only when the job must be tried
+// again (no connection, no answer); every other outcome is dealt with here.
+func (ps *pusher) handle(ctx context.Context, j pushJob) error {
+	id := jobID{op: j.op, sum: j.sum, guard: j.guard}
+	if last, ok := ps.last[j.rel]; ok && last == id && !j.stale {
+		return nil // the same bytes from the same base were handled already
+	}
+	kv, err := ps.bucket(ctx)
+	if err != nil {
+		return err
+	}
+	if j.op == pushPut {
+		if lim := ps.limit(ctx, kv); lim > 0 && int64(len(j.data)) > lim {
+			ps.refuse(j, fmt.Errorf("value of %d bytes is over the bucket's max value size (%d bytes, headers included)", len(j.data), lim+valueHeadroom))
+			ps.last[j.rel] = id
+			return nil
+		}
+	}
+	base := j.guard
+	if c, ok := ps.chain[j.rel]; ok && !j.stale && (j.guard == c.base || j.guard == c.head) {
+		j.guard, base = c.head, c.base
+	}
+	var rev uint64
+	if j.stale {
+		err = jetstream.ErrKeyRevisionMismatch
+	} else {
+		rev, err = ps.write(ctx, kv, j)
+	}
+	switch {
+	case err == nil:
+		ps.chain[j.rel] = revChain{base: base, head: rev}
+		ps.pushed(j, rev)
+	case isConflict(err):
+		delete(ps.chain, j.rel)
+		if err := ps.conflict(ctx, kv, j); err != nil {
+			return err
+		}
+	case permanent(err):
+		delete(ps.chain, j.rel)
+		ps.refuse(j, err)
+	default:
+		return err
+	}
+	ps.last[j.rel] = id
+	return nil
+}
+
+func (ps *pusher) write(ctx context.Context, kv jetstream.KeyValue, j pushJob) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, pushTimeout)
+	defer cancel()
+	switch {
+	case j.op == pushDelete:
+		return 0, kv.Delete(ctx, j.key, jetstream.LastRevision(j.guard))
+	case j.guard == 0:
+		return kv.Create(ctx, j.key, j.data)
+	default:
+		return kv.Update(ctx, j.key, j.data, j.guard)
+	}
+}
+
+// conflict applies the conflict policy. Nothing is lost either way: the local
+// bytes end in the bucket (keep-local) or in a conflict file (keep-remote).
+func (ps *pusher) conflict(ctx context.Context, kv jetstream.KeyValue, j pushJob) error {
+	cur, have, err := ps.latest(ctx, kv, j.key)
+	if err != nil {
+		return err
+	}
+	if j.op == pushPut && have && bytes.Equal(cur.Value(), j.data) {
+		ps.landed(j, cur.Revision()) // the bucket holds these bytes already: a retry that made it
+		return nil
+	}
+	if j.op == pushDelete && !have {
+		return nil // deleted already
+	}
+	var remoteRev uint64
+	if have {
+		remoteRev = cur.Revision()
+	}
+	ps.metrics.conflicts.WithLabelValues(ps.p.m.name, ps.cfg.Conflict).Inc()
+	if ps.cfg.Conflict == ConflictKeepLocal {
+		for range keepLocalTries {
+			k := j
+			k.stale = false
+			k.guard = remoteRev
+			if !have && j.op == pushPut {
+				k.guard = 0
+			}
+			rev, err := ps.write(ctx, kv, k)
+			if err == nil {
+				ps.logger.Warn("push conflict: local change applied over the remote value",
+					"path", j.rel, "key", j.key, "base_revision", j.guard, "remote_revision", remoteRev, "revision", rev)
+				ps.chain[j.rel] = revChain{base: j.guard, head: rev}
+				ps.pushed(k, rev)
+				return nil
+			}
+			switch {
+			case isConflict(err):
+			case permanent(err):
+				ps.refuse(j, err)
+				return nil
+			default:
+				return err
+			}
+			if cur, have, err = ps.latest(ctx, kv, j.key); err != nil {
+				return err
+			}
+			remoteRev = 0
+			if have {
+				remoteRev = cur.Revision()
+			}
+		}
+		ps.logger.Warn("push conflict: other writers kept winning; keeping the remote value", "path", j.rel, "key", j.key, "tries", keepLocalTries)
+	}
+	if j.op == pushPut {
+		name, err := ps.saveConflict(j)
+		if err != nil {
+			return err // retried: the bytes must land somewhere
+		}
+		ps.logger.Warn("push conflict: remote value kept, local edit saved",
+			"path", j.rel, "key", j.key, "base_revision", j.guard, "remote_revision", remoteRev, "saved_as", name)
+	} else {
+		ps.logger.Warn("push conflict: local removal not applied, remote value kept",
+			"path", j.rel, "key", j.key, "base_revision", j.guard, "remote_revision", remoteRev)
+	}
+	ps.post(func(*owner) { ps.reproject(j) })
+	return nil
+}
+
+// latest returns the key's current entry; have is false when it is absent or
+// deleted.
+func (ps *pusher) latest(ctx context.Context, kv jetstream.KeyValue, key string) (e jetstream.KeyValueEntry, have bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, pushTimeout)
+	defer cancel()
+	e, err = kv.Get(ctx, key)
+	switch {
+	case err == nil:
+		return e, true, nil
+	case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
+		return nil, false, nil
+	}
+	return nil, false, fmt.Errorf("get %s: %w", key, err)
+}
+
+// reproject, on the owner goroutine, writes the remote value over a local edit
+// that lost (keep-remote) and is still on disk. A foreign file (a new local
+// file whose key exists) is removed first, to make room. When the disk holds
+// something else, kvsync already wrote the remote value there, or the file
+// was edited again and that edit has its own turn.
+func (ps *pusher) reproject(j pushJob) {
+	if j.op == pushPut {
+		disk, ok := ps.read(j.rel)
+		if !ok || sha256.Sum256(disk) != j.sum {
+			return
+		}
+		ps.settled[j.rel] = j.sum // saved: the forced write below must not rescue it again
+		if _, owned := ps.p.dir.Hash(j.rel); !owned {
+			if err := ps.root.Remove(j.rel); err != nil {
+				ps.logger.Warn("remove local file after a conflict", "path", j.rel, "err", err)
+			}
+		}
+	}
+	ps.p.m.markDirty(time.Now(), true, "push-back conflict on "+j.rel)
+}
+
+// saveConflict writes the local bytes of a losing edit to
+// <dir>/.kvsync/conflicts/<path>.<unix-nanos>, keeping the sub-folders of
+// path, and returns that name.
+func (ps *pusher) saveConflict(j pushJob) (string, error) {
+	dir := path.Join(".kvsync", "conflicts", path.Dir(j.rel))
+	if err := ps.root.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create %s: %w", filepath.Join(ps.dir, dir), err)
+	}
+	for n := time.Now().UnixNano(); ; n++ {
+		name := path.Join(".kvsync", "conflicts", j.rel) + "." + strconv.FormatInt(n, 10)
+		f, err := ps.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		abs := filepath.Join(ps.dir, filepath.FromSlash(name))
+		if err != nil {
+			return "", fmt.Errorf("write %s: %w", abs, err)
+		}
+		_, err = f.Write(j.data)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			_ = ps.root.Remove(name) // partial: the retry writes a new one
+			return "", fmt.Errorf("write %s: %w", abs, err)
+		}
+		return abs, nil
+	}
+}
+
+// pushed records a successful push.
+func (ps *pusher) pushed(j pushJob, rev uint64) {
+	ps.metrics.pushes.WithLabelValues(ps.p.m.name, j.opName()).Inc()
+	ps.logger.Info("local change pushed", "path", j.rel, "key", j.key, "op", j.opName(), "revision", rev)
+	ps.landed(j, rev)
+}
+
+// landed tells the owner that the bucket holds the job's bytes at rev, so
+// that a further edit before the echo arrives is guarded by rev.
+func (ps *pusher) landed(j pushJob, rev uint64) {
+	if j.op != pushPut {
+		return
+	}
+	ps.post(func(*owner) {
+		if cur, ok := ps.p.revs[j.rel]; !ok || cur < rev {
+			ps.p.revs[j.rel] = rev
+		}
+	})
+}
+
+// refuse reports a job that cannot be pushed. The file stays; bytes that are
+// no longer on disk go to a conflict file first.
+func (ps *pusher) refuse(j pushJob, err error) {
+	if j.rescue && j.op == pushPut {
+		if name, serr := ps.saveConflict(j); serr == nil {
+			err = fmt.Errorf("%w (the local bytes were replaced by a remote change and are saved as %s)", err, name)
+		} else {
+			err = fmt.Errorf("%w (saving the local bytes: %w)", err, serr)
+		}
+	}
+	ps.post(func(*owner) {
+		if j.op == pushPut {
+			ps.refused[j.rel] = j.sum
+			if s, ok := ps.settled[j.rel]; ok && s == j.sum {
+				delete(ps.settled, j.rel)
+			}
+		}
+		ps.fail(j.rel, err)
+	})
+}
+
+// saveUnsent keeps what only the queue holds when the pusher stops: local
+// edits kvsync already replaced on disk go to conflict files. Edits still on
+// disk are found again by the next start.
+func (ps *pusher) saveUnsent() {
+	for _, j := range ps.q.drain() {
+		if !j.rescue || j.op != pushPut {
+			continue
+		}
+		if name, err := ps.saveConflict(j); err == nil {
+			ps.logger.Warn("stopping with an unpushed local edit; saved", "path", j.rel, "saved_as", name)
+		} else {
+			ps.logger.Error("stopping with an unpushed local edit that cannot be saved", "path", j.rel, "err", err)
+		}
+	}
+}
+
+// bucket returns the KV handle, opening it on first use.
+func (ps *pusher) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+	if ps.kv != nil {
+		return ps.kv, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, pushTimeout)
+	defer cancel()
+	kv, err := ps.js.KeyValue(ctx, ps.p.cfg.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", ps.p.cfg.Bucket, err)
+	}
+	ps.kv = kv
+	return kv, nil
+}
+
+// limit returns the largest value the bucket takes, less the headroom for
+// headers; 0 means no limit known. The bucket's status is read at most every
+// few seconds.
+func (ps *pusher) limit(ctx context.Context, kv jetstream.KeyValue) int64 {
+	if ps.statusAt.IsZero() || time.Since(ps.statusAt) > 5*time.Second {
+		sctx, cancel := context.WithTimeout(ctx, pushTimeout)
+		st, err := kv.Status(sctx)
+		cancel()
+		if err == nil {
+			ps.statusAt = time.Now()
+			ps.maxValue = 0
+			if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+				ps.maxValue = int64(bs.Config().MaxValueSize)
+			}
+		}
+	}
+	lim := ps.maxValue
+	if nc := ps.js.Conn(); nc != nil {
+		if mp := nc.MaxPayload(); mp > 0 && (lim <= 0 || mp < lim) {
+			lim = mp
+		}
+	}
+	if lim <= 0 {
+		return 0
+	}
+	return max(lim-valueHeadroom, 1)
+}
+
+// isConflict reports a compare-and-set failure.
+func isConflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var api *jetstream.APIError
+	return errors.As(err, &api) && (api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// permanent reports an error that trying again will not fix: the server
+// refused the value, or the key. Everything else (no connection, timeouts,
+// no responders during an election, a bucket not found for now) is retried.
+func permanent(err error) bool {
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.Code != 503 && api.Code != 408 && api.ErrorCode != jetstream.JSErrCodeStreamNotFound
+	}
+	return errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, jetstream.ErrInvalidKey) || errors.Is(err, nats.ErrBadSubject)
+}
