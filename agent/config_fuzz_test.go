@@ -22,7 +22,7 @@ func FuzzValidateConfig(f *testing.F) {
 			c.Buckets = []BucketConfig{{Name: bucket, History: n, TTL: time.Duration(d1), MaxBytes: d2, Replicas: n, Storage: atomic}}
 			c.Files = []FilesConfig{
 				{Name: name, Bucket: bucket, Keys: []string{filter}, Dir: dir, Layout: layout, Atomic: atomic, Mode: mode, DirMode: mode,
-					Push: PushConfig{Enabled: n%2 == 0, Conflict: layout},
+					Push:     PushConfig{Enabled: n%2 == 0, Conflict: layout},
 					OnChange: &Action{Signal: signal, Process: name, Timeout: time.Duration(d1), Splay: time.Duration(d2)}},
 				{Bucket: bucket, Dir: dest, Wait: &WaitConfig{Min: time.Duration(d2), Max: time.Duration(d1)}},
 			}
