@@ -30,6 +30,12 @@ type projection interface {
 	close() error
 }
 
+// A failed update is retried after firstRetry, doubling up to maxRetry.
+const (
+	firstRetry = time.Second
+	maxRetry   = 30 * time.Second
+)
+
 // starter is a projection with goroutines of its own (push-back watches its
 // folder). start runs them until ctx is done, tracked by wg.
 type starter interface {
@@ -50,8 +56,9 @@ type projMeta struct {
 	full       bool
 	firstDirty time.Time
 	due        time.Time
-	synced     bool // the first complete update ran
-	failed     bool // the last update failed (Once mode exits 1)
+	synced     bool          // the first complete update ran
+	retry      time.Duration // wait before retrying a failed update
+	failed     bool          // the last update failed (Once mode exits 1)
 	triggerMsg string
 
 	status ProjectionStatus
@@ -145,6 +152,7 @@ func (o *owner) newMeta(name, kind, target string, buckets []string, w *WaitConf
 		wait:    o.waitFor(w),
 		logger:  o.logger.With("projection", name),
 		trigger: make(chan string, 1),
+		retry:   firstRetry,
 	}
 	m.status = ProjectionStatus{Name: name, Kind: kind, Target: target, Buckets: buckets}
 	if act != nil && !o.a.opts.Once && !o.a.opts.DryRun {
@@ -384,9 +392,23 @@ func (o *owner) flush() (time.Time, error) {
 		if err != nil {
 			m.failed = true
 			m.setError(err)
-			m.logger.Error("update", "err", err)
+			if errors.Is(err, errRender) {
+				// Only a change of what it reads can fix a render: no retry.
+				m.logger.Error("update", "err", err)
+				continue
+			}
+			m.logger.Error("update", "err", err, "retry_in", m.retry)
+			// Try again with a backoff, also without a change of the keys:
+			// an operator who fixes the folder sees the files appear.
+			m.markDirty(now, true, "retry after error")
+			m.due = now.Add(m.retry)
+			m.retry = min(m.retry*2, maxRetry)
+			if next.IsZero() || m.due.Before(next) {
+				next = m.due
+			}
 		} else {
 			m.failed = false
+			m.retry = firstRetry
 		}
 		if changed {
 			now := time.Now()

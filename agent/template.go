@@ -16,6 +16,10 @@ import (
 // it renders again once it is.
 var errWaitingForBucket = errors.New("waiting for the initial sync of a bucket")
 
+// errRender marks a render error: the last good file is kept, and only a
+// change of a key the template reads can help, so it is not retried.
+var errRender = errors.New("render")
+
 // templateProjection renders one file from a template. It re-renders only when
 // a key it read (or a key matching a filter it listed) changes.
 type templateProjection struct {
@@ -86,9 +90,9 @@ func (p *templateProjection) update(s *state, _ bool) (bool, error) {
 	if err != nil {
 		p.o.a.metrics.errors.WithLabelValues(p.m.name, "render").Inc()
 		if len(res.Missing) > 0 {
-			return false, fmt.Errorf("render %s: keeping the last good file; missing keys %v: %w", p.m.name, res.Missing, err)
+			return false, fmt.Errorf("%w %s: keeping the last good file; missing keys %v: %w", errRender, p.m.name, res.Missing, err)
 		}
-		return false, fmt.Errorf("render %s: keeping the last good file: %w", p.m.name, err)
+		return false, fmt.Errorf("%w %s: keeping the last good file: %w", errRender, p.m.name, err)
 	}
 	for _, b := range res.Deps.Buckets() {
 		if bs := s.buckets[b]; bs != nil && bs.lastRev > p.m.status.LastRevision {

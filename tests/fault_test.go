@@ -521,8 +521,6 @@ func TestFaultDirIsAFile(t *testing.T) {
 // TestFaultRetryWithoutChange: once a write problem is fixed, the projection
 // catches up by itself, without waiting for the next change of the key.
 func TestFaultRetryWithoutChange(t *testing.T) {
-	t.Skip("BUG: agent/owner.go flush never retries a projection whose update failed: " +
-		"a failed path is written again only when its key changes, a reload or a restart")
 	s := startServer(t)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	dir := filepath.Join(t.TempDir(), "blocked")
