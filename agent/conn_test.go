@@ -282,14 +282,14 @@ func TestReconnectDelay(t *testing.T) {
 		attempts int
 		base     time.Duration
 	}{
-		{0, 250 * time.Millisecond},
-		{1, 250 * time.Millisecond},
-		{2, 500 * time.Millisecond},
-		{3, time.Second},
-		{5, 4 * time.Second},
-		{6, 5 * time.Second},
-		{100, 5 * time.Second},
-		{1 << 30, 5 * time.Second},
+		{0, 50 * time.Millisecond},
+		{1, 50 * time.Millisecond},
+		{2, 100 * time.Millisecond},
+		{3, 200 * time.Millisecond},
+		{4, 400 * time.Millisecond},
+		{5, 400 * time.Millisecond},
+		{100, 400 * time.Millisecond},
+		{1 << 30, 400 * time.Millisecond},
 	} {
 		for range 50 {
 			d := reconnectDelay(tc.attempts)
