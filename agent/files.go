@@ -145,11 +145,12 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 				continue
 			}
 			if e, live := b.entries[k]; live {
-				if p.push != nil {
-					p.push.beforeWrite(rel, k, e.Value, b, false)
+				held := p.push != nil && p.push.beforeWrite(rel, k, e.Value, b, false)
+				p.revs[rel] = e.Revision
+				if held {
+					continue // the file holds these bytes already: a pushed edit coming back
 				}
 				changes = append(changes, projector.Change{Path: rel, Data: e.Value})
-				p.revs[rel] = e.Revision
 				created[rel] = e.Created
 			} else {
 				if p.push != nil {

@@ -65,6 +65,9 @@ const valueHeadroom = 150
 // pushTimeout bounds one KV call of the sender.
 const pushTimeout = 5 * time.Second
 
+// scanChunk is how many paths one scan on the owner goroutine looks at.
+const scanChunk = 256
+
 // keepLocalTries bounds how often keep-local re-reads the latest revision
 // when other writers keep winning the race.
 const keepLocalTries = 5
@@ -170,6 +173,7 @@ type pusher struct {
 
 	// Owner goroutine only.
 	settled  map[string][32]byte  // path -> bytes already queued or dealt with
+	echo     map[string][32]byte  // path -> pushed bytes the bucket sent back, left in place (the manifest has the older hash)
 	refused  map[string][32]byte  // path -> bytes refused (reported once)
 	missing  map[string]time.Time // path -> first scan that found it gone
 	asides   map[string]string    // path -> temp name of an identical foreign file, during an update
@@ -202,7 +206,7 @@ func newPusher(p *filesProjection, o *owner) (*pusher, error) {
 		metrics:  o.a.metrics,
 		q:        &pushQueue{wake: make(chan struct{}, 1)},
 		debounce: d,
-		settled:  map[string][32]byte{}, refused: map[string][32]byte{},
+		settled:  map[string][32]byte{}, refused: map[string][32]byte{}, echo: map[string][32]byte{},
 		missing: map[string]time.Time{}, asides: map[string]string{}, deferred: map[string]struct{}{},
 		chain: map[string]revChain{}, last: map[string]jobID{},
 	}, nil
@@ -318,7 +322,11 @@ func (ps *pusher) flushDirty(dirty map[string]pendingPath) {
 		return
 	}
 	slices.Sort(rels)
-	ps.post(func(o *owner) { ps.scan(o, rels) })
+	// In chunks: a first scan of a big folder must not hold the owner
+	// goroutine (and the projection of remote changes) for long.
+	for chunk := range slices.Chunk(rels, scanChunk) {
+		ps.post(func(o *owner) { ps.scan(o, chunk) })
+	}
 }
 
 // addTree watches the folder rel and every folder below it, and marks the
@@ -455,7 +463,7 @@ func (ps *pusher) scanOne(rel string, b *bucketState) {
 	}
 	sum := sha256.Sum256(data)
 	own, owned := ps.p.dir.Hash(rel)
-	if owned && own == sum {
+	if owned && ps.ours(rel, own, sum) {
 		return // what kvsync wrote: never echoed back
 	}
 	if s, ok := ps.settled[rel]; ok && s == sum {
@@ -549,31 +557,51 @@ func (ps *pusher) read(rel string) ([]byte, bool) {
 	return data, true
 }
 
+// ours reports whether sum is the content kvsync accounts for at rel: what
+// it wrote (own), or a pushed edit the bucket sent back.
+func (ps *pusher) ours(rel string, own, sum [32]byte) bool {
+	if sum == own {
+		return true
+	}
+	e, ok := ps.echo[rel]
+	return ok && e == sum
+}
+
 // beforeWrite runs on the owner goroutine before kvsync writes data at rel
 // (full: in a Reconcile, which also rewrites a file whose bytes on disk
 // differ). A local edit still on disk is rescued; a foreign file that holds
 // exactly data (a new file pushed with Create, coming back) is set aside so
-// that the write makes it kvsync's.
-func (ps *pusher) beforeWrite(rel, key string, data []byte, b *bucketState, full bool) {
+// that the write makes it kvsync's. held reports that the file already holds
+// data (a pushed edit coming back): the caller leaves it alone rather than
+// replace it with identical bytes, which would run on_change for nothing and
+// could swallow a write in progress into a replaced inode.
+func (ps *pusher) beforeWrite(rel, key string, data []byte, b *bucketState, full bool) (held bool) {
+	sum := sha256.Sum256(data)
 	own, owned := ps.p.dir.Hash(rel)
-	if !full && owned && own == sha256.Sum256(data) {
-		return // Apply leaves the file alone
+	if !full && owned && own == sum {
+		return false // Apply leaves the file alone
 	}
 	disk, ok := ps.read(rel)
 	if !ok {
-		return
+		return false
 	}
 	if bytes.Equal(disk, data) {
 		if !owned {
 			if aside, err := ps.setAside(rel); err == nil {
 				ps.asides[rel] = aside
 			}
+			return false
 		}
-		return
+		if !full {
+			ps.echo[rel] = sum
+			return true
+		}
+		return false
 	}
 	if owned {
 		ps.rescue(rel, key, disk, own, b)
 	}
+	return false
 }
 
 // beforeRemove runs on the owner goroutine before kvsync removes rel.
@@ -605,7 +633,7 @@ func (ps *pusher) beforeReconcile(want map[string][]byte, b *bucketState) {
 // rescue queues an edit kvsync is about to replace.
 func (ps *pusher) rescue(rel, key string, disk []byte, own [32]byte, b *bucketState) {
 	sum := sha256.Sum256(disk)
-	if sum == own {
+	if ps.ours(rel, own, sum) {
 		return
 	}
 	if s, ok := ps.settled[rel]; ok && s == sum {
@@ -629,13 +657,10 @@ func (ps *pusher) afterWrite(res projector.Result) {
 		ps.putBack(rel, aside, slices.Contains(res.Written, rel))
 	}
 	clear(ps.asides)
-	for _, rel := range res.Written {
+	for _, rel := range slices.Concat(res.Written, res.Removed) {
 		delete(ps.settled, rel)
 		delete(ps.refused, rel)
-	}
-	for _, rel := range res.Removed {
-		delete(ps.settled, rel)
-		delete(ps.refused, rel)
+		delete(ps.echo, rel)
 	}
 	if !ps.ready {
 		ps.ready = true

@@ -26,6 +26,7 @@ type pushEnv struct {
 	s   *server.Server
 	kv  jetstream.KeyValue
 	dir string
+	cfg *Config
 	ag  *runningAgent
 }
 
@@ -50,7 +51,7 @@ func startPush(t *testing.T, initial map[string]string, bcfg jetstream.KeyValueC
 	for k, v := range initial {
 		waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, filepath.FromSlash(k)), v))
 	}
-	return &pushEnv{s: s, kv: kv, dir: dir, ag: ag}
+	return &pushEnv{s: s, kv: kv, dir: dir, cfg: cfg, ag: ag}
 }
 
 // waitFor is waitFor with the agent's last log lines on failure.
@@ -330,8 +331,21 @@ func TestPushEditorSavePatterns(t *testing.T) {
 			put(t, e.kv, rel, "v1\n")
 			waitFor(t, 5*time.Second, fileIs(e.path(rel), "v1\n"))
 			want := tc.save(t, rel)
+			saved, err := os.Stat(e.path(rel))
+			if err != nil {
+				t.Fatal(err)
+			}
 			waitFor(t, 5*time.Second, e.valueIs(rel, want))
 			e.barrier(t)
+			// The pushed value coming back is not written again: the file is
+			// still the one the editor saved.
+			now, err := os.Stat(e.path(rel))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !os.SameFile(saved, now) {
+				t.Fatalf("%s was replaced after the push", rel)
+			}
 			if got, want := e.history(t, rel), []string{"v1\n", want}; !slices.Equal(got, want) {
 				t.Fatalf("history of %s = %q, want %q", rel, got, want)
 			}
@@ -460,31 +474,33 @@ func TestPushConflict(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("%s owned=%v", tc.policy, tc.owned), func(t *testing.T) {
 			initial := map[string]string{}
+			rel := "c.conf"
 			if tc.owned {
-				initial["c.conf"] = "base"
+				rel = "sub/c.conf" // conflict files keep the sub-folders
+				initial[rel] = "base"
 			}
 			e := startPush(t, initial, jetstream.KeyValueConfig{}, func(f *FilesConfig) {
 				f.Push.Conflict = tc.policy
 				f.Push.Debounce = 500 * time.Millisecond // the remote put comes first
 			})
-			e.replace(t, "c.conf", "local")
-			put(t, e.kv, "c.conf", "remote")
+			e.replace(t, rel, "local")
+			put(t, e.kv, rel, "remote")
 			switch tc.policy {
 			case ConflictKeepRemote:
 				waitFor(t, 10*time.Second, func() error {
-					if got := e.conflicts(t, "c.conf"); !slices.Equal(got, []string{"local"}) {
+					if got := e.conflicts(t, rel); !slices.Equal(got, []string{"local"}) {
 						return fmt.Errorf("conflict files hold %q", got)
 					}
-					return fileIs(e.path("c.conf"), "remote")()
+					return fileIs(e.path(rel), "remote")()
 				})
 				e.barrier(t)
-				if err := e.valueIs("c.conf", "remote")(); err != nil {
+				if err := e.valueIs(rel, "remote")(); err != nil {
 					t.Fatal(err)
 				}
 			case ConflictKeepLocal:
-				waitFor(t, 10*time.Second, e.valueIs("c.conf", "local"))
-				waitFor(t, 5*time.Second, fileIs(e.path("c.conf"), "local"))
-				if got := e.conflicts(t, "c.conf"); len(got) != 0 {
+				waitFor(t, 10*time.Second, e.valueIs(rel, "local"))
+				waitFor(t, 5*time.Second, fileIs(e.path(rel), "local"))
+				if got := e.conflicts(t, rel); len(got) != 0 {
 					t.Fatalf("conflict files: %q", got)
 				}
 			}
@@ -495,10 +511,10 @@ func TestPushConflict(t *testing.T) {
 				t.Fatalf("no WARN log of the conflict")
 			}
 			// Still in step afterwards: a remote change lands, a local one is pushed.
-			put(t, e.kv, "c.conf", "remote 2")
-			waitFor(t, 5*time.Second, fileIs(e.path("c.conf"), "remote 2"))
-			e.write(t, "c.conf", "local 2")
-			waitFor(t, 5*time.Second, e.valueIs("c.conf", "local 2"))
+			put(t, e.kv, rel, "remote 2")
+			waitFor(t, 5*time.Second, fileIs(e.path(rel), "remote 2"))
+			e.write(t, rel, "local 2")
+			waitFor(t, 5*time.Second, e.valueIs(rel, "local 2"))
 		})
 	}
 }
@@ -644,6 +660,47 @@ func TestPushStress(t *testing.T) {
 				}
 				return nil
 			})
+		})
+	}
+}
+
+// TestPushEditsWhileStopped: edits made while kvsync was not running are
+// pushed at the next start, guarded by what the bucket held when kvsync wrote
+// the file; if the bucket moved on meanwhile, that is a conflict.
+func TestPushEditsWhileStopped(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		remoteChanged bool
+	}{
+		{"bucket unchanged", false},
+		{"bucket changed too", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startPush(t, map[string]string{"w.conf": "v1"}, jetstream.KeyValueConfig{}, nil)
+			if err := e.ag.stop(); err != nil {
+				t.Fatal(err)
+			}
+			e.replace(t, "w.conf", "edited while stopped")
+			e.write(t, "fresh.conf", "made while stopped")
+			if tc.remoteChanged {
+				put(t, e.kv, "w.conf", "remote while stopped")
+			}
+			e.ag = startAgent(t, e.cfg, Options{})
+			waitFor(t, 5*time.Second, e.valueIs("fresh.conf", "made while stopped"))
+			if !tc.remoteChanged {
+				waitFor(t, 5*time.Second, e.valueIs("w.conf", "edited while stopped"))
+				waitFor(t, 5*time.Second, fileIs(e.path("w.conf"), "edited while stopped"))
+				return
+			}
+			e.waitFor(t, 5*time.Second, func() error {
+				if got := e.conflicts(t, "w.conf"); !slices.Equal(got, []string{"edited while stopped"}) {
+					return fmt.Errorf("conflict files hold %q", got)
+				}
+				return fileIs(e.path("w.conf"), "remote while stopped")()
+			})
+			if err := e.valueIs("w.conf", "remote while stopped")(); err != nil {
+				t.Fatal(err)
+			}
 		})
 	}
 }
