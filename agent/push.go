@@ -53,10 +53,16 @@ import (
 //     local edit still on disk that no job holds is rescued into a job, so a
 //     remote change racing a local edit never silently wins: the edit ends in
 //     the bucket or in a conflict file.
+//  5. When the pushed value comes back from the bucket, a file that already
+//     holds it is left alone (no rewrite, no on_change); a new local file
+//     pushed with Create is adopted: set aside under a temp name, written by
+//     the projector (so it enters the manifest), the aside removed.
 //
 // Residual window: an edit saved between the rescue check and the rename that
-// replaces the file (microseconds, plus the fsync of the write) is lost. Closing
-// it needs an exchange-rename in the projector.
+// replaces the file (microseconds, plus the fsync of the write), or written in
+// place through a descriptor opened before that rename, is lost. Closing it
+// needs an exchange-rename (renameat2 RENAME_EXCHANGE) in the projector, which
+// would hand back the replaced file for a last look.
 
 // valueHeadroom is what a pushed value leaves of the bucket's max value size
 // for the headers the server counts too (NATS-NOTES).
