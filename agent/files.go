@@ -27,6 +27,11 @@ type filesProjection struct {
 	revs     map[string]uint64   // path -> revision last projected (push-back guards)
 
 	push *pusher // push-back of local edits; nil when off
+
+	dry  bool              // --dry-run: log, write nothing
+	opts projector.Options // how to open dir (again, after a failure)
+	ctx  context.Context   // the owner's, for a pusher started late
+	wg   *sync.WaitGroup
 }
 
 func newFilesProjection(c *FilesConfig, o *owner) (projection, error) {
@@ -35,10 +40,11 @@ func newFilesProjection(c *FilesConfig, o *owner) (projection, error) {
 		return nil, err
 	}
 	p := &filesProjection{m: m, cfg: c, o: o, pending: map[string]struct{}{}, rejected: map[string]string{}, revs: map[string]uint64{}}
+	p.dry = o.a.opts.DryRun
 	if c.Layout == LayoutTree {
 		p.layout = projector.Tree
 	}
-	if o.a.opts.DryRun {
+	if p.dry {
 		return p, nil
 	}
 	mode, _ := ParseMode(c.Mode)
@@ -47,24 +53,44 @@ func newFilesProjection(c *FilesConfig, o *owner) (projection, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", c.Name, err)
 	}
-	p.dir, err = projector.Open(projector.Options{
+	p.opts = projector.Options{
 		Dir: c.Dir, Mode: mode, DirMode: dmode, UID: uid, GID: gid,
 		Fsync: *c.Fsync, Snapshot: c.Atomic == AtomicSnapshot, Logger: m.logger,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", c.Name, err)
 	}
-	if c.Push.Enabled && !o.a.opts.Once {
-		if p.push, err = newPusher(p, o); err != nil {
-			_ = p.dir.Close() // the pusher's error is the one to report
-			return nil, fmt.Errorf("%s: %w", c.Name, err)
-		}
+	// A folder that cannot be opened now (a file where it should be, no
+	// permission) is this projection's error, not the agent's: the others
+	// run, and update opens it again with the owner's retry backoff.
+	if err := p.open(); err != nil {
+		m.logger.Error("open projection folder; retrying", "err", err)
+		m.setError(err)
 	}
 	return p, nil
 }
 
-// start runs the push-back goroutines, if push-back is on.
+// open opens the projection folder and, with push-back, starts watching it.
+func (p *filesProjection) open() error {
+	d, err := projector.Open(p.opts)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", p.cfg.Dir, err)
+	}
+	p.dir = d
+	if p.cfg.Push.Enabled && !p.o.a.opts.Once {
+		if p.push, err = newPusher(p, p.o); err != nil {
+			p.dir, p.push = nil, nil
+			_ = d.Close() // the pusher's error is the one to report
+			return fmt.Errorf("push-back on %s: %w", p.cfg.Dir, err)
+		}
+		if p.ctx != nil { // the owner runs already: start it now
+			p.push.start(p.ctx, p.wg)
+		}
+	}
+	return nil
+}
+
+// start runs the push-back goroutines, if push-back is on, and remembers
+// ctx and wg for a folder opened later.
 func (p *filesProjection) start(ctx context.Context, wg *sync.WaitGroup) {
+	p.ctx, p.wg = ctx, wg
 	if p.push != nil {
 		p.push.start(ctx, wg)
 	}
@@ -106,6 +132,14 @@ func (p *filesProjection) path(key string) (string, bool) {
 }
 
 func (p *filesProjection) update(s *state, full bool) (bool, error) {
+	if !p.dry && p.dir == nil {
+		if err := p.open(); err != nil {
+			p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
+			return false, err
+		}
+		p.m.logger.Info("projection folder opened", "dir", p.cfg.Dir)
+		full = true
+	}
 	b := s.buckets[p.cfg.Bucket]
 	start := time.Now()
 	var res projector.Result
@@ -132,7 +166,7 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 		}
 		p.revs = revs
 		clear(p.pending)
-		if p.dir == nil {
+		if p.dry {
 			p.m.logger.Info("dry run: would reconcile", "files", len(want))
 			return false, nil
 		}
@@ -161,7 +195,7 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 			}
 		}
 		clear(p.pending)
-		if p.dir == nil {
+		if p.dry {
 			for _, c := range changes {
 				p.m.logger.Info("dry run: would write", "path", c.Path, "remove", c.Remove, "bytes", len(c.Data))
 			}

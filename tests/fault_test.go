@@ -476,8 +476,6 @@ func (a *agentProc) status(t testing.TB) agentStatus {
 // the agent starts. That projection reports the error; the other keeps
 // working; once the file is gone, the projection starts.
 func TestFaultDirIsAFile(t *testing.T) {
-	t.Skip("BUG: agent/files.go newFilesProjection opens the dir (projector.Open) while the owner is built; " +
-		"its error makes newOwner fail, and the whole agent exits 1 instead of reporting the error on that projection")
 	s := startServer(t)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	root := t.TempDir()
