@@ -128,6 +128,10 @@ func startAgent(t *testing.T, cfg *Config, opts Options) *runningAgent {
 		if err := stop(); err != nil {
 			t.Errorf("agent Run: %v", err)
 		}
+		if t.Failed() && !testing.Verbose() {
+			lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+			t.Logf("agent log (last %d lines):\n%s", min(len(lines), 60), strings.Join(lines[max(0, len(lines)-60):], "\n"))
+		}
 	})
 	return &runningAgent{Agent: a, url: "http://" + ln.Addr().String(), logs: logs, stop: stop}
 }

@@ -249,7 +249,20 @@ func (ps *pusher) watch(ctx context.Context) {
 	}
 	defer w.Close()
 	dirty := map[string]pendingPath{}
+	// A file kvsync projected and that was edited or removed before the
+	// watch existed raises no event: every owned path is looked at once, as
+	// if it had gone (a removal must be seen twice, a debounce apart).
+	owned := make(chan []string, 1)
+	recheck := func() {
+		ps.post(func(*owner) {
+			select {
+			case owned <- slices.Sorted(maps.Keys(ps.p.dir.Files())):
+			default: // one is pending already; the owner never blocks here
+			}
+		})
+	}
 	ps.addTree(w, "", dirty)
+	recheck()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -279,9 +292,15 @@ func (ps *pusher) watch(ctx context.Context) {
 			if errors.Is(err, fsnotify.ErrEventOverflow) {
 				ps.logger.Warn("folder events overflowed: rescanning", "dir", ps.dir)
 				ps.addTree(w, "", dirty)
+				recheck()
 				continue
 			}
 			ps.logger.Warn("watch folder", "dir", ps.dir, "err", err)
+		case rels := <-owned:
+			due := time.Now().Add(ps.debounce)
+			for _, r := range rels {
+				dirty[r] = pendingPath{due: due, removed: true}
+			}
 		case <-timer.C:
 			ps.flushDirty(dirty)
 		}
