@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
@@ -105,9 +106,13 @@ func (q *inbox) take(buf []any) []any {
 
 // watcher follows one bucket for the union of the key filters of every
 // projection that reads it. It is built on an ordered pull consumer with a 1 s
-// heartbeat: unlike a plain WatchAll, which stalls ~18 s after a server restart
-// (NATS-NOTES trap 4), it notices a dead consumer within seconds, and it is
-// reset at once when the connection comes back.
+// heartbeat, and it re-creates that consumer itself, right after the last
+// sequence it handed on, as soon as the connection comes back or the consumer
+// reports trouble (missing heartbeats after a leader change, a deleted
+// consumer): a plain WatchAll stalls ~18 s after a server restart, and the
+// library's own reset waits a second or more between attempts (NATS-NOTES
+// trap 4). Re-creations back off from 100 ms, so a dead cluster does not
+// become a loop that leaks server-side consumers (trap 8).
 type watcher struct {
 	js      jetstream.JetStream
 	bucket  string
@@ -116,8 +121,17 @@ type watcher struct {
 	logger  *slog.Logger
 	metrics *metrics
 
-	resumed chan struct{} // a reconnect happened: list keys once caught up
+	resumed chan struct{} // a reconnect happened: resume and list the keys
+	nudge   chan struct{} // a stream advisory (leader elected, deleted, created)
+
+	// State of the current epoch (a fresh view of one stream), owned by run.
 	epoch   uint64
+	created time.Time // the stream's creation time: a new stream is a new epoch
+	synced  atomic.Bool
+
+	mu   sync.Mutex // serialises handlers of an old and a new consumer
+	gen  uint64     // the consumer generation whose messages count
+	seen uint64     // highest stream sequence handed on in this epoch
 }
 
 func newWatcher(js jetstream.JetStream, bucket string, filters []string, out *inbox, m *metrics, logger *slog.Logger) *watcher {
@@ -125,7 +139,31 @@ func newWatcher(js jetstream.JetStream, bucket string, filters []string, out *in
 		js: js, bucket: bucket, filters: filters, out: out, metrics: m,
 		logger:  logger.With("bucket", bucket),
 		resumed: make(chan struct{}, 1),
+		nudge:   make(chan struct{}, 1),
 	}
+}
+
+// watchAdvisories subscribes to the JetStream advisories of the bucket's
+// stream: a new stream leader, the stream deleted or created. Each nudges the
+// watcher to check the stream and re-create its consumer at once, instead of
+// waiting for missing heartbeats. Without permission for the advisories the
+// heartbeats still do it, a second or two later.
+func (w *watcher) watchAdvisories() func() {
+	nc := w.js.Conn()
+	if nc == nil {
+		return func() {}
+	}
+	sub, err := nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.*."+w.stream(), func(*nats.Msg) {
+		select {
+		case w.nudge <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		w.logger.Debug("no stream advisories", "err", err)
+		return func() {}
+	}
+	return func() { _ = sub.Unsubscribe() }
 }
 
 // reconnected tells the watcher the connection came back.
@@ -138,73 +176,109 @@ func (w *watcher) reconnected() {
 
 func (w *watcher) stream() string { return "KV_" + w.bucket }
 
-// run follows the bucket until ctx is done. Each pass of the loop is an epoch:
-// a fresh consumer from the last value of every key. A new epoch starts when
-// the bucket reappears after being deleted.
+// next says how follow wants to go on.
+type next struct {
+	resume bool // continue the epoch after w.seen (else: a new epoch)
+	list   bool // list the keys once the consumer runs (after a reconnect)
+}
+
+// run follows the bucket until ctx is done.
 func (w *watcher) run(ctx context.Context) error {
-	backoff := newBackoff(250*time.Millisecond, 10*time.Second)
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	defer w.watchAdvisories()()
 	gone := false
+	var n next
 	for ctx.Err() == nil {
-		err := w.follow(ctx)
+		started := time.Time{}
+		nn, err := w.follow(ctx, n, &started)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound):
 			if !gone {
 				w.out.push(bucketGone{bucket: w.bucket, err: fmt.Errorf("bucket %s not found", w.bucket)})
 				gone = true
 			}
-		} else if err != nil {
+			n = next{} // when it is back, it is a new stream
+		case err != nil:
 			w.logger.Warn("watcher restarts", "err", err)
-		}
-		if err == nil {
-			backoff.reset()
+			n.list = n.list || nn.list
+		default:
 			gone = false
+			n = nn
+		}
+		// A consumer that ran for a while resumes at once; failures and
+		// quick re-creations back off.
+		if !started.IsZero() && time.Since(started) > 2*time.Second {
+			bo.reset()
+			continue
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(backoff.next()):
+		case <-w.nudge: // e.g. the bucket was created again
+		case <-time.After(bo.next()):
 		}
 	}
 	return nil
 }
 
-// follow runs one epoch. It returns ErrStreamNotFound when the bucket is gone.
-func (w *watcher) follow(ctx context.Context) error {
+// follow creates a consumer and feeds the owner until the consumer must be
+// re-created (it returns how) or ctx is done. It returns ErrStreamNotFound
+// when the bucket is gone. started is set once the consumer runs.
+func (w *watcher) follow(ctx context.Context, n next, started *time.Time) (next, error) {
 	st, err := w.js.Stream(ctx, w.stream())
 	if err != nil {
-		return fmt.Errorf("stream info: %w", err)
+		return n, fmt.Errorf("stream info: %w", err)
 	}
-	created := st.CachedInfo().Created
-	lastSeq := st.CachedInfo().State.LastSeq
+	info := st.CachedInfo()
+	if n.resume && !info.Created.Equal(w.created) {
+		w.logger.Warn("bucket was recreated: following the new one from its start")
+		n = next{}
+	}
+	lastSeq := info.State.LastSeq
 	// A bucket-wide TTL without limit markers removes keys with no event at
 	// all (NATS-NOTES): only a listing notices. Such buckets, and only they,
 	// are listed every quarter of their TTL (at least every second).
 	var expiry <-chan time.Time
-	if c := st.CachedInfo().Config; c.MaxAge > 0 && c.SubjectDeleteMarkerTTL == 0 {
+	if c := info.Config; c.MaxAge > 0 && c.SubjectDeleteMarkerTTL == 0 {
 		t := time.NewTicker(max(c.MaxAge/4, time.Second))
 		defer t.Stop()
 		expiry = t.C
 	}
 
-	cons, err := w.js.OrderedConsumer(ctx, w.stream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: subjects(w.bucket, w.filters),
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
-	})
-	if err != nil {
-		return fmt.Errorf("create consumer: %w", err)
+	occ := jetstream.OrderedConsumerConfig{
+		FilterSubjects:    subjects(w.bucket, w.filters),
+		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		InactiveThreshold: 30 * time.Second, // a consumer we left goes soon
 	}
-	w.epoch++
+	w.mu.Lock()
+	if n.resume {
+		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, w.seen+1
+	}
+	w.mu.Unlock()
+	cons, err := w.js.OrderedConsumer(ctx, w.stream(), occ)
+	if err != nil {
+		return n, fmt.Errorf("create consumer: %w", err)
+	}
+	w.mu.Lock()
+	w.gen++
+	gen := w.gen
+	if !n.resume {
+		w.epoch++
+		w.seen = 0
+		w.created = info.Created
+		w.synced.Store(false)
+		w.out.push(epochStart{bucket: w.bucket, epoch: w.epoch})
+	}
 	epoch := w.epoch
-	w.out.push(epochStart{bucket: w.bucket, epoch: epoch})
+	w.mu.Unlock()
 
 	var (
-		maxSeen    atomic.Uint64 // highest stream sequence handed to the owner
-		synced     atomic.Bool
 		trouble    = make(chan struct{}, 1)
 		prefix     = "$KV." + w.bucket + "."
 		markSynced = func() {
-			if synced.CompareAndSwap(false, true) {
+			if w.synced.CompareAndSwap(false, true) {
 				w.out.push(syncDone{bucket: w.bucket, epoch: epoch})
 			}
 		}
@@ -214,12 +288,18 @@ func (w *watcher) follow(ctx context.Context) error {
 		if err != nil {
 			return
 		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		seq := md.Sequence.Stream
+		if gen != w.gen || seq <= w.seen {
+			return // a consumer we left, or a message handed on already
+		}
 		ev, ok := parseMsg(m, prefix, w.bucket, md)
 		if ok && kvkey.MatchAny(w.filters, ev.key) {
 			w.out.push(ev)
 		}
-		maxSeen.Store(md.Sequence.Stream)
-		if !synced.Load() && (md.NumPending == 0 || md.Sequence.Stream >= lastSeq) {
+		w.seen = seq
+		if !w.synced.Load() && (md.NumPending == 0 || seq >= lastSeq) {
 			markSynced()
 		}
 	}
@@ -230,17 +310,31 @@ func (w *watcher) follow(ctx context.Context) error {
 		jetstream.PullMaxMessagesWithBytesLimit(4096, 8<<20),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			w.logger.Debug("consumer error", "err", err)
-			select {
-			case trouble <- struct{}{}:
-			default:
+			if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+				errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, nats.ErrNoResponders) ||
+				errors.Is(err, jetstream.ErrStreamNotFound) {
+				select {
+				case trouble <- struct{}{}:
+				default:
+				}
 			}
 		}))
 	if err != nil {
-		return fmt.Errorf("consume: %w", err)
+		return n, fmt.Errorf("consume: %w", err)
 	}
 	defer cc.Stop()
-	if lastSeq == 0 {
-		markSynced() // empty stream: nothing to wait for
+	*started = time.Now()
+	if n.resume {
+		w.logger.Debug("consumer re-created", "from", occ.OptStartSeq)
+	}
+	if lastSeq == 0 || (n.resume && w.seenAtLeast(lastSeq)) {
+		markSynced() // nothing (more) to wait for
+	}
+	if n.list {
+		if err := w.list(ctx); err != nil {
+			w.logger.Warn("reconcile after reconnect", "err", err)
+			w.reconnected() // try again
+		}
 	}
 
 	// Until synced, confirm the end of the initial values with the consumer's
@@ -252,70 +346,78 @@ func (w *watcher) follow(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return n, nil
 		case <-tick.C:
-			if synced.Load() {
+			if w.synced.Load() {
 				tick.Stop()
 				continue
 			}
-			if w.caughtUp(ctx, cons, &maxSeen) {
+			if w.caughtUp(ctx, cons) {
 				markSynced()
 			} else if time.Since(lastLog) >= 2*time.Second {
 				// Long initial syncs (large buckets) say how far they are.
 				lastLog = time.Now()
-				w.logger.Info("initial sync in progress", "revision", maxSeen.Load(), "last_revision", lastSeq)
+				w.logger.Info("initial sync in progress", "revision", w.lastSeen(), "last_revision", lastSeq)
 			}
 		case <-expiry:
-			if synced.Load() {
+			if w.synced.Load() {
 				if err := w.list(ctx); err != nil {
 					w.logger.Warn("list keys for TTL expiry", "err", err)
 				}
 			}
 		case <-trouble:
-			if err := w.check(ctx, created); err != nil {
-				return err
+			if err := w.check(ctx); err != nil {
+				return next{}, err
 			}
+			return next{resume: true}, nil
+		case <-w.nudge:
+			if err := w.check(ctx); err != nil {
+				return next{}, err
+			}
+			return next{resume: true}, nil
 		case <-w.resumed:
-			if err := w.check(ctx, created); err != nil {
-				return err
+			if err := w.check(ctx); err != nil {
+				return next{}, err
 			}
-			if err := w.list(ctx); err != nil {
-				w.logger.Warn("reconcile after reconnect", "err", err)
-				w.reconnected() // try again on the next loop
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(time.Second):
-				}
-			}
+			return next{resume: true, list: true}, nil
 		}
 	}
 }
 
+func (w *watcher) lastSeen() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seen
+}
+
+func (w *watcher) seenAtLeast(seq uint64) bool { return w.lastSeen() >= seq }
+
 // caughtUp asks the consumer whether everything it delivered was handled.
-func (w *watcher) caughtUp(ctx context.Context, cons jetstream.Consumer, maxSeen *atomic.Uint64) bool {
+func (w *watcher) caughtUp(ctx context.Context, cons jetstream.Consumer) bool {
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	info, err := cons.Info(ictx)
 	if err != nil {
 		return false
 	}
-	return info.NumPending == 0 && info.NumAckPending == 0 && maxSeen.Load() >= info.Delivered.Stream
+	return info.NumPending == 0 && info.NumAckPending == 0 && w.seenAtLeast(info.Delivered.Stream)
 }
 
 // check returns an error that ends the epoch when the stream is gone or was
 // replaced by a new one of the same name (its sequences start over, so
-// resuming after our last sequence would skip its entries).
-func (w *watcher) check(ctx context.Context, created time.Time) error {
-	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// resuming after our last sequence would skip its entries). A stream that
+// cannot be asked now (no leader, no connection) is not an error: the
+// consumer is re-created, and that retries.
+func (w *watcher) check(ctx context.Context) error {
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	st, err := w.js.Stream(ictx, w.stream())
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		return err
 	case err != nil:
-		return nil // not reachable now; the consumer retries by itself
-	case !st.CachedInfo().Created.Equal(created):
+		return nil
+	case !st.CachedInfo().Created.Equal(w.created):
 		return fmt.Errorf("bucket %s was recreated", w.bucket)
 	}
 	return nil
