@@ -144,6 +144,10 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 	start := time.Now()
 	var res projector.Result
 	var err error
+	// Server timestamps of the entries written, for the propagation
+	// histogram. A complete update (initial sync, reconcile, retry) observes
+	// only entries put since the agent started: the age of older ones says
+	// nothing about propagation.
 	created := map[string]time.Time{}
 	if full {
 		want := map[string][]byte{}
@@ -158,7 +162,9 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 				}
 				want[rel] = e.Value
 				revs[rel] = e.Revision
-				created[rel] = e.Created
+				if e.Created.After(p.o.started) {
+					created[rel] = e.Created
+				}
 			}
 		}
 		if p.push != nil {

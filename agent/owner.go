@@ -98,8 +98,9 @@ type owner struct {
 	exec    *execLoop
 	execFed bool // the exec loop has an environment (the child runs)
 
-	ctx context.Context
-	wg  sync.WaitGroup
+	ctx     context.Context
+	wg      sync.WaitGroup
+	started time.Time // when this owner was built
 }
 
 type actionDone struct {
@@ -111,7 +112,7 @@ func newOwner(cfg *Config, a *Agent, js jetstream.JetStream, exec *execLoop) (*o
 	o := &owner{
 		a: a, cfg: cfg, js: js, logger: a.logger,
 		st: newState(js), in: newInbox(), watched: map[string]*watcher{},
-		results: make(chan actionDone, 16), exec: exec,
+		results: make(chan actionDone, 16), exec: exec, started: time.Now(),
 	}
 	var errs []error
 	add := func(p projection, err error) {

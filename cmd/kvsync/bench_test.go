@@ -140,15 +140,23 @@ func checkChildResult(t *testing.T, scenario string, idle bool, r bench.Result) 
 
 func TestBenchBurstRunsOneAction(t *testing.T) {
 	rep := runBench(t, "--scenario", "burst", "--keys", "20")
-	r := rep.Results[0]
-	if got, want := r.Actions, 1; got != want {
-		t.Fatalf("Actions=%d, want %d (%s)", got, want, r.Note)
+	if got, want := len(rep.Results), 2; got != want {
+		t.Fatalf("%d results, want %d (no wait, wait)", got, want)
 	}
-	if r.Wall <= 0 || r.Throughput <= 0 {
-		t.Fatalf("Wall=%v Throughput=%v, want both positive", r.Wall, r.Throughput)
-	}
-	if !strings.Contains(r.Note, "20 file writes for 20 keys") {
-		t.Fatalf("Note=%q, want one write per key", r.Note)
+	for i, r := range rep.Results {
+		if r.Wall <= 0 || r.Throughput <= 0 {
+			t.Fatalf("%s: Wall=%v Throughput=%v, want both positive", r.Case, r.Wall, r.Throughput)
+		}
+		if i == 1 {
+			if got, want := r.Actions, 1; got != want {
+				t.Fatalf("%s: Actions=%d, want %d (%s)", r.Case, got, want, r.Note)
+			}
+			if !strings.Contains(r.Note, "20 file writes for 20 keys") {
+				t.Fatalf("Note=%q, want one write per key under wait", r.Note)
+			}
+		} else if r.Actions != 0 {
+			t.Fatalf("%s: Actions=%d without an action", r.Case, r.Actions)
+		}
 	}
 }
 
@@ -175,8 +183,8 @@ func TestBenchTable(t *testing.T) {
 		}
 	}
 	// Not a terminal: progress comes as log lines, one per step start and end.
-	if got := strings.Count(errOut.String(), "bench: burst of 50 puts over 5 keys"); got != 2 {
-		t.Fatalf("progress lines for the burst: %d, want 2:\n%s", got, errOut.String())
+	if got := strings.Count(errOut.String(), "bench: burst of 50 puts over 5 keys"); got != 4 {
+		t.Fatalf("progress lines for the two bursts: %d, want 4:\n%s", got, errOut.String())
 	}
 }
 

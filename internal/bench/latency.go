@@ -244,7 +244,15 @@ func (e *env) latencyRun(ctx context.Context, kv jetstream.KeyValue, c latCase, 
 	}
 	res.Latency, res.Raw = summarize(lat), summarize(raw)
 	if c.hist != "" {
-		res.Histogram = r.propagation(c.hist)
+		// The agent observes a write after its rename, when the bench may
+		// have seen the file already: wait (briefly) for the last samples.
+		_ = poll(ctx, 2*time.Second, 5*time.Millisecond, func() error {
+			res.Histogram = r.propagation(c.hist)
+			if res.Histogram == nil || res.Histogram.N < count+warm {
+				return fmt.Errorf("histogram not complete")
+			}
+			return nil
+		})
 	}
 	res.Keys = c.keys
 	return res, r.stop()
