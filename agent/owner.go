@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -101,6 +102,7 @@ type owner struct {
 	ctx     context.Context
 	wg      sync.WaitGroup
 	started time.Time // when this owner was built
+	freed   bool      // memory was handed back after the first sync
 }
 
 type actionDone struct {
@@ -540,6 +542,14 @@ func (o *owner) publishStatus() {
 		s.Child = o.exec.status()
 	}
 	s.Ready = ready
+	if ready && !o.a.ready.Load() && !o.freed {
+		// The initial sync's transient memory (every entry as received, the
+		// complete update's maps) is garbage now: hand it back to the OS
+		// at once rather than when the scavenger gets to it, so a sidecar's
+		// steady RSS is its working set.
+		o.freed = true
+		go debug.FreeOSMemory()
+	}
 	o.a.ready.Store(ready)
 	if ready {
 		o.a.metrics.ready.Set(1)

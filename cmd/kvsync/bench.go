@@ -33,7 +33,7 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	agents := fs.Int("agents", 200, "agents of the fanout scenario")
 	idle := fs.Duration("idle", 10*time.Second, "how long the idle scenario leaves the agent alone")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
-	dir := fs.String("dir", "", "folder for the projected files (default: a temporary folder, removed at the end)")
+	dir := fs.String("dir", "", "where each run makes its work folder (projected files, embedded store); removed at the end (default: the temp folder)")
 	var conn connFlags
 	conn.register(fs)
 	pos, err := parseArgs(fs, args)

@@ -62,8 +62,9 @@ type Options struct {
 	Agents int
 	// IdleFor is how long the idle scenario leaves the agent alone (10 s).
 	IdleFor time.Duration
-	// Dir holds the projected files; empty means a new temporary folder,
-	// removed at the end.
+	// Dir is where the run's work folder (projected files, the embedded
+	// server's store) is made, fresh for each run and removed at the end;
+	// empty means the system's temp folder. Point it at the disk to measure.
 	Dir string
 	// Child returns a command that runs kvsync with args (`run -c FILE`):
 	// the scenarios that measure one agent's memory and CPU run it as a
@@ -208,14 +209,18 @@ func newEnv(ctx context.Context, o Options) (*env, error) {
 	if e.nats.Name == "" {
 		e.nats.Name = "kvsync-bench"
 	}
-	e.dir = o.Dir
-	if e.dir == "" {
-		d, err := os.MkdirTemp("", "kvsync-bench-")
-		if err != nil {
+	// Every run works in a folder of its own (under Dir when given), so no
+	// file of an earlier run is taken for this one's.
+	if o.Dir != "" {
+		if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 			return nil, fmt.Errorf("work folder: %w", err)
 		}
-		e.dir, e.rmDir = d, true
 	}
+	d, err := os.MkdirTemp(o.Dir, "kvsync-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("work folder: %w", err)
+	}
+	e.dir, e.rmDir = d, true
 	if e.nats.URL == "" && e.nats.Context == "" {
 		srv, err := agent.StartEmbedded(agent.EmbeddedConfig{StoreDir: e.path("server"), Listen: "127.0.0.1:0"})
 		if err != nil {
