@@ -160,6 +160,23 @@ func freeAddr() (string, error) {
 // writeChildConfig writes the JSON config of a child agent with one files
 // projection of bucket into dir.
 func (e *env) writeChildConfig(path, bucket, dir, httpListen string) error {
+	return e.writeChild(path, httpListen, "files", map[string]any{
+		"name": "files", "bucket": bucket, "keys": []string{">"}, "dir": dir, "fsync": e.o.Fsync,
+	})
+}
+
+// writeTemplateChildConfig writes the config of a child agent with one
+// template that ranges over every key of bucket into dest.
+func (e *env) writeTemplateChildConfig(path, bucket, dest string) error {
+	return e.writeChild(path, "", "templates", map[string]any{
+		"name": "all", "bucket": bucket, "dest": dest,
+		"text": "{{ range keys \">\" }}{{ .Key }}={{ .Value }}\n{{ end }}",
+	})
+}
+
+// writeChild writes the JSON config of a child agent: the bench's connection,
+// one projection of kind ("files", "templates"), an HTTP listener or none.
+func (e *env) writeChild(path, httpListen, kind string, projection map[string]any) error {
 	n := e.nats
 	cfg := map[string]any{
 		"nats": map[string]any{
@@ -167,9 +184,7 @@ func (e *env) writeChildConfig(path, bucket, dir, httpListen string) error {
 			"user": n.User, "password": n.Password, "name": "kvsync-bench-child", "domain": n.Domain,
 			"tls": map[string]any{"ca": n.TLS.CA, "cert": n.TLS.Cert, "key": n.TLS.Key},
 		},
-		"files": []any{map[string]any{
-			"name": "files", "bucket": bucket, "keys": []string{">"}, "dir": dir, "fsync": e.o.Fsync,
-		}},
+		kind:   []any{projection},
 		"http": map[string]any{"listen": httpListen},
 		"log":  map[string]any{"level": "warn"},
 	}
@@ -339,36 +354,6 @@ func (e *env) once(ctx context.Context) ([]Result, error) {
 		out = append(out, res)
 	}
 	return out, nil
-}
-
-// writeTemplateChildConfig writes the config of a child agent with one
-// template that ranges over every key of bucket into dest.
-func (e *env) writeTemplateChildConfig(path, bucket, dest string) error {
-	n := e.nats
-	cfg := map[string]any{
-		"nats": map[string]any{
-			"url": n.URL, "context": n.Context, "creds": n.Creds, "nkey": n.NKey, "token": n.Token,
-			"user": n.User, "password": n.Password, "name": "kvsync-bench-child", "domain": n.Domain,
-			"tls": map[string]any{"ca": n.TLS.CA, "cert": n.TLS.Cert, "key": n.TLS.Key},
-		},
-		"templates": []any{map[string]any{
-			"name": "all", "bucket": bucket, "dest": dest,
-			"text": "{{ range keys \">\" }}{{ .Key }}={{ .Value }}\n{{ end }}",
-		}},
-		"http": map[string]any{"listen": ""},
-		"log":  map[string]any{"level": "warn"},
-	}
-	b, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode config: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
 
 // checkTemplate confirms that the rendered file has a line per key.
