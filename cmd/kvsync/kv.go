@@ -35,6 +35,7 @@ const kvUsage = `Usage:
                                                    set KEY only if its revision is N
   kvsync kv del     BUCKET KEY [--revision N]      delete KEY (history kept)
   kvsync kv purge   BUCKET KEY [--revision N]      delete KEY and its history
+  kvsync kv purge   BUCKET --all                   purge every key (projections empty)
   kvsync kv keys    BUCKET [FILTER...] [--json]    list keys, sorted
   kvsync kv history BUCKET KEY [--json]            list the revisions of KEY
   kvsync kv watch   BUCKET [FILTER...] [--json]    print changes until interrupted
@@ -66,7 +67,7 @@ func kvSubcommands() map[string]kvSub {
 		"create":  {usage: "BUCKET KEY VALUE|-", min: 3, max: 3, key: true, value: true, run: (*KVCommand).create},
 		"update":  {usage: "BUCKET KEY VALUE|- --revision N", min: 3, max: 3, flags: []string{"revision"}, key: true, value: true, run: (*KVCommand).update},
 		"del":     {usage: "BUCKET KEY [--revision N]", min: 2, max: 2, flags: []string{"revision"}, key: true, run: (*KVCommand).del},
-		"purge":   {usage: "BUCKET KEY [--revision N]", min: 2, max: 2, flags: []string{"revision"}, key: true, run: (*KVCommand).del},
+		"purge":   {usage: "BUCKET KEY [--revision N] | BUCKET --all", min: 1, max: 2, flags: []string{"revision", "all"}, key: true, run: (*KVCommand).del},
 		"keys":    {usage: "BUCKET [FILTER...] [--json]", min: 1, max: -1, flags: []string{"json"}, filters: true, run: (*KVCommand).keys},
 		"history": {usage: "BUCKET KEY [--json]", min: 2, max: 2, flags: []string{"json"}, key: true, run: (*KVCommand).history},
 		"watch":   {usage: "BUCKET [FILTER...] [--json]", min: 1, max: -1, flags: []string{"json"}, filters: true, run: (*KVCommand).watch},
@@ -85,6 +86,7 @@ type kvArgs struct {
 	revSet   bool
 	to       uint64
 	json     bool
+	all      bool // purge: every key
 	timeout  time.Duration
 }
 
@@ -101,6 +103,7 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 	fs.Uint64Var(&a.revision, "revision", 0, "get: that revision; update: the expected current revision; del/purge: only if the current revision is N")
 	fs.Uint64Var(&a.to, "to", 0, "revert: the revision whose value to restore")
 	fs.BoolVar(&a.json, "json", false, "JSON output")
+	fs.BoolVar(&a.all, "all", false, "purge: every key of the bucket, each with a purge marker that watchers see")
 	fs.DurationVar(&a.timeout, "timeout", defaultTimeout, "time allowed to connect and for each request")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -124,7 +127,7 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 			a.revSet = true
 		}
 		// Connection flags and --timeout go with every subcommand.
-		if slices.Contains([]string{"revision", "to", "json"}, f.Name) && !slices.Contains(sub.flags, f.Name) && badFlag == nil {
+		if slices.Contains([]string{"revision", "to", "json", "all"}, f.Name) && !slices.Contains(sub.flags, f.Name) && badFlag == nil {
 			badFlag = usagef("%s does not take --%s\n%s", a.sub, f.Name, synopsis)
 		}
 	})
@@ -143,6 +146,13 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 		if a.to == 0 {
 			return usagef("revert needs --to REV\n%s", synopsis)
 		}
+	case "purge":
+		if a.all && (len(pos) != 1 || a.revSet) {
+			return usagef("purge --all takes the bucket only\n%s", synopsis)
+		}
+		if !a.all && len(pos) != 2 {
+			return usagef("purge takes BUCKET KEY, or BUCKET --all\n%s", synopsis)
+		}
 	}
 	if a.timeout <= 0 {
 		return usagef("--timeout must be positive")
@@ -154,7 +164,7 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 	if err := kvkey.ValidBucket(a.bucket); err != nil {
 		return err
 	}
-	if sub.key {
+	if sub.key && !a.all {
 		a.key = pos[1]
 		if err := kvkey.Valid(a.key); err != nil {
 			return err
@@ -255,6 +265,9 @@ func (c *KVCommand) del(ctx context.Context, kv jetstream.KeyValue, a *kvArgs) e
 	var opts []jetstream.KVDeleteOpt
 	if a.revSet {
 		opts = append(opts, jetstream.LastRevision(a.revision))
+	}
+	if a.all {
+		return c.purgeAll(ctx, kv)
 	}
 	var err error
 	if a.sub == "purge" {
@@ -550,4 +563,25 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// purgeAll purges every key of the bucket. Each purge leaves a marker, so
+// every watcher, kvsync's agents among them, sees the keys go; a raw stream
+// purge would remove them without a trace a watcher can see.
+func (c *KVCommand) purgeAll(ctx context.Context, kv jetstream.KeyValue) error {
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("list keys of %s: %w", kv.Bucket(), err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		if err := kv.Purge(ctx, k); err != nil {
+			return fmt.Errorf("purge %s:%s: %w", kv.Bucket(), k, err)
+		}
+	}
+	fmt.Fprintf(c.io.out, "purged %d keys\n", len(keys))
+	return nil
 }
