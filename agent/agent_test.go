@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -667,5 +668,39 @@ func TestReloadKeepsOldConfigOnError(t *testing.T) {
 	waitFor(t, 2*time.Second, fileIs(filepath.Join(dirB, "a"), "3"))
 	if err := fileIs(filepath.Join(dirA, "a"), "2")(); err != nil {
 		t.Fatalf("the old projection still runs after reload: %v", err)
+	}
+}
+
+func TestFilesOwnerAndModes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
+	put(t, kv, "sub/f", "v")
+	dir := t.TempDir()
+	cfg := filesCfg(s.ClientURL(), "app", dir)
+	cfg.Files[0].User, cfg.Files[0].Group = "65534", "65534"
+	cfg.Files[0].Mode, cfg.Files[0].DirMode = "0640", "0750"
+	startAgent(t, cfg, Options{})
+	path := filepath.Join(dir, "sub", "f")
+	waitFor(t, 5*time.Second, fileIs(path, "v"))
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != 65534 || st.Gid != 65534 {
+		t.Errorf("owner %d:%d, want 65534:65534", st.Uid, st.Gid)
+	}
+	if got, want := fi.Mode().Perm(), os.FileMode(0o640); got != want {
+		t.Errorf("mode %v, want %v", got, want)
+	}
+	di, err := os.Stat(filepath.Join(dir, "sub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := di.Mode().Perm(), os.FileMode(0o750); got != want {
+		t.Errorf("folder mode %v, want %v", got, want)
 	}
 }
