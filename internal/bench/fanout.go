@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/kvsync/kvsync/agent"
 )
 
@@ -91,21 +89,11 @@ func (e *env) fanout(ctx context.Context) ([]Result, error) {
 	}
 	step.done()
 
-	wctx, wcancel := context.WithCancel(ctx)
-	defer wcancel()
-	watch, err := kv.Watch(wctx, "fan", jetstream.UpdatesOnly())
+	rawHits, stopRaw, err := rawWatch(ctx, kv, "fan")
 	if err != nil {
-		return nil, fmt.Errorf("raw watcher: %w", err)
+		return nil, err
 	}
-	defer func() { _ = watch.Stop() }()
-	rawHits := make(chan rawHit, 1024)
-	go func() {
-		for en := range watch.Updates() {
-			if en != nil {
-				rawHits <- rawHit{rev: en.Revision(), at: time.Now()}
-			}
-		}
-	}()
+	defer stopRaw()
 
 	step = e.prog.start(fmt.Sprintf("fanout to %d agents pacing=%v", n, pacing), count+warm)
 	defer step.done()

@@ -177,21 +177,11 @@ func (e *env) latencyRun(ctx context.Context, kv jetstream.KeyValue, c latCase, 
 	}
 	defer stopFiles()
 
-	wctx, wcancel := context.WithCancel(ctx)
-	defer wcancel()
-	watch, err := kv.Watch(wctx, c.filter, jetstream.UpdatesOnly())
+	rawHits, stopRaw, err := rawWatch(ctx, kv, c.filter)
 	if err != nil {
-		return res, fmt.Errorf("raw watcher: %w", err)
+		return res, err
 	}
-	defer func() { _ = watch.Stop() }()
-	rawHits := make(chan rawHit, 1024)
-	go func() {
-		for en := range watch.Updates() {
-			if en != nil {
-				rawHits <- rawHit{rev: en.Revision(), at: time.Now()}
-			}
-		}
-	}()
+	defer stopRaw()
 
 	r, err := e.startAgent(ctx, cfg)
 	if err != nil {
@@ -273,4 +263,27 @@ func awaitRaw(ctx context.Context, hits <-chan rawHit, rev uint64) (time.Time, e
 			return time.Time{}, errors.New("raw watcher did not receive the put within 10s")
 		}
 	}
+}
+
+// rawWatch starts the reference: a plain KV watcher of filter that reports
+// when each put reached it. stop ends it.
+func rawWatch(ctx context.Context, kv jetstream.KeyValue, filter string) (<-chan rawHit, func(), error) {
+	wctx, cancel := context.WithCancel(ctx)
+	watch, err := kv.Watch(wctx, filter, jetstream.UpdatesOnly())
+	if err != nil {
+		cancel()
+		return nil, nil, fmt.Errorf("raw watcher: %w", err)
+	}
+	hits := make(chan rawHit, 1024)
+	go func() {
+		for en := range watch.Updates() {
+			if en != nil {
+				hits <- rawHit{rev: en.Revision(), at: time.Now()}
+			}
+		}
+	}()
+	return hits, func() {
+		_ = watch.Stop()
+		cancel()
+	}, nil
 }
