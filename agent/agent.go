@@ -57,9 +57,10 @@ type Agent struct {
 	logger  *slog.Logger
 	metrics *metrics
 
-	status atomic.Pointer[Status] // the latest snapshot, served by /status
-	warned projector.WarnOnce     // in-place write fallbacks already logged
-	reaper *procReaper            // set when kvsync is PID 1 or a subreaper
+	status atomic.Pointer[Status]   // the latest snapshot, served by /status
+	warned projector.WarnOnce       // in-place write fallbacks already logged
+	reaper *procReaper              // set when kvsync is PID 1 or a subreaper
+	exec   atomic.Pointer[execLoop] // the exec child's loop, when there is one
 	ready  atomic.Bool
 	conn   atomic.Bool
 }
@@ -157,6 +158,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		a.exec.Store(exec)
 		ectx, ecancel := context.WithCancel(context.WithoutCancel(ctx))
 		wg.Add(1)
 		go func() {
@@ -234,7 +236,17 @@ func (a *Agent) runConfig(ctx context.Context, cfg *Config, js jetstream.JetStre
 func (a *Agent) Ready() bool { return a.ready.Load() }
 
 // Status returns the latest status snapshot.
-func (a *Agent) Status() *Status { return a.status.Load() }
+// The exec child's part is read at the time of the call: the child restarts
+// on the exec loop's own time, after the owner published its snapshot.
+func (a *Agent) Status() *Status {
+	s := a.status.Load()
+	if l := a.exec.Load(); l != nil {
+		c := *s
+		c.Child = l.status()
+		return &c
+	}
+	return s
+}
 
 // Status is the JSON document served by GET /status.
 type Status struct {
