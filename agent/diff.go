@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -126,7 +127,7 @@ func liveEntries(ctx context.Context, js jetstream.JetStream, bucket string, fil
 		return nil, fmt.Errorf("list %s: %w", bucket, err) // the listing may be short
 	}
 	out := make(map[string]templates.Entry, len(keys))
-	for _, k := range sortedKeys(keys) {
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
 		if e, ok := src.Get(bucket, k); ok {
 			out[k] = e
 		}
@@ -188,7 +189,7 @@ func diffFiles(ctx context.Context, js jetstream.JetStream, c *FilesConfig) []Fi
 		d.Path, d.Key = filepath.Join(c.Dir, filepath.FromSlash(rel)), key
 		return d
 	}
-	for _, rel := range sortedKeys(want) {
+	for _, rel := range slices.Sorted(maps.Keys(want)) {
 		key := want[rel]
 		d := at(rel, key)
 		value := live[key].Value
@@ -229,7 +230,7 @@ func diffFiles(ctx context.Context, js jetstream.JetStream, c *FilesConfig) []Fi
 	if root == nil {
 		return out
 	}
-	for _, rel := range sortedKeys(man.Files) {
+	for _, rel := range slices.Sorted(maps.Keys(man.Files)) {
 		if _, ok := want[rel]; ok {
 			continue
 		}

@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -47,7 +48,7 @@ func (p *envProjection) touches(bucket, key string) bool {
 
 // environ returns NAME=value pairs, sorted.
 func (p *envProjection) environ() []string {
-	names := sortedKeys(p.vars)
+	names := slices.Sorted(maps.Keys(p.vars))
 	out := make([]string, 0, len(names))
 	for _, n := range names {
 		out = append(out, n+"="+p.vars[n])
@@ -69,7 +70,7 @@ func (p *envProjection) update(s *state, _ bool) (bool, error) {
 		rejected = append(rejected, fmt.Sprintf("%s: %s", pr.Key, pr.Reason))
 	}
 	sort.Strings(rejected)
-	if !slicesEqual(rejected, p.m.status.Rejected) {
+	if !slices.Equal(rejected, p.m.status.Rejected) {
 		for _, pr := range problems {
 			p.m.logger.Warn("key not projected into the environment", "key", strconv.Quote(pr.Key), "name", pr.Name, "reason", pr.Reason)
 			p.o.a.metrics.rejected.WithLabelValues(p.m.name, "env").Inc()
@@ -88,7 +89,7 @@ func (p *envProjection) update(s *state, _ bool) (bool, error) {
 	}
 	if p.cfg.File != "" {
 		start := time.Now()
-		changed, err := writeOutput(p.cfg.File, projector.EncodeDotenv(vars), p.fopts)
+		changed, err := projector.WriteFile(p.cfg.File, projector.EncodeDotenv(vars), p.fopts)
 		if err != nil {
 			p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
 			return false, err
@@ -99,16 +100,4 @@ func (p *envProjection) update(s *state, _ bool) (bool, error) {
 		}
 	}
 	return true, nil
-}
-
-func slicesEqual(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -213,7 +215,7 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 		p.push.afterWrite(res)
 	}
 	p.m.status.Rejected = p.m.status.Rejected[:0]
-	for _, k := range sortedKeys(p.rejected) {
+	for _, k := range slices.Sorted(maps.Keys(p.rejected)) {
 		p.m.status.Rejected = append(p.m.status.Rejected, fmt.Sprintf("%s: %s", k, p.rejected[k]))
 	}
 	p.m.status.Keys = len(p.revs)

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -140,7 +142,7 @@ func newOwner(cfg *Config, a *Agent, js jetstream.JetStream, exec *execLoop) (*o
 	return o, nil
 }
 
-// wait returns the quiescence of a projection: its own, else the global one.
+// waitFor returns the quiescence of a projection: its own, else the global one.
 func (o *owner) waitFor(w *WaitConfig) WaitConfig {
 	if w != nil {
 		return *w
@@ -189,7 +191,7 @@ func (o *owner) watch(bucket string, filters []string) {
 	if _, ok := o.watched[bucket]; ok {
 		return
 	}
-	w := newWatcher(o.js, bucket, filters, o.in, o.a.metrics, o.logger)
+	w := newWatcher(o.js, bucket, filters, o.in, o.logger)
 	o.watched[bucket] = w
 	o.st.bucket(bucket)
 	o.wg.Add(1)
@@ -205,7 +207,7 @@ func (o *owner) bucketFilters() map[string][]string {
 	out := map[string][]string{}
 	addAll := func(b string, keys []string) {
 		for _, k := range keys {
-			if !contains(out[b], k) {
+			if !slices.Contains(out[b], k) {
 				out[b] = append(out[b], k)
 			}
 		}
@@ -222,15 +224,6 @@ func (o *owner) bucketFilters() map[string][]string {
 		}
 	}
 	return out
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // run is the owner loop. It returns when ctx is done, or in Once mode when
@@ -522,7 +515,7 @@ func (o *owner) recordAction(d actionDone) {
 func (o *owner) publishStatus() {
 	s := &Status{Connected: o.a.conn.Load()}
 	ready := true
-	for _, name := range sortedKeys(o.st.buckets) {
+	for _, name := range slices.Sorted(maps.Keys(o.st.buckets)) {
 		b := o.st.buckets[name]
 		s.Buckets = append(s.Buckets, BucketStatus{Name: name, Synced: b.synced, Missing: b.gone, Keys: len(b.entries), LastRevision: b.lastRev})
 		if b.gone {
@@ -537,9 +530,6 @@ func (o *owner) publishStatus() {
 		if !m.synced {
 			ready = false
 		}
-	}
-	if o.exec != nil {
-		s.Child = o.exec.status()
 	}
 	s.Ready = ready
 	if ready && !o.a.ready.Load() && !o.freed {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"slices"
 	"sort"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -137,7 +138,7 @@ func Render(ctx context.Context, cfg *Config, js jetstream.JetStream, names []st
 		out = append(out, Rendered{Name: tc.Name, Dest: tc.Dest, Output: res.Output, Missing: res.Missing, Err: err})
 	}
 	if len(unknown) > 0 {
-		return out, fmt.Errorf("no template named %v", sortedKeys(unknown))
+		return out, fmt.Errorf("no template named %v", slices.Sorted(maps.Keys(unknown)))
 	}
 	return out, nil
 }

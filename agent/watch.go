@@ -119,7 +119,6 @@ type watcher struct {
 	filters []string // key filters, as configured (client-side filter)
 	out     *inbox
 	logger  *slog.Logger
-	metrics *metrics
 
 	resumed chan struct{} // a reconnect happened: resume and list the keys
 	nudge   chan struct{} // a stream advisory (leader elected, deleted, created)
@@ -134,9 +133,9 @@ type watcher struct {
 	seen uint64     // highest stream sequence handed on in this epoch
 }
 
-func newWatcher(js jetstream.JetStream, bucket string, filters []string, out *inbox, m *metrics, logger *slog.Logger) *watcher {
+func newWatcher(js jetstream.JetStream, bucket string, filters []string, out *inbox, logger *slog.Logger) *watcher {
 	return &watcher{
-		js: js, bucket: bucket, filters: filters, out: out, metrics: m,
+		js: js, bucket: bucket, filters: filters, out: out,
 		logger:  logger.With("bucket", bucket),
 		resumed: make(chan struct{}, 1),
 		nudge:   make(chan struct{}, 1),
