@@ -217,6 +217,25 @@ func (e *env) fillFiles(ctx context.Context, name string, n int) (string, func()
 	return kv.Bucket(), drop, nil
 }
 
+// filesChild fills a bucket of n keys (named after bucket) and writes the
+// config of a child agent that projects it into the folder of scenario, with
+// an HTTP listener on a free address. drop deletes the bucket.
+func (e *env) filesChild(ctx context.Context, bucket, scenario string, n int) (dir, cfgPath, addr string, drop func(), err error) {
+	name, drop, err := e.fillFiles(ctx, bucket, n)
+	if err != nil {
+		return "", "", "", nil, err
+	}
+	if addr, err = freeAddr(); err == nil {
+		dir, cfgPath = e.path(scenario, "files"), e.path(scenario, "kvsync.json")
+		err = e.writeChildConfig(cfgPath, name, dir, addr)
+	}
+	if err != nil {
+		drop()
+		return "", "", "", nil, err
+	}
+	return dir, cfgPath, addr, drop, nil
+}
+
 // checkFiles confirms that dir holds the n files of fillFiles.
 func checkFiles(dir string, n int) error {
 	ents, err := os.ReadDir(dir)
@@ -249,19 +268,11 @@ func checkFiles(dir string, n int) error {
 func (e *env) initialSync(ctx context.Context) ([]Result, error) {
 	n := orDefault(e.o.Keys, 100_000)
 	res := Result{Scenario: InitialSync, Case: fmt.Sprintf("%s keys x 100 B", sizeLabel(n)), Keys: n}
-	bucket, drop, err := e.fillFiles(ctx, "sync", n)
+	dir, cfgPath, addr, drop, err := e.filesChild(ctx, "sync", "initial-sync", n)
 	if err != nil {
 		return nil, err
 	}
 	defer drop()
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	dir, cfgPath := e.path("initial-sync", "files"), e.path("initial-sync", "kvsync.json")
-	if err := e.writeChildConfig(cfgPath, bucket, dir, addr); err != nil {
-		return nil, err
-	}
 	step := e.prog.start(fmt.Sprintf("initial-sync of %d keys (child process)", n), 0)
 	c, err := e.startChild(ctx, "run", "-c", cfgPath)
 	if err != nil {
@@ -374,19 +385,11 @@ func (e *env) idle(ctx context.Context) ([]Result, error) {
 	n := orDefault(e.o.Keys, 1000)
 	idleFor := orDefault(e.o.IdleFor, 10*time.Second)
 	res := Result{Scenario: Idle, Case: fmt.Sprintf("%s keys, idle %v", sizeLabel(n), idleFor), Keys: n, Wall: idleFor}
-	bucket, drop, err := e.fillFiles(ctx, "idle", n)
+	_, cfgPath, addr, drop, err := e.filesChild(ctx, "idle", "idle", n)
 	if err != nil {
 		return nil, err
 	}
 	defer drop()
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	dir, cfgPath := e.path("idle", "files"), e.path("idle", "kvsync.json")
-	if err := e.writeChildConfig(cfgPath, bucket, dir, addr); err != nil {
-		return nil, err
-	}
 	c, err := e.startChild(ctx, "run", "-c", cfgPath)
 	if err != nil {
 		return nil, err
