@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/kvsync/kvsync/projector"
@@ -104,7 +103,7 @@ func (p *templateProjection) update(s *state, _ bool) (bool, error) {
 		p.m.logger.Info("dry run: would write", "dest", p.cfg.Dest, "bytes", len(res.Output))
 		return false, nil
 	}
-	changed, err := writeOutput(p.cfg.Dest, res.Output, p.fopts)
+	changed, err := projector.WriteFile(p.cfg.Dest, res.Output, p.fopts)
 	if err != nil {
 		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
 		return false, err
@@ -114,13 +113,4 @@ func (p *templateProjection) update(s *state, _ bool) (bool, error) {
 		p.m.logger.Info("template rendered", "dest", p.cfg.Dest, "bytes", len(res.Output), "took", time.Since(start))
 	}
 	return changed, nil
-}
-
-// writeOutput writes one rendered file, creating its folder first as an
-// operator expects of a new dest (the folder gets mode 0755).
-func writeOutput(path string, data []byte, o projector.FileOptions) (bool, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return false, fmt.Errorf("create folder of %s: %w", path, err)
-	}
-	return projector.WriteFile(path, data, o)
 }

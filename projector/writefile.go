@@ -67,6 +67,8 @@ func (w *WarnOnce) First(path string) bool {
 // dotenv files: a temp file in the same folder gets the mode and owner, is fsynced
 // (with o.Fsync), and renamed over path; then the folder is fsynced. It returns
 // changed=false and writes nothing when the file already holds exactly data.
+// A missing parent folder is created (DefaultDirMode), as an operator expects
+// of a new dest.
 //
 // If the rename is impossible because path is a single-file bind mount (EBUSY or
 // EXDEV), it falls back to truncating and rewriting the file in place, which a
@@ -77,6 +79,9 @@ func (w *WarnOnce) First(path string) bool {
 // crash's leftovers are recognisable, and hides the rename error the bind-mount
 // fallback needs.
 func WriteFile(path string, data []byte, o FileOptions) (changed bool, err error) {
+	if err := os.MkdirAll(filepath.Dir(path), DefaultDirMode); err != nil {
+		return false, fmt.Errorf("create folder of %s: %w", path, err)
+	}
 	return writeFile(path, data, o, os.Rename)
 }
 

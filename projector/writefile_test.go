@@ -199,3 +199,17 @@ func TestWriteFileConcurrentReaders(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteFileCreatesParentFolder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "new", "sub", "app.conf")
+	changed, err := WriteFile(path, []byte("x"), FileOptions{UID: -1, GID: -1})
+	if err != nil || !changed {
+		t.Fatalf("WriteFile into a missing folder: changed=%v err=%v", changed, err)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "x" {
+		t.Fatalf("read back %q, %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil || !fi.IsDir() {
+		t.Fatalf("parent folder: %v, %v", fi, err)
+	}
+}
