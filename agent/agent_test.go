@@ -334,11 +334,14 @@ func TestForeignFileSurvives(t *testing.T) {
 	if err := fileIs(foreign, "operator's")(); err != nil {
 		t.Fatalf("foreign file removed by a delete: %v", err)
 	}
-	// The refusal is visible.
-	st := ag.Status()
-	if len(st.Projections) != 1 || !strings.Contains(st.Projections[0].LastError, "mine") {
-		t.Fatalf("status does not report the foreign file: %+v", st.Projections)
-	}
+	// The refusal is visible once the owner publishes the batch's status.
+	waitFor(t, 2*time.Second, func() error {
+		st := ag.Status()
+		if len(st.Projections) != 1 || !strings.Contains(st.Projections[0].LastError, "mine") {
+			return fmt.Errorf("status does not report the foreign file: %+v", st.Projections)
+		}
+		return nil
+	})
 }
 
 func TestDeleteWhileStoppedIsReconciled(t *testing.T) {

@@ -214,10 +214,13 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 	if p.push != nil {
 		p.push.afterWrite(res)
 	}
-	p.m.status.Rejected = p.m.status.Rejected[:0]
+	// A fresh slice: the last /status snapshot shares the old one, and
+	// an HTTP handler may be encoding it now.
+	var rejected []string
 	for _, k := range slices.Sorted(maps.Keys(p.rejected)) {
-		p.m.status.Rejected = append(p.m.status.Rejected, fmt.Sprintf("%s: %s", k, p.rejected[k]))
+		rejected = append(rejected, fmt.Sprintf("%s: %s", k, p.rejected[k]))
 	}
+	p.m.status.Rejected = rejected
 	p.m.status.Keys = len(p.revs)
 	p.m.status.LastRevision = b.lastRev
 	if err != nil {
