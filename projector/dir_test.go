@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -125,6 +126,53 @@ func TestDirWriteUpdateRemove(t *testing.T) {
 			}
 			if ents, _ := os.ReadDir(dir); slices.ContainsFunc(ents, func(e os.DirEntry) bool { return strings.HasPrefix(e.Name(), tempPrefix) }) {
 				t.Fatalf("temp files left in %s: %v", dir, ents)
+			}
+		})
+	}
+}
+
+// TestReplaceFreesOldContents: a replace keeps the old contents under a temp
+// name only until Apply returns: afterwards the file has one link, no temp
+// name is left in any folder, and a reader that had the old file open still
+// reads the old bytes.
+func TestReplaceFreesOldContents(t *testing.T) {
+	for _, fsync := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fsync=%v", fsync), func(t *testing.T) {
+			dir := t.TempDir()
+			d := MustOpen(t, Options{Dir: dir, Fsync: fsync})
+			mustApply(t, d, putc("a", "A1"), putc("sub/b", "B1"))
+			r, err := os.Open(filepath.Join(dir, "a"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			for i := 2; i <= 4; i++ {
+				mustApply(t, d, putc("a", fmt.Sprintf("A%d", i)), putc("sub/b", fmt.Sprintf("B%d", i)))
+			}
+			mustApply(t, d, putc("a", "A5")) // a single change takes the one-file path
+			if got, _ := io.ReadAll(r); string(got) != "A1" {
+				t.Fatalf("an open reader of the old a reads %q, want A1", got)
+			}
+			for p, want := range map[string]string{"a": "A5", "sub/b": "B4"} {
+				if got := readFile(t, filepath.Join(dir, p)); got != want {
+					t.Fatalf("%s = %q, want %q", p, got, want)
+				}
+				fi, err := os.Stat(filepath.Join(dir, p))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n := fi.Sys().(*syscall.Stat_t).Nlink; n != 1 {
+					t.Fatalf("%s has %d links, want 1", p, n)
+				}
+			}
+			err = filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+				if err == nil && strings.HasPrefix(e.Name(), tempPrefix) {
+					return fmt.Errorf("temp name left: %s", p)
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
 		})
 	}
