@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -105,14 +106,17 @@ func (q *inbox) take(buf []any) []any {
 }
 
 // watcher follows one bucket for the union of the key filters of every
-// projection that reads it. It is built on an ordered pull consumer with a 1 s
-// heartbeat, and it re-creates that consumer itself, right after the last
-// sequence it handed on, as soon as the connection comes back or the consumer
-// reports trouble (missing heartbeats after a leader change, a deleted
-// consumer): a plain WatchAll stalls ~18 s after a server restart, and the
-// library's own reset waits a second or more between attempts (NATS-NOTES
-// trap 4). Re-creations back off from 100 ms, so a dead cluster does not
-// become a loop that leaks server-side consumers (trap 8).
+// projection that reads it. It is built on an ephemeral pull consumer like the
+// library's ordered consumer (in memory, no acks, gaps detected by the
+// consumer sequence) with a 1 s heartbeat, and it re-creates that consumer
+// itself, right after the last sequence it handed on, as soon as the
+// connection comes back or the consumer reports trouble (missing heartbeats
+// after a leader change, a deleted consumer, a gap): a plain WatchAll stalls
+// ~18 s after a server restart, and the library's own reset waits a second or
+// more between attempts and up to 10 s for each (NATS-NOTES trap 4).
+// Re-creations back off from 100 ms, and each consumer left is deleted, so a
+// dead cluster does not become a loop that leaks server-side consumers
+// (trap 8).
 type watcher struct {
 	js      jetstream.JetStream
 	bucket  string
@@ -181,15 +185,25 @@ type next struct {
 	list   bool // list the keys once the consumer runs (after a reconnect)
 }
 
+// apiTimeout bounds one JetStream API request of the watcher after fails
+// failed attempts in a row: 500 ms, doubling up to 5 s. During a leader
+// election requests go unanswered; a short first bound retries soon after the
+// new leader is up instead of waiting out a 5 or 10 s default, and the
+// doubling still lets a slow server answer.
+func apiTimeout(fails int) time.Duration {
+	return min(5*time.Second, 500*time.Millisecond<<min(fails, 4))
+}
+
 // run follows the bucket until ctx is done.
 func (w *watcher) run(ctx context.Context) error {
 	bo := newBackoff(100*time.Millisecond, 5*time.Second)
 	defer w.watchAdvisories()()
 	gone := false
+	fails := 0
 	var n next
 	for ctx.Err() == nil {
 		started := time.Time{}
-		nn, err := w.follow(ctx, n, &started)
+		nn, err := w.follow(ctx, n, &started, apiTimeout(fails))
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -201,9 +215,11 @@ func (w *watcher) run(ctx context.Context) error {
 			}
 			n = next{} // when it is back, it is a new stream
 		case err != nil:
+			fails++
 			w.logger.Warn("watcher restarts", "err", err)
 			n.list = n.list || nn.list
 		default:
+			fails = 0
 			gone = false
 			n = nn
 		}
@@ -225,8 +241,10 @@ func (w *watcher) run(ctx context.Context) error {
 // follow creates a consumer and feeds the owner until the consumer must be
 // re-created (it returns how) or ctx is done. It returns ErrStreamNotFound
 // when the bucket is gone. started is set once the consumer runs.
-func (w *watcher) follow(ctx context.Context, n next, started *time.Time) (next, error) {
-	st, err := w.js.Stream(ctx, w.stream())
+func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeout time.Duration) (next, error) {
+	sctx, cancel := context.WithTimeout(ctx, timeout)
+	st, err := w.js.Stream(sctx, w.stream())
+	cancel()
 	if err != nil {
 		return n, fmt.Errorf("stream info: %w", err)
 	}
@@ -246,23 +264,48 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time) (next,
 		expiry = t.C
 	}
 
-	occ := jetstream.OrderedConsumerConfig{
-		FilterSubjects:    subjects(w.bucket, w.filters),
+	// The consumer is what the library's ordered consumer makes (ephemeral,
+	// in memory, one replica, no acks), created here with a bounded request:
+	// the library's own creation waits up to 10 s for an answer that never
+	// comes while a stream has no leader. Gaps are caught below by the
+	// consumer sequence, as the ordered consumer does, and answered by a
+	// new consumer after the last sequence handed on.
+	cfg := jetstream.ConsumerConfig{
+		Name:              fmt.Sprintf("kvsync_%s_%x", w.bucket, rand.Uint64()),
 		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
 		InactiveThreshold: 30 * time.Second, // a consumer we left goes soon
+		Replicas:          1,
+		MemoryStorage:     true,
+	}
+	if f := subjects(w.bucket, w.filters); len(f) == 1 {
+		cfg.FilterSubject = f[0]
+	} else {
+		cfg.FilterSubjects = f
 	}
 	w.mu.Lock()
 	if n.resume {
-		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, w.seen+1
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, w.seen+1
 	}
 	w.mu.Unlock()
-	cons, err := w.js.OrderedConsumer(ctx, w.stream(), occ)
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	cons, err := w.js.CreateConsumer(cctx, w.stream(), cfg)
+	cancel()
 	if err != nil {
 		return n, fmt.Errorf("create consumer: %w", err)
 	}
+	defer func() {
+		// Best effort: the inactive threshold removes it anyway.
+		go func() {
+			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = w.js.DeleteConsumer(dctx, w.stream(), cfg.Name)
+		}()
+	}()
 	w.mu.Lock()
 	w.gen++
 	gen := w.gen
+	var delivered uint64 // consumer sequence of the last message of this consumer
 	if !n.resume {
 		w.epoch++
 		w.seen = 0
@@ -290,8 +333,22 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time) (next,
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		seq := md.Sequence.Stream
-		if gen != w.gen || seq <= w.seen {
-			return // a consumer we left, or a message handed on already
+		if gen != w.gen {
+			return // a consumer we left
+		}
+		if md.Sequence.Consumer != delivered+1 {
+			// A message of this consumer was lost (e.g. across a
+			// reconnect): start over after the last one handed on.
+			w.gen++
+			select {
+			case trouble <- struct{}{}:
+			default:
+			}
+			return
+		}
+		delivered = md.Sequence.Consumer
+		if seq <= w.seen {
+			return // handed on already
 		}
 		ev, ok := parseMsg(m, prefix, w.bucket, md)
 		if ok && kvkey.MatchAny(w.filters, ev.key) {
@@ -324,7 +381,7 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time) (next,
 	defer cc.Stop()
 	*started = time.Now()
 	if n.resume {
-		w.logger.Debug("consumer re-created", "from", occ.OptStartSeq)
+		w.logger.Debug("consumer re-created", "from", cfg.OptStartSeq)
 	}
 	if lastSeq == 0 || (n.resume && w.seenAtLeast(lastSeq)) {
 		markSynced() // nothing (more) to wait for
