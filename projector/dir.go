@@ -83,6 +83,12 @@ type Dir struct {
 	retired []retired
 	retire  time.Duration
 	err     error // sticky: the manifest could not be written; Close and Open again
+
+	// The old contents of replaced files, under temp names, are unlinked by
+	// a goroutine of their own: freeing an inode is the slow part of a
+	// replace, and it need not hold up the next batch.
+	trash   chan []string
+	trashed sync.WaitGroup // batches sent and not yet unlinked
 }
 
 // Open opens the projection folder opts.Dir, creating it if missing. It reads the
@@ -118,8 +124,26 @@ func Open(opts Options) (*Dir, error) {
 		_ = d.closeAll() // the open error is the one to report
 		return nil, fmt.Errorf("open projection %s: %w", abs, err)
 	}
+	d.trash = make(chan []string, 16)
+	go d.emptyTrash(d.root, d.trash)
 	return d, nil
 }
+
+// emptyTrash unlinks the temp names of replaced files' old contents. A
+// failure leaves a temp file that the next Open removes; it is logged.
+func (d *Dir) emptyTrash(root *os.Root, trash <-chan []string) {
+	for olds := range trash {
+		for _, o := range olds {
+			if err := root.Remove(o); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o), slog.String("error", err.Error()))
+			}
+		}
+		d.trashed.Done()
+	}
+}
+
+// waitTrash returns once every old content sent to the trash is unlinked.
+func (d *Dir) waitTrash() { d.trashed.Wait() }
 
 func (d *Dir) open() error {
 	top, err := d.root.Open(".")
@@ -256,6 +280,11 @@ func (d *Dir) Close() error {
 }
 
 func (d *Dir) closeAll() error {
+	if d.trash != nil {
+		close(d.trash)
+		d.waitTrash()
+		d.trash = nil
+	}
 	var errs []error
 	if d.man != nil {
 		errs = append(errs, d.man.close())
@@ -403,7 +432,8 @@ type put struct {
 //     inode: freeing it is most of a replace's cost on ext4, and is left to
 //     step 8, after the new bytes are visible.
 //  7. Fsync the touched folders (or syncfs(2) when there are many).
-//  8. Unlink the old contents' temp names.
+//  8. Hand the old contents' temp names to the goroutine that unlinks them
+//     while the next batch is being written.
 func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error) {
 	var res Result
 	paths, final := dedupe(changes)
@@ -524,7 +554,12 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 	clear(syncDirs)
 	undo := false
 	var olds []string
-	defer func() { fc.unlinkOld(olds) }() // (8)
+	defer func() { // (8)
+		if len(olds) > 0 {
+			d.trashed.Add(1)
+			d.trash <- olds
+		}
+	}()
 	for _, w := range puts {
 		if w.tmp == "" {
 			continue
@@ -576,6 +611,7 @@ func (d *Dir) prune(fc *folders, removed []string, keep, syncDirs map[string]boo
 	if len(cand) == 0 {
 		return
 	}
+	d.waitTrash() // a folder holding an old content's temp name is not empty yet
 	list := slices.Collect(maps.Keys(cand))
 	slices.SortFunc(list, func(a, b string) int {
 		if na, nb := strings.Count(a, "/"), strings.Count(b, "/"); na != nb {
@@ -590,6 +626,7 @@ func (d *Dir) prune(fc *folders, removed []string, keep, syncDirs map[string]boo
 			continue // not empty (or not ours to judge): it stays
 		}
 		d.man.removeDir(q)
+		delete(syncDirs, q) // gone: its parent's sync makes that durable
 		syncDirs[parent(q)] = true
 	}
 }
@@ -775,9 +812,10 @@ func (fc *folders) rename(tmp, p string) error {
 // keepOld gives the file at p a second name, a temp name in its folder, and
 // returns that name relative to the top (or "" when p is missing or the file
 // system refuses hard links: the rename then frees the old inode itself). The
-// old contents stay reachable under it until unlinkOld, so renaming over p
-// does not free them: the rename is then ~25 µs on ext4 instead of ~80 µs,
-// and the freeing is done after the new bytes are visible. A crash in between
+// old contents stay reachable under it until emptyTrash unlinks it, so
+// renaming over p does not free them: the rename is then ~25 µs on ext4
+// instead of ~80 µs, and the freeing is done after the new bytes are visible,
+// off the writer's path. A crash in between
 // leaves a temp file that Open removes.
 func (fc *folders) keepOld(p string) string {
 	f, err := fc.get(parent(p))
@@ -800,16 +838,6 @@ func (fc *folders) keepOld(p string) string {
 		}
 	}
 	return ""
-}
-
-// unlinkOld unlinks the temp names keepOld returned. A failure leaves a temp
-// file that the next Open removes; it is logged.
-func (fc *folders) unlinkOld(olds []string) {
-	for _, o := range olds {
-		if err := fc.unlink(o, 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			fc.d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o), slog.String("error", err.Error()))
-		}
-	}
 }
 
 func (fc *folders) removeTemps(puts []*put) {

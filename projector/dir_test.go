@@ -124,6 +124,7 @@ func TestDirWriteUpdateRemove(t *testing.T) {
 			if got, want := readFile(t, filepath.Join(dir, "z")), "3"; got != want {
 				t.Fatalf("z=%q, want %q", got, want)
 			}
+			d.waitTrash() // old contents are unlinked in the background
 			if ents, _ := os.ReadDir(dir); slices.ContainsFunc(ents, func(e os.DirEntry) bool { return strings.HasPrefix(e.Name(), tempPrefix) }) {
 				t.Fatalf("temp files left in %s: %v", dir, ents)
 			}
@@ -131,10 +132,26 @@ func TestDirWriteUpdateRemove(t *testing.T) {
 	}
 }
 
+// TestDirRemoveLastFileFsync: removing, alone, the last file of a folder
+// kvsync created prunes the folder and makes that durable without trying to
+// sync the folder it just removed.
+func TestDirRemoveLastFileFsync(t *testing.T) {
+	dir := t.TempDir()
+	d := MustOpen(t, Options{Dir: dir, Fsync: true})
+	mustApply(t, d, putc("x/y/z", "1"), putc("top", "t"))
+	res, err := d.Apply([]Change{del("x/y/z")})
+	if err != nil || len(res.Errors) > 0 {
+		t.Fatalf("Apply = %+v, %v", res, err)
+	}
+	if exists(filepath.Join(dir, "x")) {
+		t.Fatalf("x was created by kvsync and is empty: should be pruned")
+	}
+}
+
 // TestReplaceFreesOldContents: a replace keeps the old contents under a temp
-// name only until Apply returns: afterwards the file has one link, no temp
-// name is left in any folder, and a reader that had the old file open still
-// reads the old bytes.
+// name only until the background unlink: afterwards the file has one link, no
+// temp name is left in any folder, and a reader that had the old file open
+// still reads the old bytes.
 func TestReplaceFreesOldContents(t *testing.T) {
 	for _, fsync := range []bool{false, true} {
 		t.Run(fmt.Sprintf("fsync=%v", fsync), func(t *testing.T) {
@@ -150,6 +167,7 @@ func TestReplaceFreesOldContents(t *testing.T) {
 				mustApply(t, d, putc("a", fmt.Sprintf("A%d", i)), putc("sub/b", fmt.Sprintf("B%d", i)))
 			}
 			mustApply(t, d, putc("a", "A5")) // a single change takes the one-file path
+			d.waitTrash()                    // old contents are unlinked in the background
 			if got, _ := io.ReadAll(r); string(got) != "A1" {
 				t.Fatalf("an open reader of the old a reads %q, want A1", got)
 			}
@@ -165,15 +183,32 @@ func TestReplaceFreesOldContents(t *testing.T) {
 					t.Fatalf("%s has %d links, want 1", p, n)
 				}
 			}
-			err = filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
-				if err == nil && strings.HasPrefix(e.Name(), tempPrefix) {
-					return fmt.Errorf("temp name left: %s", p)
+			noTemps := func() {
+				t.Helper()
+				err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+					if err == nil && strings.HasPrefix(e.Name(), tempPrefix) {
+						return fmt.Errorf("temp name left: %s", p)
+					}
+					return err
+				})
+				if err != nil {
+					t.Fatal(err)
 				}
-				return err
-			})
-			if err != nil {
+			}
+			noTemps()
+			// A folder emptied right after a replace in it is still pruned,
+			// though the old content's temp name may not be unlinked yet.
+			mustApply(t, d, putc("sub/b", "B5"), putc("a", "A6"))
+			mustApply(t, d, del("sub/b"))
+			if exists(filepath.Join(dir, "sub")) {
+				t.Fatalf("sub was created by kvsync and is empty: should be pruned")
+			}
+			// Close waits for the background unlinks.
+			mustApply(t, d, putc("a", "A7"))
+			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
+			noTemps()
 		})
 	}
 }
