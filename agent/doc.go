@@ -3,7 +3,7 @@
 // state, the projections (files, templates, env) and their change actions, the
 // exec child, push-back of local edits, and the HTTP endpoints.
 //
-// The flow: a watcher (an ordered pull consumer per bucket, see watch.go)
+// The flow: a watcher (an ephemeral pull consumer per bucket, see watch.go)
 // pushes entries into an unbounded inbox; the owner (owner.go) applies them to
 // its state and marks the projections whose keys changed; once a projection's
 // quiescence has passed it is updated, through the projector package for the
