@@ -13,6 +13,7 @@ import (
 	"text/template"
 	"text/template/parse"
 	"time"
+	"unsafe"
 
 	"github.com/Masterminds/sprig/v3"
 	"go.yaml.in/yaml/v3"
@@ -168,7 +169,7 @@ func (r *render) key(ref string) (string, error) {
 		r.miss(bucket + ":" + key)
 		return "", nil
 	}
-	return string(e.Value), nil
+	return valueString(e.Value), nil
 }
 
 func (r *render) keyOr(ref string, def any) (string, error) {
@@ -177,7 +178,7 @@ func (r *render) keyOr(ref string, def any) (string, error) {
 		return "", err
 	}
 	if ok {
-		return string(e.Value), nil
+		return valueString(e.Value), nil
 	}
 	switch d := def.(type) {
 	case nil:
@@ -210,13 +211,12 @@ func (r *render) list(bucket, filter string) ([]Record, error) {
 	}
 	es := r.src.List(bucket, filter)
 	recs := make([]Record, 0, len(es))
-	for _, e := range es {
+	for i := range es {
+		e := &es[i]
 		if e.Op == OpDel || e.Op == OpPurge {
 			continue
 		}
-		rec := record(e)
-		rec.Op = OpPut
-		recs = append(recs, rec)
+		recs = append(recs, Record{Key: e.Key, Value: valueString(e.Value), Revision: e.Revision, Created: e.Created, Op: OpPut})
 	}
 	// Output must not depend on the order a Source happens to return.
 	byKey := func(a, b Record) int { return cmp.Compare(a.Key, b.Key) }
@@ -317,7 +317,15 @@ func (r *render) history(ref string) ([]Record, error) {
 }
 
 func record(e Entry) Record {
-	return Record{Key: e.Key, Value: string(e.Value), Revision: e.Revision, Created: e.Created, Op: e.Op}
+	return Record{Key: e.Key, Value: valueString(e.Value), Revision: e.Revision, Created: e.Created, Op: e.Op}
+}
+
+// valueString returns an entry's value as a string without copying it: a
+// Source never modifies Entry.Value once it has handed it out (see Source),
+// so the string stays what it was. This saves an allocation and a copy per
+// key read, which dominates renders that range over many keys.
+func valueString(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // refKind is what the key part of a "bucket:key" ref must be.

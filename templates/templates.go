@@ -34,6 +34,11 @@ const (
 // Source is the read view a render uses; the agent implements it over its
 // in-memory state. Reads are synchronous, and a Source must be safe for the
 // concurrent use of as many renders as the agent runs at once.
+//
+// The bytes of an Entry.Value a Source returns must never change afterwards:
+// a replaced or deleted entry gets a new Entry, its old Value is left as it
+// was. Renders hand values to templates as strings that share those bytes
+// instead of copying them, and such strings may outlive the render (in Deps).
 type Source interface {
 	// Get returns the current value of key; false if it is absent or deleted.
 	Get(bucket, key string) (Entry, bool)
