@@ -10,6 +10,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 	"text/template"
 	"text/template/parse"
 	"time"
@@ -135,6 +136,45 @@ type render struct {
 	deps    depsBuilder
 	missing []string
 	seen    map[string]struct{} // of missing
+
+	lists    *sync.Pool  // of *[]Record, the template's; nil: allocate every list
+	borrowed []*[]Record // from lists, given back by release
+}
+
+// maxBorrowed is how many lists one render takes from the pool; further ones
+// are allocated. A template listing inside a range would otherwise hold every
+// list it made until the render ends, where garbage collection frees each one
+// after its iteration.
+const maxBorrowed = 4
+
+// records returns an empty list with room for n records. Lists are pooled
+// per template: a render over many keys would otherwise allocate, zero and
+// have the collector scan a large array every time. Once Execute returned
+// nothing holds a list any more (template variables die with the execution,
+// and no function keeps its arguments), so release can give them back.
+func (r *render) records(n int) []Record {
+	if r.lists == nil || len(r.borrowed) == maxBorrowed {
+		return make([]Record, 0, n)
+	}
+	p, _ := r.lists.Get().(*[]Record)
+	if p == nil {
+		p = new([]Record)
+	}
+	if cap(*p) < n {
+		*p = make([]Record, 0, n)
+	}
+	r.borrowed = append(r.borrowed, p)
+	return (*p)[:0]
+}
+
+// release gives the borrowed lists back, cleared so that the pool does not
+// keep old keys and values alive.
+func (r *render) release() {
+	for _, p := range r.borrowed {
+		clear((*p)[:cap(*p)])
+		r.lists.Put(p)
+	}
+	r.borrowed = nil
 }
 
 func (r *render) miss(ref string) {
@@ -210,7 +250,7 @@ func (r *render) list(bucket, filter string) ([]Record, error) {
 		return nil, err
 	}
 	es := r.src.List(bucket, filter)
-	recs := make([]Record, 0, len(es))
+	recs := r.records(len(es))
 	for i := range es {
 		e := &es[i]
 		if e.Op == OpDel || e.Op == OpPurge {
@@ -223,7 +263,9 @@ func (r *render) list(bucket, filter string) ([]Record, error) {
 	if !slices.IsSortedFunc(recs, byKey) {
 		slices.SortFunc(recs, byKey)
 	}
-	return recs, nil
+	// Full slice expression: an append in the template must copy, not write
+	// into the pooled array.
+	return recs[:len(recs):len(recs)], nil
 }
 
 func (r *render) keys(ref string) ([]Record, error) {

@@ -80,6 +80,7 @@ type Template struct {
 	root *template.Template // parsed with unbound functions; only cloned, never executed
 
 	pool     sync.Pool    // of *binding: clones of root bound to a per-render state
+	lists    sync.Pool    // of *[]Record: the lists keys and tree return; see render.records
 	sizeHint atomic.Int64 // output size of the last successful render
 }
 
@@ -135,7 +136,7 @@ func (t *Template) Render(ctx context.Context, src Source) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	r := &render{ctx: ctx, src: src, def: t.opts.DefaultBucket}
+	r := &render{ctx: ctx, src: src, def: t.opts.DefaultBucket, lists: &t.lists}
 	b.r = r
 	w := &limitWriter{max: t.opts.MaxOutput, ctx: ctx}
 	if h := t.sizeHint.Load(); h > 0 {
@@ -144,6 +145,7 @@ func (t *Template) Render(ctx context.Context, src Source) (Result, error) {
 	execErr := b.tmpl.Execute(w, nil)
 	b.r = nil
 	t.pool.Put(b)
+	r.release()
 
 	res := Result{Deps: r.deps.done(), Missing: r.missing}
 	if err := t.renderError(r, execErr); err != nil {
