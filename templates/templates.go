@@ -1,7 +1,6 @@
 package templates
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -140,7 +139,9 @@ func (t *Template) Render(ctx context.Context, src Source) (Result, error) {
 	b.r = r
 	w := &limitWriter{max: t.opts.MaxOutput, ctx: ctx}
 	if h := t.sizeHint.Load(); h > 0 {
-		w.buf.Grow(int(h))
+		// Some headroom: a value that got a little longer must not make the
+		// buffer grow, which copies the whole output, near the end.
+		w.buf = make([]byte, 0, h+h/32)
 	}
 	execErr := b.tmpl.Execute(w, nil)
 	b.r = nil
@@ -151,7 +152,7 @@ func (t *Template) Render(ctx context.Context, src Source) (Result, error) {
 	if err := t.renderError(r, execErr); err != nil {
 		return res, err
 	}
-	res.Output = w.buf.Bytes()
+	res.Output = w.buf
 	t.sizeHint.Store(int64(len(res.Output)))
 	return res, nil
 }
@@ -201,7 +202,7 @@ func (t *Template) newBinding() (*binding, error) {
 // would be written, or once ctx is done; text/template stops at the first
 // write error.
 type limitWriter struct {
-	buf   bytes.Buffer
+	buf   []byte
 	max   int64
 	ctx   context.Context
 	since int // bytes written since ctx was last checked
@@ -213,7 +214,7 @@ type limitWriter struct {
 const ctxCheckEvery = 32 << 10
 
 func (w *limitWriter) Write(p []byte) (int, error) {
-	if w.max > 0 && int64(w.buf.Len())+int64(len(p)) > w.max {
+	if w.max > 0 && int64(len(w.buf))+int64(len(p)) > w.max {
 		return 0, fmt.Errorf("%w: more than %d bytes", ErrOutputTooLarge, w.max)
 	}
 	w.since += len(p)
@@ -223,5 +224,6 @@ func (w *limitWriter) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	return w.buf.Write(p)
+	w.buf = append(w.buf, p...)
+	return len(p), nil
 }
