@@ -143,7 +143,7 @@ type render struct {
 
 // maxBorrowed is how many lists one render takes from the pool; further ones
 // are allocated. A template listing inside a range would otherwise hold every
-// list it made until the render ends, where garbage collection frees each one
+// list it made until the render ends, whereas the collector can free each one
 // after its iteration.
 const maxBorrowed = 4
 
@@ -153,7 +153,7 @@ const maxBorrowed = 4
 // nothing holds a list any more (template variables die with the execution,
 // and no function keeps its arguments), so release can give them back.
 func (r *render) records(n int) []Record {
-	if r.lists == nil || len(r.borrowed) == maxBorrowed {
+	if n == 0 || r.lists == nil || len(r.borrowed) == maxBorrowed {
 		return make([]Record, 0, n)
 	}
 	p, _ := r.lists.Get().(*[]Record)
@@ -161,8 +161,9 @@ func (r *render) records(n int) []Record {
 		p = new([]Record)
 	}
 	if cap(*p) < n {
-		*p = make([]Record, 0, n)
+		*p = make([]Record, n)
 	}
+	*p = (*p)[:n] // what release must clear
 	r.borrowed = append(r.borrowed, p)
 	return (*p)[:0]
 }
@@ -171,7 +172,7 @@ func (r *render) records(n int) []Record {
 // keep old keys and values alive.
 func (r *render) release() {
 	for _, p := range r.borrowed {
-		clear((*p)[:cap(*p)])
+		clear(*p)
 		r.lists.Put(p)
 	}
 	r.borrowed = nil
