@@ -93,13 +93,9 @@ func (s *state) List(bucket, filter string) []templates.Entry {
 	for hi < len(view) && strings.HasPrefix(view[hi].Key, prefix) {
 		hi++
 	}
-	all := true
-	for _, e := range view[lo:hi] {
-		if !kvkey.Match(filter, e.Key) {
-			all = false
-			break
-		}
-	}
+	// A filter "prefix>" ("app.>", ">") matches every key of the range.
+	all := filter[len(prefix):] == ">" ||
+		!slices.ContainsFunc(view[lo:hi], func(e templates.Entry) bool { return !kvkey.Match(filter, e.Key) })
 	if all {
 		return view[lo:hi:hi]
 	}

@@ -57,5 +57,9 @@
 // whose functions are bound to that render's Source, context and dependency
 // record; clones are pooled, so a render does not re-parse or copy the function
 // map. A render's cost depends on what it reads: `key` is one Source.Get, `keys`
-// and `tree` one Source.List.
+// and `tree` one Source.List. Values reach the template as strings that share
+// the Source's bytes (see Source), and the record lists `keys` and `tree` build
+// are pooled per template, so ranging over many keys costs no copy of a value
+// and no list allocation per render; what is left is text/template's own work
+// per action.
 package templates

@@ -10,9 +10,11 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 	"text/template"
 	"text/template/parse"
 	"time"
+	"unsafe"
 
 	"github.com/Masterminds/sprig/v3"
 	"go.yaml.in/yaml/v3"
@@ -134,6 +136,46 @@ type render struct {
 	deps    depsBuilder
 	missing []string
 	seen    map[string]struct{} // of missing
+
+	lists    *sync.Pool  // of *[]Record, the template's; nil: allocate every list
+	borrowed []*[]Record // from lists, given back by release
+}
+
+// maxBorrowed is how many lists one render takes from the pool; further ones
+// are allocated. A template listing inside a range would otherwise hold every
+// list it made until the render ends, whereas the collector can free each one
+// after its iteration.
+const maxBorrowed = 4
+
+// records returns an empty list with room for n records. Lists are pooled
+// per template: a render over many keys would otherwise allocate, zero and
+// have the collector scan a large array every time. Once Execute returned
+// nothing holds a list any more (template variables die with the execution,
+// and no function keeps its arguments), so release can give them back.
+func (r *render) records(n int) []Record {
+	if n == 0 || r.lists == nil || len(r.borrowed) == maxBorrowed {
+		return make([]Record, 0, n)
+	}
+	p, _ := r.lists.Get().(*[]Record)
+	if p == nil {
+		p = new([]Record)
+	}
+	if cap(*p) < n {
+		*p = make([]Record, n)
+	}
+	*p = (*p)[:n] // what release must clear
+	r.borrowed = append(r.borrowed, p)
+	return (*p)[:0]
+}
+
+// release gives the borrowed lists back, cleared so that the pool does not
+// keep old keys and values alive.
+func (r *render) release() {
+	for _, p := range r.borrowed {
+		clear(*p)
+		r.lists.Put(p)
+	}
+	r.borrowed = nil
 }
 
 func (r *render) miss(ref string) {
@@ -168,7 +210,7 @@ func (r *render) key(ref string) (string, error) {
 		r.miss(bucket + ":" + key)
 		return "", nil
 	}
-	return string(e.Value), nil
+	return valueString(e.Value), nil
 }
 
 func (r *render) keyOr(ref string, def any) (string, error) {
@@ -177,7 +219,7 @@ func (r *render) keyOr(ref string, def any) (string, error) {
 		return "", err
 	}
 	if ok {
-		return string(e.Value), nil
+		return valueString(e.Value), nil
 	}
 	switch d := def.(type) {
 	case nil:
@@ -209,21 +251,22 @@ func (r *render) list(bucket, filter string) ([]Record, error) {
 		return nil, err
 	}
 	es := r.src.List(bucket, filter)
-	recs := make([]Record, 0, len(es))
-	for _, e := range es {
+	recs := r.records(len(es))
+	for i := range es {
+		e := &es[i]
 		if e.Op == OpDel || e.Op == OpPurge {
 			continue
 		}
-		rec := record(e)
-		rec.Op = OpPut
-		recs = append(recs, rec)
+		recs = append(recs, Record{Key: e.Key, Value: valueString(e.Value), Revision: e.Revision, Created: e.Created, Op: OpPut})
 	}
 	// Output must not depend on the order a Source happens to return.
 	byKey := func(a, b Record) int { return cmp.Compare(a.Key, b.Key) }
 	if !slices.IsSortedFunc(recs, byKey) {
 		slices.SortFunc(recs, byKey)
 	}
-	return recs, nil
+	// Full slice expression: an append in the template must copy, not write
+	// into the pooled array.
+	return recs[:len(recs):len(recs)], nil
 }
 
 func (r *render) keys(ref string) ([]Record, error) {
@@ -317,7 +360,15 @@ func (r *render) history(ref string) ([]Record, error) {
 }
 
 func record(e Entry) Record {
-	return Record{Key: e.Key, Value: string(e.Value), Revision: e.Revision, Created: e.Created, Op: e.Op}
+	return Record{Key: e.Key, Value: valueString(e.Value), Revision: e.Revision, Created: e.Created, Op: e.Op}
+}
+
+// valueString returns an entry's value as a string without copying it: a
+// Source never modifies Entry.Value once it has handed it out (see Source),
+// so the string stays what it was. This saves an allocation and a copy per
+// key read, which dominates renders that range over many keys.
+func valueString(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // refKind is what the key part of a "bucket:key" ref must be.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
@@ -16,6 +17,11 @@ type memSource struct {
 	hist    map[string][]Entry          // "bucket:key" → history
 	histErr error
 	rev     uint64
+
+	// Like the agent's state, List hands out a kept slice rather than
+	// building one per call, so that benchmarks measure the render.
+	mu    sync.Mutex
+	lists map[string][]Entry // "bucket filter" → List result
 }
 
 // epoch is the Created time of the first fixture entry.
@@ -31,6 +37,7 @@ func newSource() *memSource {
 
 // put adds or replaces bucket/key with the next revision.
 func (s *memSource) put(bucket, key, value string) *memSource {
+	s.lists = nil
 	s.rev++
 	if s.entries[bucket] == nil {
 		s.entries[bucket] = make(map[string]Entry)
@@ -52,12 +59,21 @@ func (s *memSource) Get(bucket, key string) (Entry, bool) {
 }
 
 func (s *memSource) List(bucket, filter string) []Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if out, ok := s.lists[bucket+" "+filter]; ok {
+		return out
+	}
 	var out []Entry
 	for _, k := range s.sorted[bucket] {
 		if kvkey.Match(filter, k) {
 			out = append(out, s.entries[bucket][k])
 		}
 	}
+	if s.lists == nil {
+		s.lists = make(map[string][]Entry)
+	}
+	s.lists[bucket+" "+filter] = out
 	return out
 }
 

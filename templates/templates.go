@@ -1,7 +1,6 @@
 package templates
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +33,11 @@ const (
 // Source is the read view a render uses; the agent implements it over its
 // in-memory state. Reads are synchronous, and a Source must be safe for the
 // concurrent use of as many renders as the agent runs at once.
+//
+// The bytes of an Entry.Value a Source returns must never change afterwards:
+// a replaced or deleted entry gets a new Entry, its old Value is left as it
+// was. Renders hand values to templates as strings that share those bytes
+// instead of copying them, and such strings may outlive the render (in Deps).
 type Source interface {
 	// Get returns the current value of key; false if it is absent or deleted.
 	Get(bucket, key string) (Entry, bool)
@@ -75,6 +79,7 @@ type Template struct {
 	root *template.Template // parsed with unbound functions; only cloned, never executed
 
 	pool     sync.Pool    // of *binding: clones of root bound to a per-render state
+	lists    sync.Pool    // of *[]Record: the lists keys and tree return; see render.records
 	sizeHint atomic.Int64 // output size of the last successful render
 }
 
@@ -130,21 +135,24 @@ func (t *Template) Render(ctx context.Context, src Source) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	r := &render{ctx: ctx, src: src, def: t.opts.DefaultBucket}
+	r := &render{ctx: ctx, src: src, def: t.opts.DefaultBucket, lists: &t.lists}
 	b.r = r
 	w := &limitWriter{max: t.opts.MaxOutput, ctx: ctx}
 	if h := t.sizeHint.Load(); h > 0 {
-		w.buf.Grow(int(h))
+		// Some headroom: a value that got a little longer must not make the
+		// buffer grow, which copies the whole output, near the end.
+		w.buf = make([]byte, 0, h+h/32)
 	}
 	execErr := b.tmpl.Execute(w, nil)
 	b.r = nil
 	t.pool.Put(b)
+	r.release()
 
 	res := Result{Deps: r.deps.done(), Missing: r.missing}
 	if err := t.renderError(r, execErr); err != nil {
 		return res, err
 	}
-	res.Output = w.buf.Bytes()
+	res.Output = w.buf
 	t.sizeHint.Store(int64(len(res.Output)))
 	return res, nil
 }
@@ -194,7 +202,7 @@ func (t *Template) newBinding() (*binding, error) {
 // would be written, or once ctx is done; text/template stops at the first
 // write error.
 type limitWriter struct {
-	buf   bytes.Buffer
+	buf   []byte
 	max   int64
 	ctx   context.Context
 	since int // bytes written since ctx was last checked
@@ -206,7 +214,7 @@ type limitWriter struct {
 const ctxCheckEvery = 32 << 10
 
 func (w *limitWriter) Write(p []byte) (int, error) {
-	if w.max > 0 && int64(w.buf.Len())+int64(len(p)) > w.max {
+	if w.max > 0 && int64(len(w.buf))+int64(len(p)) > w.max {
 		return 0, fmt.Errorf("%w: more than %d bytes", ErrOutputTooLarge, w.max)
 	}
 	w.since += len(p)
@@ -216,5 +224,6 @@ func (w *limitWriter) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	return w.buf.Write(p)
+	w.buf = append(w.buf, p...)
+	return len(p), nil
 }

@@ -447,3 +447,34 @@ func TestParsedTemplateIsReusable(t *testing.T) {
 		t.Fatalf("executing the unbound root: %v, want errNotRendering", err)
 	}
 }
+
+// TestListsStayDistinct holds more lists at once than a render borrows from
+// the pool, appends to them, and renders again: no list may share an array
+// with another, nor with one of the earlier render.
+func TestListsStayDistinct(t *testing.T) {
+	src := newSource()
+	var text, want strings.Builder
+	const lists = maxBorrowed + 2
+	for i := range lists {
+		for j := range 3 {
+			src.put("app", fmt.Sprintf("app.l%d.k%d", i, j), fmt.Sprintf("v%d%d", i, j))
+		}
+		fmt.Fprintf(&text, `{{ $l%d := keys "app.l%d.>" }}{{ $x := append $l%d "extra" }}`, i, i, i)
+	}
+	for i := range lists {
+		fmt.Fprintf(&text, `{{ range $l%d }}{{ .Key }}={{ .Value }};{{ end }}`, i)
+		for j := range 3 {
+			fmt.Fprintf(&want, "app.l%d.k%d=v%d%d;", i, j, i, j)
+		}
+	}
+	tmpl := mustParse(t, text.String())
+	for range 3 {
+		res, err := tmpl.Render(context.Background(), src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(res.Output); got != want.String() {
+			t.Fatalf("Output=%q, want %q", got, want.String())
+		}
+	}
+}
