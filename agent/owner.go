@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/kvsync/kvsync/templates"
 )
 
 // projection is one output kept in step with the state: a folder of files, a
@@ -314,7 +312,7 @@ func (o *owner) handle(m any) {
 		}
 	case epochStart:
 		b := o.st.bucket(m.bucket)
-		b.epoch, b.building = m.epoch, map[string]templates.Entry{}
+		b.epoch, b.building = m.epoch, make(map[string]entry, m.size)
 	case syncDone:
 		b := o.st.bucket(m.bucket)
 		if b.epoch != m.epoch || b.building == nil {
@@ -325,7 +323,7 @@ func (o *owner) handle(m any) {
 			o.logger.Info("bucket is back", "bucket", m.bucket)
 		}
 		b.gone = false
-		o.logger.Info("initial sync done", "bucket", m.bucket, "keys", len(b.entries), "changed", len(changed))
+		o.logger.Info("initial sync done", "bucket", m.bucket, "keys", len(b.entries), "changed", changed)
 		for _, p := range o.projs {
 			// Every projection may read the bucket (templates read any): a
 			// complete update compares against what is on disk.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -16,14 +17,30 @@ import (
 // bucketState is what the owner knows of one bucket. Only the owner goroutine
 // touches it.
 type bucketState struct {
-	entries  map[string]templates.Entry // live keys only
-	ordered  []templates.Entry          // entries sorted by key; nil when the key set changed
-	index    map[string]int             // key -> position in ordered
-	building map[string]templates.Entry // the next full view, during an epoch's initial sync
+	name     string
+	entries  map[string]entry  // live keys only
+	ordered  []templates.Entry // entries sorted by key, for templates; nil until a List asks or when the key set changed
+	index    map[string]int    // key -> position in ordered
+	building map[string]entry  // the next full view, during an epoch's initial sync
 	epoch    uint64
 	synced   bool // a complete view has been seen at least once
 	gone     bool // the bucket is missing: files are kept, /readyz is red
 	lastRev  uint64
+}
+
+// entry is one live key of a bucket. The bucket and the key are the map's,
+// and a live key's operation is always a put: templates.Entry, with all of
+// them, is made when a template reads the key, so a bucket of 100,000 keys
+// does not hold 100,000 copies of its name.
+type entry struct {
+	Value    []byte
+	Revision uint64
+	Created  time.Time
+}
+
+// templateEntry is e as templates see it.
+func (b *bucketState) templateEntry(key string, e entry) templates.Entry {
+	return templates.Entry{Bucket: b.name, Key: key, Value: e.Value, Revision: e.Revision, Created: e.Created, Op: templates.OpPut}
 }
 
 // state is the owner's key -> entry map for every watched bucket. It is the
@@ -44,7 +61,7 @@ func newState(js jetstream.JetStream) *state {
 func (s *state) bucket(name string) *bucketState {
 	b := s.buckets[name]
 	if b == nil {
-		b = &bucketState{entries: map[string]templates.Entry{}}
+		b = &bucketState{name: name, entries: map[string]entry{}}
 		s.buckets[name] = b
 	}
 	return b
@@ -68,7 +85,10 @@ func (s *state) Get(bucket, key string) (templates.Entry, bool) {
 		return templates.Entry{}, false
 	}
 	e, ok := b.entries[key]
-	return e, ok
+	if !ok {
+		return templates.Entry{}, false
+	}
+	return b.templateEntry(key, e), true
 }
 
 // List implements templates.Source. The entries come from the bucket's sorted
@@ -82,7 +102,7 @@ func (s *state) List(bucket, filter string) []templates.Entry {
 	}
 	if kvkey.Literal(filter) {
 		if e, ok := b.entries[filter]; ok {
-			return []templates.Entry{e}
+			return []templates.Entry{b.templateEntry(filter, e)}
 		}
 		return nil
 	}
@@ -176,7 +196,7 @@ func (b *bucketState) view() []templates.Entry {
 		b.ordered = make([]templates.Entry, len(keys))
 		b.index = make(map[string]int, len(keys))
 		for i, k := range keys {
-			b.ordered[i] = b.entries[k]
+			b.ordered[i] = b.templateEntry(k, b.entries[k])
 			b.index[k] = i
 		}
 	}
@@ -198,7 +218,7 @@ func (b *bucketState) apply(ev event) bool {
 	}
 	old, had := m[ev.key]
 	if ev.op == OpPut {
-		e := templates.Entry{Bucket: ev.bucket, Key: ev.key, Value: ev.value, Revision: ev.rev, Created: ev.created, Op: "PUT"}
+		e := entry{Value: ev.value, Revision: ev.rev, Created: ev.created}
 		m[ev.key] = e
 		if b.building != nil {
 			return false
@@ -206,7 +226,7 @@ func (b *bucketState) apply(ev event) bool {
 		if !had {
 			b.invalidate()
 		} else if i, ok := b.index[ev.key]; ok {
-			b.ordered[i] = e
+			b.ordered[i] = b.templateEntry(ev.key, e)
 		}
 		return !had || old.Revision != ev.rev
 	}
@@ -222,17 +242,17 @@ func (b *bucketState) apply(ev event) bool {
 }
 
 // swap makes the view built during the initial sync the live one and returns
-// the keys whose entry changed (added, updated or removed).
-func (b *bucketState) swap() []string {
-	var changed []string
+// how many keys changed (added, updated or removed).
+func (b *bucketState) swap() int {
+	changed := 0
 	for k, e := range b.building {
 		if old, ok := b.entries[k]; !ok || old.Revision != e.Revision {
-			changed = append(changed, k)
+			changed++
 		}
 	}
 	for k := range b.entries {
 		if _, ok := b.building[k]; !ok {
-			changed = append(changed, k)
+			changed++
 		}
 	}
 	b.entries, b.building = b.building, nil

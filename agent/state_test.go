@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -62,5 +63,27 @@ func TestStateListMatchesScan(t *testing.T) {
 	check("after insert and delete")
 	if got := len(st.List("b", "app.>")); got != 4 { // app.a app.aa app.b.d app.z
 		t.Fatalf("app.> has %d entries, want 4", got)
+	}
+}
+
+// TestStateEntry checks that Get and List give templates the whole entry,
+// bucket and operation included, though the state does not store them.
+func TestStateEntry(t *testing.T) {
+	st := newState(nil)
+	b := st.bucket("b")
+	b.synced = true
+	b.apply(event{bucket: "b", key: "app.a", value: []byte("v"), rev: 7})
+	e, ok := st.Get("b", "app.a")
+	if !ok {
+		t.Fatal("Get: not found")
+	}
+	if got, want := fmt.Sprintf("%s %s %s %d %s", e.Bucket, e.Key, e.Value, e.Revision, e.Op), "b app.a v 7 PUT"; got != want {
+		t.Errorf("Get=%q, want %q", got, want)
+	}
+	for _, f := range []string{"app.a", "app.>"} {
+		l := st.List("b", f)
+		if len(l) != 1 || !reflect.DeepEqual(l[0], e) {
+			t.Errorf("List(%q)=%v, want [%v]", f, l, e)
+		}
 	}
 }

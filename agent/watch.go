@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,10 +52,12 @@ type event struct {
 // Messages from watchers to the owner goroutine, in stream order per bucket.
 type (
 	// epochStart: a fresh full view of the bucket follows; keep serving the old
-	// one until the matching syncDone.
+	// one until the matching syncDone. size is about how many keys it holds,
+	// so the view is allocated once rather than grown.
 	epochStart struct {
 		bucket string
 		epoch  uint64
+		size   int
 	}
 	// syncDone: every entry that existed when the epoch started has been sent.
 	syncDone struct {
@@ -311,7 +315,7 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 		w.seen = 0
 		w.created = info.Created
 		w.synced.Store(false)
-		w.out.push(epochStart{bucket: w.bucket, epoch: w.epoch})
+		w.out.push(epochStart{bucket: w.bucket, epoch: w.epoch, size: w.sizeHint(info.State)})
 	}
 	epoch := w.epoch
 	w.mu.Unlock()
@@ -440,6 +444,19 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 	}
 }
 
+// maxSizeHint bounds the size hint of an epoch: a bucket's subjects include
+// deleted keys, and a hint that is too large costs memory for nothing.
+const maxSizeHint = 1 << 20
+
+// sizeHint is how many keys an epoch of st is expected to hold: the stream's
+// subjects when the watcher takes every key, else nothing known.
+func (w *watcher) sizeHint(st jetstream.StreamState) int {
+	if !slices.Contains(w.filters, ">") {
+		return 0
+	}
+	return int(min(st.NumSubjects, maxSizeHint))
+}
+
 func (w *watcher) lastSeen() uint64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -511,8 +528,9 @@ func parseMsg(m jetstream.Msg, prefix, bucket string, md *jetstream.MsgMetadata)
 		return event{}, false
 	}
 	ev := event{
-		bucket:  bucket,
-		key:     subj[len(prefix):],
+		bucket: bucket,
+		// The key alone: the state keeps it, not the whole subject.
+		key:     strings.Clone(subj[len(prefix):]),
 		value:   m.Data(),
 		rev:     md.Sequence.Stream,
 		created: md.Timestamp,
@@ -533,6 +551,10 @@ func parseMsg(m jetstream.Msg, prefix, bucket string, md *jetstream.MsgMetadata)
 	}
 	if ev.op != OpPut {
 		ev.value = nil
+	} else if len(h) > 0 {
+		// The value is a slice of the message's buffer, which holds the
+		// headers too: the state keeps a copy of the value alone.
+		ev.value = bytes.Clone(ev.value)
 	}
 	return ev, true
 }
