@@ -152,8 +152,7 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 	// nothing about propagation.
 	created := map[string]time.Time{}
 	if full {
-		want := map[string][]byte{}
-		revs := map[string]uint64{}
+		revs := make(map[string]uint64, len(b.entries))
 		for k, e := range b.entries {
 			if !kvkey.MatchAny(p.cfg.Keys, k) {
 				continue
@@ -162,7 +161,6 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 				if p.push != nil {
 					p.push.beforeWrite(rel, k, e.Value, b, true)
 				}
-				want[rel] = e.Value
 				revs[rel] = e.Revision
 				if e.Created.After(p.o.started) {
 					created[rel] = e.Created
@@ -170,15 +168,28 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 			}
 		}
 		if p.push != nil {
-			p.push.beforeReconcile(want, b)
+			p.push.beforeReconcile(revs, b)
 		}
 		p.revs = revs
 		clear(p.pending)
 		if p.dry {
-			p.m.logger.Info("dry run: would reconcile", "files", len(want))
+			p.m.logger.Info("dry run: would reconcile", "files", len(revs))
 			return false, nil
 		}
-		res, err = p.dir.Reconcile(want)
+		// The projector reads the wanted files from the state itself: a
+		// copy of a large bucket's set would double the peak memory of an
+		// initial sync.
+		want := func(yield func(string, []byte) bool) {
+			for k, e := range b.entries {
+				if !kvkey.MatchAny(p.cfg.Keys, k) {
+					continue
+				}
+				if rel, err := projector.KeyPath(k, p.cfg.StripPrefix, p.layout); err == nil && !yield(rel, e.Value) {
+					return
+				}
+			}
+		}
+		res, err = p.dir.ReconcileSeq(want)
 	} else {
 		changes := make([]projector.Change, 0, len(p.pending))
 		for k := range p.pending {

@@ -640,9 +640,9 @@ func (ps *pusher) beforeRemove(rel, key string, b *bucketState) {
 	}
 }
 
-// beforeReconcile is beforeRemove for every owned path not in want (the
-// caller runs beforeWrite for the paths of want).
-func (ps *pusher) beforeReconcile(want map[string][]byte, b *bucketState) {
+// beforeReconcile is beforeRemove for every owned path not in want, the
+// paths a complete update writes (the caller runs beforeWrite for those).
+func (ps *pusher) beforeReconcile(want map[string]uint64, b *bucketState) {
 	for rel := range ps.p.dir.Files() {
 		if _, ok := want[rel]; ok {
 			continue

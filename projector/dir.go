@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"iter"
 	"log/slog"
 	"maps"
 	"os"
@@ -82,6 +83,7 @@ type Dir struct {
 	// snapshot mode: replaced data folders, removed once retire has passed
 	retired []retired
 	retire  time.Duration
+	batch   int   // changes a file-mode reconcile applies at a time
 	err     error // sticky: the manifest could not be written; Close and Open again
 
 	// The old contents of replaced files, under temp names, are unlinked by
@@ -119,7 +121,7 @@ func Open(opts Options) (*Dir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open projection %s: %w", abs, err)
 	}
-	d := &Dir{opts: opts, path: abs, root: root, log: opts.Logger.With(slog.String("dir", abs)), retire: retireAfter}
+	d := &Dir{opts: opts, path: abs, root: root, log: opts.Logger.With(slog.String("dir", abs)), retire: retireAfter, batch: reconcileBatch}
 	if err := d.open(); err != nil {
 		_ = d.closeAll() // the open error is the one to report
 		return nil, fmt.Errorf("open projection %s: %w", abs, err)
@@ -350,15 +352,61 @@ func (d *Dir) apply(changes []Change, force map[string]bool) (Result, error) {
 // kvsync owns is repaired; it writes what differs and removes owned files that
 // are not in want. Foreign files are left alone (ErrForeign in Result.Errors).
 func (d *Dir) Reconcile(want map[string][]byte) (Result, error) {
+	return d.ReconcileSeq(maps.All(want))
+}
+
+// reconcileBatch is how many changes a file-mode reconcile applies at a time:
+// a complete update of a large bucket then holds the bookkeeping of one batch,
+// not of every file, and each batch is durable before the next starts.
+const reconcileBatch = 16384
+
+// ReconcileSeq is Reconcile with the wanted set given as a sequence of (path,
+// bytes) pairs, each path once, so that the caller need not build a map of
+// it. want may be iterated twice: once to find the owned paths it keeps, then
+// to write.
+//
+// In "file" mode the changes are applied in batches, the removals first (a
+// file may stand where a folder of want goes); a folder that the removals
+// leave empty may be removed and made again by a later batch. In "snapshot"
+// mode the whole set is one batch, swapped in at once.
+func (d *Dir) ReconcileSeq(want iter.Seq2[string, []byte]) (Result, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.err != nil {
 		return Result{}, d.err
 	}
-	changes := make([]Change, 0, len(want))
+	// (1) The owned paths want keeps; the other owned paths are removed.
+	keep := make(map[string]bool)
+	if len(d.man.files) > 0 {
+		for p := range want {
+			if _, owned := d.man.files[p]; owned {
+				keep[p] = true
+			}
+		}
+	}
+	var changes []Change
+	for p := range d.man.files {
+		if !keep[p] {
+			changes = append(changes, Change{Path: p, Remove: true})
+		}
+	}
+	// (2) Write what differs from the disk, a batch at a time.
+	var res Result
+	batches := 0
 	force := make(map[string]bool)
+	flush := func() error {
+		r, err := d.apply(changes, force)
+		res.Written = append(res.Written, r.Written...)
+		res.Removed = append(res.Removed, r.Removed...)
+		res.Errors = append(res.Errors, r.Errors...)
+		clear(changes)
+		changes = changes[:0]
+		clear(force)
+		batches++
+		return err
+	}
 	for p, data := range want {
-		if sum, owned := d.man.files[p]; owned {
+		if sum, owned := d.man.files[p]; owned && keep[p] {
 			actual, err := d.root.ReadFile(d.visible(p))
 			if err == nil && bytes.Equal(actual, data) && sha256.Sum256(data) == sum {
 				continue
@@ -366,13 +414,21 @@ func (d *Dir) Reconcile(want map[string][]byte) (Result, error) {
 			force[p] = true
 		}
 		changes = append(changes, Change{Path: p, Data: data})
-	}
-	for p := range d.man.files {
-		if _, ok := want[p]; !ok {
-			changes = append(changes, Change{Path: p, Remove: true})
+		if len(changes) >= d.batch && !d.opts.Snapshot {
+			if err := flush(); err != nil {
+				return res, err
+			}
 		}
 	}
-	return d.apply(changes, force)
+	if len(changes) > 0 || batches == 0 {
+		if err := flush(); err != nil {
+			return res, err
+		}
+	}
+	if batches > 1 {
+		slices.Sort(res.Written)
+	}
+	return res, nil
 }
 
 // visible is where the content of an owned path can be read without following

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -793,5 +794,61 @@ func BenchmarkApplyBatch1000(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestDirReconcileBatches reconciles in batches of two: the removals come
+// first, also of a file where a later batch needs a folder, and the result
+// (Written sorted) is the same as in one batch.
+func TestDirReconcileBatches(t *testing.T) {
+	dir := t.TempDir()
+	d := MustOpen(t, Options{Dir: dir})
+	d.batch = 2
+	mustApply(t, d, putc("a", "file"), putc("b", "old"), putc("c", "same"), putc("gone1", "x"), putc("gone2", "x"))
+	if err := os.WriteFile(filepath.Join(dir, "foreign"), []byte("theirs"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]byte{
+		"a/x": []byte("in a folder where a file was"), "b": []byte("new"), "c": []byte("same"),
+		"d": []byte("d"), "e/f": []byte("ef"), "g": []byte("g"), "foreign": []byte("ours?"),
+	}
+	// In reverse order, so that a/x comes in the last batch, after a was
+	// removed by the first.
+	paths := slices.Sorted(maps.Keys(want))
+	slices.Reverse(paths)
+	res, err := d.ReconcileSeq(func(yield func(string, []byte) bool) {
+		for _, p := range paths {
+			if !yield(p, want[p]) {
+				return
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(res.Written, " "), "a/x b d e/f g"; got != want {
+		t.Errorf("Written=%q, want %q", got, want)
+	}
+	if got, want := strings.Join(res.Removed, " "), "a gone1 gone2"; got != want {
+		t.Errorf("Removed=%q, want %q", got, want)
+	}
+	if len(res.Errors) != 1 || res.Errors[0].Path != "foreign" || !errors.Is(res.Errors[0], ErrForeign) {
+		t.Errorf("Errors=%v, want foreign: ErrForeign", res.Errors)
+	}
+	for p, data := range want {
+		if p == "foreign" {
+			data = []byte("theirs")
+		}
+		if got := readFile(t, filepath.Join(dir, p)); got != string(data) {
+			t.Errorf("%s=%q, want %q", p, got, data)
+		}
+	}
+	if got, want := strings.Join(slices.Sorted(maps.Keys(d.Files())), " "), "a/x b c d e/f g"; got != want {
+		t.Errorf("manifest=%q, want %q", got, want)
+	}
+	for _, p := range []string{"gone1", "gone2"} {
+		if exists(filepath.Join(dir, p)) {
+			t.Errorf("%s still exists", p)
+		}
 	}
 }
