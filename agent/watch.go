@@ -198,6 +198,47 @@ func apiTimeout(fails int) time.Duration {
 	return min(5*time.Second, 500*time.Millisecond<<min(fails, 4))
 }
 
+// errNudged: a request was given up because the stream reported news;
+// errResumed: because the connection came back.
+var (
+	errNudged  = errors.New("given up for news of the stream")
+	errResumed = errors.New("given up: the connection came back")
+)
+
+// bounded runs one JetStream request of the watcher, bounded by timeout, and
+// gives it up early when the stream reports news (a new leader, the bucket
+// created) or the connection comes back: a request sent during a leader
+// election is never answered, and that news is the moment to ask again. A
+// request given up fails with errNudged (the nudge is passed on, so run
+// retries at once) or errResumed.
+func (w *watcher) bounded(ctx context.Context, timeout time.Duration, req func(context.Context) error) error {
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var why atomic.Pointer[error]
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-done:
+		case <-w.nudge:
+			why.Store(&errNudged)
+			cancel()
+			select {
+			case w.nudge <- struct{}{}:
+			default:
+			}
+		case <-w.resumed:
+			why.Store(&errResumed)
+			cancel()
+		}
+	}()
+	err := req(rctx)
+	close(done)
+	if p := why.Load(); err != nil && p != nil {
+		return fmt.Errorf("%w: %w", *p, err)
+	}
+	return err
+}
+
 // run follows the bucket until ctx is done.
 func (w *watcher) run(ctx context.Context) error {
 	bo := newBackoff(100*time.Millisecond, 5*time.Second)
@@ -218,6 +259,13 @@ func (w *watcher) run(ctx context.Context) error {
 				gone = true
 			}
 			n = next{} // when it is back, it is a new stream
+		case errors.Is(err, errNudged):
+			w.logger.Debug("watcher restarts", "err", err)
+			n.list = n.list || nn.list
+		case errors.Is(err, errResumed):
+			w.logger.Debug("watcher restarts", "err", err)
+			n.list = true
+			continue // the reconnect back-off has paced this already
 		case err != nil:
 			fails++
 			w.logger.Warn("watcher restarts", "err", err)
@@ -246,9 +294,11 @@ func (w *watcher) run(ctx context.Context) error {
 // re-created (it returns how) or ctx is done. It returns ErrStreamNotFound
 // when the bucket is gone. started is set once the consumer runs.
 func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeout time.Duration) (next, error) {
-	sctx, cancel := context.WithTimeout(ctx, timeout)
-	st, err := w.js.Stream(sctx, w.stream())
-	cancel()
+	var st jetstream.Stream
+	err := w.bounded(ctx, timeout, func(ctx context.Context) (err error) {
+		st, err = w.js.Stream(ctx, w.stream())
+		return err
+	})
 	if err != nil {
 		return n, fmt.Errorf("stream info: %w", err)
 	}
@@ -292,9 +342,11 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, w.seen+1
 	}
 	w.mu.Unlock()
-	cctx, cancel := context.WithTimeout(ctx, timeout)
-	cons, err := w.js.CreateConsumer(cctx, w.stream(), cfg)
-	cancel()
+	var cons jetstream.Consumer
+	err = w.bounded(ctx, timeout, func(ctx context.Context) (err error) {
+		cons, err = w.js.CreateConsumer(ctx, w.stream(), cfg)
+		return err
+	})
 	if err != nil {
 		return n, fmt.Errorf("create consumer: %w", err)
 	}
