@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -83,8 +84,13 @@ type Dir struct {
 	// snapshot mode: replaced data folders, removed once retire has passed
 	retired []retired
 	retire  time.Duration
-	batch   int   // changes a file-mode reconcile applies at a time
-	err     error // sticky: the manifest could not be written; Close and Open again
+	batch   int // changes a file-mode reconcile applies at a time
+	// tmpfiles is how many new files one batch may write as unnamed temp
+	// files (O_TMPFILE) that get their name by linkat(2): one directory
+	// entry per file instead of a temp entry and a rename. 0 where the file
+	// system or /proc cannot do it.
+	tmpfiles int
+	err      error // sticky: the manifest could not be written; Close and Open again
 
 	// The old contents of replaced files, under temp names, are unlinked by
 	// a goroutine of their own: freeing an inode is the slow part of a
@@ -128,7 +134,28 @@ func Open(opts Options) (*Dir, error) {
 	}
 	d.trash = make(chan []string, 16)
 	go d.emptyTrash(d.root, d.trash)
+	if n := tmpfileBudget(); n > 0 {
+		d.tmpfiles = n
+		d.batch = min(d.batch, n)
+	}
 	return d, nil
+}
+
+// maxTmpfiles bounds the unnamed temp files a batch holds open at once.
+const maxTmpfiles = 8192
+
+// tmpfileBudget is how many unnamed temp files a batch may hold open: what
+// the descriptor limit leaves, up to maxTmpfiles, or 0 when /proc (which
+// linkat needs to name them without privileges) is missing.
+func tmpfileBudget() int {
+	if _, err := os.Stat("/proc/self/fd"); err != nil {
+		return 0
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < 2048 {
+		return 0
+	}
+	return int(min(uint64(maxTmpfiles), (lim.Cur-1024)/2))
 }
 
 // emptyTrash unlinks the temp names of replaced files' old contents. A
@@ -463,7 +490,8 @@ type put struct {
 	sum   [32]byte
 	old   [32]byte
 	owned bool
-	tmp   string
+	tmp   string   // the temp file to rename over path, or
+	tf    *os.File // the unnamed temp file to link at path (a new file)
 }
 
 // applyFiles is Apply in "file" mode:
@@ -475,7 +503,8 @@ type put struct {
 //  3. For each file to write: check every parent folder with Lstat (a symlink is
 //     refused; a missing one is created and recorded), refuse a target that
 //     exists and is not owned (ErrForeign), and write a temp file
-//     (.kvsync-tmp-*) beside the target, with mode and owner set. Files are
+//     (.kvsync-tmp-*) beside the target, with mode and owner set; in a batch,
+//     new files are unnamed temp files (O_TMPFILE) instead. Files are
 //     created, renamed and removed relative to an open descriptor of their
 //     folder (openat, renameat, unlinkat).
 //  4. Make 1–3 durable: one syncfs(2) for a batch, fsync of the one file (and
@@ -483,7 +512,9 @@ type put struct {
 //  5. Record the intent in the manifest ('-' for removals, which happened; 'd'
 //     and '+' for folders and files about to appear), fdatasync'ed: a crash never
 //     leaves a file kvsync wrote but does not own.
-//  6. Rename every temp file over its target. A target kvsync owns is first
+//  6. Link every unnamed temp file at its target (linkat(2), which fails
+//     rather than replace a file that appeared meanwhile), and rename every
+//     temp file over its target. A target kvsync owns is first
 //     given a second, temp name (linkat(2)), so the rename does not free its
 //     inode: freeing it is most of a replace's cost on ext4, and is left to
 //     step 8, after the new bytes are visible.
@@ -558,6 +589,14 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 	// (3)
 	single := len(puts) == 1 && len(removes) == 0
 	checked = make(map[string]error)
+	tmpfiles := 0
+	defer func() {
+		for _, w := range puts {
+			if w.tf != nil {
+				_ = w.tf.Close() // unnamed: it goes with its descriptor
+			}
+		}
+	}()
 	for _, w := range puts {
 		if err := d.checkParents(w.path, checked, syncDirs); err != nil {
 			res.fail(w.path, err)
@@ -577,7 +616,12 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 			}
 		}
 		dirf, err := fc.get(parent(w.path))
-		if err == nil {
+		if err == nil && !w.owned && !single && tmpfiles < d.tmpfiles {
+			if w.tf = d.newTmpfile(dirf, w.data); w.tf != nil {
+				tmpfiles++
+			}
+		}
+		if err == nil && w.tf == nil {
 			w.tmp, err = writeTemp(dirFD{dirf}, "", w.data, d.opts.Mode, d.opts.UID, d.opts.GID, single && d.opts.Fsync)
 		}
 		if err != nil {
@@ -597,7 +641,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 
 	// (5)
 	for _, w := range puts {
-		if w.tmp != "" {
+		if w.tmp != "" || w.tf != nil {
 			d.man.add(w.path, w.sum)
 		}
 	}
@@ -617,6 +661,23 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 		}
 	}()
 	for _, w := range puts {
+		if w.tf != nil {
+			err := fc.link(w.tf, w.path)
+			_ = w.tf.Close() // written, and synced with the batch when asked
+			w.tf = nil
+			if err != nil {
+				if errors.Is(err, fs.ErrExist) {
+					err = fmt.Errorf("%w (it appeared during the write)", ErrForeign)
+				}
+				res.fail(w.path, fmt.Errorf("write: %w", err))
+				d.man.remove(w.path)
+				undo = true
+				continue
+			}
+			res.Written = append(res.Written, w.path)
+			syncDirs[parent(w.path)] = true
+			continue
+		}
 		if w.tmp == "" {
 			continue
 		}
@@ -861,6 +922,40 @@ func (fc *folders) rename(tmp, p string) error {
 	if err := unix.Renameat(fd, tmp, fd, path.Base(p)); err != nil {
 		_ = unix.Unlinkat(fd, tmp, 0) // best effort; Open removes leftovers
 		return &fs.PathError{Op: "renameat", Path: p, Err: err}
+	}
+	return nil
+}
+
+// newTmpfile writes data to an unnamed temp file in folder dir (O_TMPFILE)
+// with the Dir's mode and owner, or returns nil when it cannot: the caller
+// then writes a named temp file, which reports a real error again. A file
+// system without O_TMPFILE turns it off for the Dir.
+func (d *Dir) newTmpfile(dir *os.File, data []byte) *os.File {
+	fd, err := unix.Openat(int(dir.Fd()), ".", unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+			d.tmpfiles = 0
+		}
+		return nil
+	}
+	f := os.NewFile(uintptr(fd), "")
+	if err := fill(f, data, d.opts.Mode, d.opts.UID, d.opts.GID); err != nil {
+		_ = f.Close()
+		return nil
+	}
+	return f
+}
+
+// link gives the unnamed temp file f the name p, which must not exist.
+// linkat(2) through /proc/self/fd needs no privilege, unlike AT_EMPTY_PATH.
+func (fc *folders) link(f *os.File, p string) error {
+	dirf, err := fc.get(parent(p))
+	if err != nil {
+		return err
+	}
+	err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), int(dirf.Fd()), path.Base(p), unix.AT_SYMLINK_FOLLOW)
+	if err != nil {
+		return &fs.PathError{Op: "linkat", Path: p, Err: err}
 	}
 	return nil
 }

@@ -133,6 +133,70 @@ func TestDirWriteUpdateRemove(t *testing.T) {
 	}
 }
 
+// TestDirNewFilesUnnamed: new files of a batch are written as unnamed temp
+// files and linked at their name (where the file system allows it), with the
+// configured mode, and leave no temp name; linking never replaces a file that
+// appeared meanwhile.
+func TestDirNewFilesUnnamed(t *testing.T) {
+	for _, fsync := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fsync=%v", fsync), func(t *testing.T) {
+			dir := t.TempDir()
+			d := MustOpen(t, Options{Dir: dir, Fsync: fsync, Mode: 0o640})
+			if d.tmpfiles == 0 {
+				t.Skip("no O_TMPFILE or /proc here: the named temp path is tested elsewhere")
+			}
+			var batch []Change
+			for i := range 50 {
+				batch = append(batch, putc(fmt.Sprintf("d%d/k%d", i%3, i), fmt.Sprintf("v%d", i)))
+			}
+			res := mustApply(t, d, batch...)
+			if len(res.Written) != 50 {
+				t.Fatalf("Written = %d paths, want 50", len(res.Written))
+			}
+			for i := range 50 {
+				p := filepath.Join(dir, fmt.Sprintf("d%d/k%d", i%3, i))
+				if got := readFile(t, p); got != fmt.Sprintf("v%d", i) {
+					t.Fatalf("%s = %q", p, got)
+				}
+				fi, err := os.Stat(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode().Perm() != 0o640 || fi.Sys().(*syscall.Stat_t).Nlink != 1 {
+					t.Fatalf("%s: mode %v, %d links; want 0640 and 1", p, fi.Mode().Perm(), fi.Sys().(*syscall.Stat_t).Nlink)
+				}
+			}
+			d.waitTrash()
+			err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+				if err == nil && strings.HasPrefix(e.Name(), tempPrefix) {
+					return fmt.Errorf("temp name left: %s", p)
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A name that exists is never replaced by a link.
+			if err := os.WriteFile(filepath.Join(dir, "theirs"), []byte("operator's"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			f := d.newTmpfile(d.top, []byte("ours"))
+			if f == nil {
+				t.Fatal("newTmpfile failed where tmpfiles are on")
+			}
+			defer f.Close()
+			fc := d.folders()
+			defer fc.close()
+			if err := fc.link(f, "theirs"); !errors.Is(err, fs.ErrExist) {
+				t.Fatalf("link over an existing file: %v, want ErrExist", err)
+			}
+			if got := readFile(t, filepath.Join(dir, "theirs")); got != "operator's" {
+				t.Fatalf("theirs = %q", got)
+			}
+		})
+	}
+}
+
 // TestDirRemoveLastFileFsync: removing, alone, the last file of a folder
 // kvsync created prunes the folder and makes that durable without trying to
 // sync the folder it just removed.

@@ -199,18 +199,25 @@ func writeTemp(fsys tempFS, relDir string, data []byte, mode fs.FileMode, uid, g
 // fillFile writes data to a fresh file, sets mode (explicitly, so the umask does
 // not narrow it) and owner, fsyncs if asked, and closes it.
 func fillFile(f *os.File, data []byte, mode fs.FileMode, uid, gid int, sync bool) error {
+	err := fill(f, data, mode, uid, gid)
+	if err == nil && sync {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// fill writes data to a fresh file and sets mode (explicitly, so the umask
+// does not narrow it) and owner.
+func fill(f *os.File, data []byte, mode fs.FileMode, uid, gid int) error {
 	_, err := f.Write(data)
 	if err == nil {
 		err = f.Chmod(mode)
 	}
 	if err == nil && (uid >= 0 || gid >= 0) {
 		err = f.Chown(uid, gid)
-	}
-	if err == nil && sync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
 	}
 	return err
 }
