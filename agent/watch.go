@@ -534,7 +534,9 @@ func (w *watcher) caughtUp(ctx context.Context, cons jetstream.Consumer) bool {
 // cannot be asked now (no leader, no connection) is not an error: the
 // consumer is re-created, and that retries.
 func (w *watcher) check(ctx context.Context) error {
-	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	// Short: during an election this request is not answered, and the
+	// re-creation that follows asks again with requests that give up on news.
+	ictx, cancel := context.WithTimeout(ctx, apiTimeout(0))
 	defer cancel()
 	st, err := w.js.Stream(ictx, w.stream())
 	switch {

@@ -114,7 +114,7 @@ func TestFaultClusterFailover(t *testing.T) {
 		putRetrying(t, kv, fmt.Sprintf("key%03d", i), []byte("seed"), 10*time.Second)
 	}
 	dir := filepath.Join(t.TempDir(), "conf")
-	a := startAgent(t, clusterURLs(nodes), fmt.Sprintf("files:\n  - {name: app, bucket: app, dir: %q}\n", dir))
+	a := startAgent(t, clusterURLs(nodes), fmt.Sprintf("log: {level: debug}\nfiles:\n  - {name: app, bucket: app, dir: %q}\n", dir))
 	a.waitReady(t, 20*time.Second)
 	converges(t, 10*time.Second, kv, dir)
 
@@ -145,7 +145,7 @@ func TestFaultClusterFailover(t *testing.T) {
 	took := waitFile(t, filepath.Join(dir, "probe"), value, start, 20*time.Second)
 	t.Logf("first put after leader election on disk in %v (budget %v)", took, firstPutBudget)
 	if took > firstPutBudget {
-		t.Errorf("first put after leader election took %v to reach disk, want < %v", took, firstPutBudget)
+		t.Errorf("first put after leader election took %v to reach disk, want < %v; agent log (debug):\n%s", took, firstPutBudget, a.stderr.String())
 	}
 	stop, done = make(chan struct{}), make(chan struct{})
 	go churn(kv, 40, 64, stop, &acked, done)
