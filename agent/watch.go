@@ -215,17 +215,18 @@ func (w *watcher) bounded(ctx context.Context, timeout time.Duration, req func(c
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var why atomic.Pointer[error]
-	done := make(chan struct{})
+	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(exited)
 		select {
 		case <-done:
 		case <-w.nudge:
 			why.Store(&errNudged)
-			cancel()
 			select {
-			case w.nudge <- struct{}{}:
+			case w.nudge <- struct{}{}: // passed on before the request ends
 			default:
 			}
+			cancel()
 		case <-w.resumed:
 			why.Store(&errResumed)
 			cancel()
@@ -233,6 +234,7 @@ func (w *watcher) bounded(ctx context.Context, timeout time.Duration, req func(c
 	}()
 	err := req(rctx)
 	close(done)
+	<-exited
 	if p := why.Load(); err != nil && p != nil {
 		return fmt.Errorf("%w: %w", *p, err)
 	}
