@@ -514,10 +514,10 @@ type put struct {
 //     leaves a file kvsync wrote but does not own.
 //  6. Link every unnamed temp file at its target (linkat(2), which fails
 //     rather than replace a file that appeared meanwhile), and rename every
-//     temp file over its target. A target kvsync owns is first
-//     given a second, temp name (linkat(2)), so the rename does not free its
-//     inode: freeing it is most of a replace's cost on ext4, and is left to
-//     step 8, after the new bytes are visible.
+//     temp file over its target. A target kvsync owns is first given a
+//     second, temp name (linkat(2)), so the rename does not free its inode:
+//     freeing it is most of a replace's cost on ext4, and is left to step 8,
+//     after the new bytes are visible.
 //  7. Fsync the touched folders (or syncfs(2) when there are many).
 //  8. Hand the old contents' temp names to the goroutine that unlinks them
 //     while the next batch is being written.
@@ -966,8 +966,8 @@ func (fc *folders) link(f *os.File, p string) error {
 // old contents stay reachable under it until emptyTrash unlinks it, so
 // renaming over p does not free them: the rename is then ~25 µs on ext4
 // instead of ~80 µs, and the freeing is done after the new bytes are visible,
-// off the writer's path. A crash in between
-// leaves a temp file that Open removes.
+// off the writer's path. A crash in between leaves a temp file that Open
+// removes.
 func (fc *folders) keepOld(p string) string {
 	f, err := fc.get(parent(p))
 	if err != nil {
@@ -975,13 +975,10 @@ func (fc *folders) keepOld(p string) string {
 	}
 	fd := int(f.Fd())
 	for range 3 {
-		name := tempName("")
-		switch err := unix.Linkat(fd, path.Base(p), fd, name, 0); {
+		old := tempName(parent(p))
+		switch err := unix.Linkat(fd, path.Base(p), fd, path.Base(old), 0); {
 		case err == nil:
-			if q := parent(p); q != "" {
-				return q + "/" + name
-			}
-			return name
+			return old
 		case errors.Is(err, unix.EEXIST):
 			continue
 		default:

@@ -133,6 +133,20 @@ func TestDirWriteUpdateRemove(t *testing.T) {
 	}
 }
 
+// noTempNames fails the test if a kvsync temp name is left anywhere under dir.
+func noTempNames(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(e.Name(), tempPrefix) {
+			return fmt.Errorf("temp name left: %s", p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestDirNewFilesUnnamed: new files of a batch are written as unnamed temp
 // files and linked at their name (where the file system allows it), with the
 // configured mode, and leave no temp name; linking never replaces a file that
@@ -167,15 +181,7 @@ func TestDirNewFilesUnnamed(t *testing.T) {
 				}
 			}
 			d.waitTrash()
-			err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
-				if err == nil && strings.HasPrefix(e.Name(), tempPrefix) {
-					return fmt.Errorf("temp name left: %s", p)
-				}
-				return err
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			noTempNames(t, dir)
 			// A name that exists is never replaced by a link.
 			if err := os.WriteFile(filepath.Join(dir, "theirs"), []byte("operator's"), 0o644); err != nil {
 				t.Fatal(err)
@@ -248,19 +254,7 @@ func TestReplaceFreesOldContents(t *testing.T) {
 					t.Fatalf("%s has %d links, want 1", p, n)
 				}
 			}
-			noTemps := func() {
-				t.Helper()
-				err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
-					if err == nil && strings.HasPrefix(e.Name(), tempPrefix) {
-						return fmt.Errorf("temp name left: %s", p)
-					}
-					return err
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
-			}
-			noTemps()
+			noTempNames(t, dir)
 			// A folder emptied right after a replace in it is still pruned,
 			// though the old content's temp name may not be unlinked yet.
 			mustApply(t, d, putc("sub/b", "B5"), putc("a", "A6"))
@@ -273,7 +267,7 @@ func TestReplaceFreesOldContents(t *testing.T) {
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
-			noTemps()
+			noTempNames(t, dir)
 		})
 	}
 }
