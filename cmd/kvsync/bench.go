@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -34,6 +36,7 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	idle := fs.Duration("idle", 10*time.Second, "how long the idle scenario leaves the agent alone")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	dir := fs.String("dir", "", "where each run makes its work folder (projected files, embedded store); removed at the end (default: the temp folder)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the bench process (embedded server, in-process agents, publisher) to this file, for go tool pprof")
 	var conn connFlags
 	conn.register(fs)
 	pos, err := parseArgs(fs, args)
@@ -79,6 +82,17 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	o.Progress, o.Terminal = c.io.err, terminal
 	o.Logger = slog.New(slog.NewTextHandler(c.io.err, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep, err := bench.Run(ctx, o)
 	if rep != nil && len(rep.Results) > 0 {
 		var werr error
