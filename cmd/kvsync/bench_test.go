@@ -102,7 +102,7 @@ func TestBenchChildScenarios(t *testing.T) {
 		results  int  // once: a template case and a files case
 		idle     bool // CPU is measured while idle, RSS while running
 	}{
-		{scenario: "initial-sync", results: 1},
+		{scenario: "initial-sync", results: 2}, // the agent, the disk alone
 		{scenario: "once", results: 2},
 		{scenario: "idle", results: 1, idle: true},
 	} {
@@ -112,9 +112,21 @@ func TestBenchChildScenarios(t *testing.T) {
 				t.Fatalf("%d results, want %d", got, want)
 			}
 			for _, r := range rep.Results {
+				if strings.HasSuffix(r.Case, "disk alone") {
+					checkDiskResult(t, r)
+					continue
+				}
 				checkChildResult(t, tt.scenario, tt.idle, r)
 			}
 		})
+	}
+}
+
+// checkDiskResult checks the plain-loop baseline of initial-sync.
+func checkDiskResult(t *testing.T, r bench.Result) {
+	t.Helper()
+	if r.Scenario != "initial-sync" || r.Keys != 30 || r.Wall <= 0 || r.Unit != "files/s" || r.Throughput <= 0 {
+		t.Fatalf("disk alone: %+v, want initial-sync, 30 keys, a wall time and files/s", r)
 	}
 }
 
@@ -169,6 +181,14 @@ func TestBenchFanout(t *testing.T) {
 	if got, want := r.All.Max, r.Latency.Max; got != want {
 		t.Fatalf("All.Max=%v, want the slowest agent %v", got, want)
 	}
+	if len(rep.Results) != 2 {
+		t.Fatalf("%d results, want 2 (the agents, the disk alone)", len(rep.Results))
+	}
+	disk := rep.Results[1]
+	if !strings.HasSuffix(disk.Case, "disk alone") || disk.Latency != nil {
+		t.Fatalf("second result %+v, want the disk alone", disk)
+	}
+	checkSummary(t, "disk alone", disk.All, 4)
 }
 
 func TestBenchTable(t *testing.T) {

@@ -300,7 +300,20 @@ func (e *env) initialSync(ctx context.Context) ([]Result, error) {
 	res.PeakRSS = c.peakRSS()
 	res.Throughput, res.Unit = float64(n)/res.Wall.Seconds(), "keys/s"
 	res.Note = fmt.Sprintf("child process kvsync run, start to /readyz; fsync=%v; RSS at ready; peak RSS = the child's VmHWM; CPU from rusage at exit", e.o.Fsync)
-	return []Result{res}, nil
+
+	// The disk alone, while the agent's files are still there.
+	step = e.prog.start(fmt.Sprintf("initial-sync: %d files by a plain loop (the disk alone)", n), 0)
+	wall, err := diskCreate(e.path("initial-sync", "disk"), n, e.o.Fsync)
+	step.done()
+	if err != nil {
+		return nil, fmt.Errorf("disk alone: %w", err)
+	}
+	disk := Result{
+		Scenario: InitialSync, Case: fmt.Sprintf("%s files x 100 B, disk alone", sizeLabel(n)), Keys: n,
+		Wall: wall, Throughput: float64(n) / wall.Seconds(), Unit: "files/s",
+		Note: fmt.Sprintf("a plain loop in the bench process on the same disk, right after the agent: open(O_CREAT|O_EXCL)+write+close per file, then one syncfs when fsync=%v; no NATS, no manifest", e.o.Fsync),
+	}
+	return []Result{res, disk}, nil
 }
 
 // once: a child `kvsync run --once` over a bucket of Keys keys (10,000), two

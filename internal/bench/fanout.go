@@ -22,10 +22,10 @@ type round struct {
 	done    chan struct{}
 }
 
-// fanout: Agents agents (200), each hosted in a goroutine of this process
+// fanoutAgents: Agents agents (200), each hosted in a goroutine of this process
 // with a connection of its own, project the same key; per put, the time until
 // each agent's file holds it, and until all do.
-func (e *env) fanout(ctx context.Context) ([]Result, error) {
+func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 	n := orDefault(e.o.Agents, 200)
 	count := orDefault(e.o.Count, 100)
 	warm := min(2, count/10)
@@ -149,6 +149,31 @@ func (e *env) fanout(ctx context.Context) ([]Result, error) {
 	}
 	res.Note = fmt.Sprintf("%d agents as goroutines of one process, one connection each; latency over every agent and put, all = until the last agent had it; fsync=%v; RSS is the whole bench process (server included when embedded)", n, e.o.Fsync)
 	return []Result{res}, nil
+}
+
+// fanout is fanoutAgents, then the disk alone: the same number of files
+// replaced at once by plain goroutines, once the agents are stopped.
+func (e *env) fanout(ctx context.Context) ([]Result, error) {
+	out, err := e.fanoutAgents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n := orDefault(e.o.Agents, 200)
+	rounds := min(orDefault(e.o.Count, 100), 30)
+	step := e.prog.start(fmt.Sprintf("fanout: %d files replaced at once by plain goroutines (the disk alone)", n), 0)
+	walls, err := diskFanout(e.path("fanout", "disk"), n, rounds, e.o.Fsync)
+	step.done()
+	if err != nil {
+		return nil, fmt.Errorf("disk alone: %w", err)
+	}
+	how := "temp file, rename"
+	if e.o.Fsync {
+		how = "temp file, fsync, rename, folder fsync"
+	}
+	return append(out, Result{
+		Scenario: Fanout, Case: fmt.Sprintf("%d files at once, disk alone", n), Pacing: "20ms", All: summarize(walls),
+		Note: fmt.Sprintf("per round, %d goroutines of the bench process each replace one 100 B file in a folder of its own (%s); all = until the last was done", n, how),
+	}), nil
 }
 
 // stopAll stops agents in parallel.

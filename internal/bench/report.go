@@ -28,14 +28,16 @@ func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	lat := false
 	for _, res := range r.Results {
-		if res.Latency == nil {
+		if res.Latency == nil && res.All == nil {
 			continue
 		}
 		if !lat {
 			fmt.Fprintln(tw, "SCENARIO\tCASE\tPACING\tN\tP50\tP90\tP99\tMAX\tRAW P50\tRAW P90\tRAW P99\tRAW MAX\tHIST P50\tHIST P99\t")
 			lat = true
 		}
-		row(tw, res.Scenario, res.Case, res.Pacing, res.Latency, res.Raw, res.Histogram)
+		if res.Latency != nil {
+			row(tw, res.Scenario, res.Case, res.Pacing, res.Latency, res.Raw, res.Histogram)
+		}
 		if res.All != nil {
 			row(tw, res.Scenario, res.Case+" (all)", res.Pacing, res.All, nil, nil)
 		}
@@ -45,7 +47,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	cost := false
 	for _, res := range r.Results {
-		if res.Latency != nil && res.RSS == 0 {
+		if (res.Latency != nil || res.All != nil) && res.RSS == 0 {
 			continue
 		}
 		if !cost {
