@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -222,5 +223,12 @@ func TestBenchUsage(t *testing.T) {
 	}
 	if !slices.Contains(bench.Scenarios(), "fanout") {
 		t.Fatalf("Scenarios()=%v lacks fanout", bench.Scenarios())
+	}
+}
+
+// kvsync keeps no heap profile: sampling is off from init on (idle RSS).
+func TestNoHeapProfileSampling(t *testing.T) {
+	if runtime.MemProfileRate != 0 {
+		t.Fatalf("runtime.MemProfileRate=%d, want 0", runtime.MemProfileRate)
 	}
 }
