@@ -92,22 +92,11 @@ type Dir struct {
 	tmpfiles int
 	err      error // sticky: the manifest could not be written; Close and Open again
 
-	// The old contents of replaced files, under temp names or in the spare
-	// folder, are unlinked or parked as spares by a goroutine of their own:
-	// freeing an inode is the slow part of a replace, and parking one need
-	// not hold up the next batch either.
-	trash   chan []old
-	trashed sync.WaitGroup // batches sent and not yet handled
-	// spare recycles the inodes of replaced files (see spare.go); nil in
-	// snapshot mode and on file systems that do not qualify.
-	spare *spares
-}
-
-// old is the old contents of a replaced file: a temp name relative to the
-// top, or a name in the spare folder.
-type old struct {
-	name  string
-	spare bool
+	// The old contents of replaced files, under temp names, are unlinked by
+	// a goroutine of their own: freeing an inode is the slow part of a
+	// replace, and it need not hold up the next batch.
+	trash   chan []string
+	trashed sync.WaitGroup // batches sent and not yet unlinked
 }
 
 // Open opens the projection folder opts.Dir, creating it if missing. It reads the
@@ -143,7 +132,7 @@ func Open(opts Options) (*Dir, error) {
 		_ = d.closeAll() // the open error is the one to report
 		return nil, fmt.Errorf("open projection %s: %w", abs, err)
 	}
-	d.trash = make(chan []old, 16)
+	d.trash = make(chan []string, 16)
 	go d.emptyTrash(d.root, d.trash)
 	if n := tmpfileBudget(); n > 0 {
 		d.tmpfiles = n
@@ -169,17 +158,13 @@ func tmpfileBudget() int {
 	return int(min(uint64(maxTmpfiles), (lim.Cur-1024)/2))
 }
 
-// emptyTrash parks the old contents of replaced files as spares, or unlinks
-// them. A failure leaves a temp file that the next Open removes; it is logged.
-func (d *Dir) emptyTrash(root *os.Root, trash <-chan []old) {
+// emptyTrash unlinks the temp names of replaced files' old contents. A
+// failure leaves a temp file that the next Open removes; it is logged.
+func (d *Dir) emptyTrash(root *os.Root, trash <-chan []string) {
 	for olds := range trash {
 		for _, o := range olds {
-			if o.spare {
-				d.spare.park(o.name)
-				continue
-			}
-			if err := root.Remove(o.name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o.name), slog.String("error", err.Error()))
+			if err := root.Remove(o); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o), slog.String("error", err.Error()))
 			}
 		}
 		d.trashed.Done()
@@ -223,17 +208,6 @@ func (d *Dir) open() error {
 	}
 	if err := d.removeTemps(); err != nil {
 		return err
-	}
-	if !d.opts.Snapshot {
-		sf, err := d.root.OpenFile(stateDir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return fmt.Errorf("open state folder: %w", err)
-		}
-		d.spare, err = openSpares(int(sf.Fd()))
-		_ = sf.Close() // read-only descriptor
-		if err != nil {
-			return err
-		}
 	}
 	if d.opts.Snapshot {
 		if err := d.recoverSnapshot(); err != nil {
@@ -341,11 +315,6 @@ func (d *Dir) closeAll() error {
 		d.trash = nil
 	}
 	var errs []error
-	if d.spare != nil {
-		errs = append(errs, d.spare.clear())
-		d.spare.close()
-		d.spare = nil
-	}
 	if d.man != nil {
 		errs = append(errs, d.man.close())
 		d.man = nil
@@ -522,8 +491,7 @@ type put struct {
 	old   [32]byte
 	owned bool
 	tmp   string   // the temp file to rename over path, or
-	tf    *os.File // the unnamed temp file to link at path (a new file), or
-	spare string   // the spare, filled, to rename over path
+	tf    *os.File // the unnamed temp file to link at path (a new file)
 }
 
 // applyFiles is Apply in "file" mode:
@@ -536,8 +504,7 @@ type put struct {
 //     refused; a missing one is created and recorded), refuse a target that
 //     exists and is not owned (ErrForeign), and write a temp file
 //     (.kvsync-tmp-*) beside the target, with mode and owner set; in a batch,
-//     new files are unnamed temp files (O_TMPFILE) instead, and a file kvsync
-//     owns is written into a spare inode when one is ready (spare.go). Files are
+//     new files are unnamed temp files (O_TMPFILE) instead. Files are
 //     created, renamed and removed relative to an open descriptor of their
 //     folder (openat, renameat, unlinkat).
 //  4. Make 1–3 durable: one syncfs(2) for a batch, fsync of the one file (and
@@ -547,15 +514,13 @@ type put struct {
 //     leaves a file kvsync wrote but does not own.
 //  6. Link every unnamed temp file at its target (linkat(2), which fails
 //     rather than replace a file that appeared meanwhile), and rename every
-//     temp file or spare over its target. A target kvsync owns is first given
-//     a second name in the spare folder (or a temp name beside it) with
-//     linkat(2), so the rename does not free its inode: freeing it is most of
-//     a replace's cost on ext4, and is left to step 8, after the new bytes
-//     are visible.
-//  7. Fsync the touched folders and the spare folder (or syncfs(2) when
-//     there are many).
-//  8. Hand the old contents to the goroutine that parks them as spares or
-//     unlinks them while the next batch is being written.
+//     temp file over its target. A target kvsync owns is first given a
+//     second, temp name (linkat(2)), so the rename does not free its inode:
+//     freeing it is most of a replace's cost on ext4, and is left to step 8,
+//     after the new bytes are visible.
+//  7. Fsync the touched folders (or syncfs(2) when there are many).
+//  8. Hand the old contents' temp names to the goroutine that unlinks them
+//     while the next batch is being written.
 func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error) {
 	var res Result
 	paths, final := dedupe(changes)
@@ -656,10 +621,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 				tmpfiles++
 			}
 		}
-		if err == nil && w.owned && fc.spareOK(parent(w.path)) {
-			w.spare = d.spare.fill(w.data, uint32(d.opts.Mode.Perm()), d.opts.UID, d.opts.GID, single && d.opts.Fsync)
-		}
-		if err == nil && w.tf == nil && w.spare == "" {
+		if err == nil && w.tf == nil {
 			w.tmp, err = writeTemp(dirFD{dirf}, "", w.data, d.opts.Mode, d.opts.UID, d.opts.GID, single && d.opts.Fsync)
 		}
 		if err != nil {
@@ -679,7 +641,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 
 	// (5)
 	for _, w := range puts {
-		if w.tmp != "" || w.tf != nil || w.spare != "" {
+		if w.tmp != "" || w.tf != nil {
 			d.man.add(w.path, w.sum)
 		}
 	}
@@ -691,7 +653,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 	// (6)
 	clear(syncDirs)
 	undo := false
-	var olds []old
+	var olds []string
 	defer func() { // (8)
 		if len(olds) > 0 {
 			d.trashed.Add(1)
@@ -716,21 +678,15 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 			syncDirs[parent(w.path)] = true
 			continue
 		}
-		if w.tmp == "" && w.spare == "" {
+		if w.tmp == "" {
 			continue
 		}
 		if w.owned {
-			if o, ok := fc.keepOld(w.path); ok {
-				olds = append(olds, o)
+			if old := fc.keepOld(w.path); old != "" {
+				olds = append(olds, old)
 			}
 		}
-		var err error
-		if w.spare != "" {
-			err = fc.renameSpare(w.spare, w.path)
-		} else {
-			err = fc.rename(w.tmp, w.path)
-		}
-		if err != nil {
+		if err := fc.rename(w.tmp, w.path); err != nil {
 			res.fail(w.path, fmt.Errorf("rename: %w", err))
 			if w.owned {
 				d.man.add(w.path, w.old) // the file still holds the old bytes
@@ -746,16 +702,8 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 
 	// (7)
 	if d.opts.Fsync {
-		whole := len(syncDirs) > maxDirSyncs
-		if err := d.syncFolders(fc, syncDirs, whole); err != nil {
+		if err := d.syncFolders(fc, syncDirs, len(syncDirs) > maxDirSyncs); err != nil {
 			return res, err
-		}
-		if fc.spareTouched && !whole {
-			// Within one journal transaction on ext4 and XFS, and needed
-			// where there is none: the spare's name must go with its rename.
-			if err := unix.Fsync(d.spare.dir); err != nil {
-				return res, fmt.Errorf("sync %s: %w", path.Join(d.path, stateDir, spareDir), err)
-			}
 		}
 	}
 	if undo {
@@ -914,10 +862,6 @@ const maxOpenFolders = 256
 type folders struct {
 	d    *Dir
 	open map[string]*os.File
-	// sameDev caches spareOK per folder; spareTouched is set once the spare
-	// folder changed (a link or a rename), so that it is synced too.
-	sameDev      map[string]bool
-	spareTouched bool
 }
 
 func (d *Dir) folders() *folders { return &folders{d: d, open: make(map[string]*os.File)} }
@@ -1016,84 +960,36 @@ func (fc *folders) link(f *os.File, p string) error {
 	return nil
 }
 
-// keepOld gives the file at p a second name, in the spare folder when p's
-// folder can use spares, else a temp name in its folder, and reports false
-// when p is missing or the file system refuses hard links (the rename then
-// frees the old inode itself). The old contents stay reachable under it until
-// emptyTrash parks or unlinks them, so renaming over p does not free them:
-// the rename is then ~25 µs on ext4 instead of ~80 µs, and the freeing is done
-// after the new bytes are visible, off the writer's path. A crash in between
-// leaves a temp file or a spare that Open removes.
-func (fc *folders) keepOld(p string) (old, bool) {
+// keepOld gives the file at p a second name, a temp name in its folder, and
+// returns that name relative to the top (or "" when p is missing or the file
+// system refuses hard links: the rename then frees the old inode itself). The
+// old contents stay reachable under it until emptyTrash unlinks it, so
+// renaming over p does not free them: the rename is then ~25 µs on ext4
+// instead of ~80 µs, and the freeing is done after the new bytes are visible,
+// off the writer's path. A crash in between leaves a temp file that Open
+// removes.
+func (fc *folders) keepOld(p string) string {
 	f, err := fc.get(parent(p))
 	if err != nil {
-		return old{}, false
+		return ""
 	}
 	fd := int(f.Fd())
-	if fc.spareOK(parent(p)) {
-		if n := fc.d.spare.keep(fd, path.Base(p)); n != "" {
-			fc.spareTouched = true
-			return old{name: n, spare: true}, true
-		}
-	}
 	for range 3 {
-		o := tempName(parent(p))
-		switch err := unix.Linkat(fd, path.Base(p), fd, path.Base(o), 0); {
+		old := tempName(parent(p))
+		switch err := unix.Linkat(fd, path.Base(p), fd, path.Base(old), 0); {
 		case err == nil:
-			return old{name: o}, true
+			return old
 		case errors.Is(err, unix.EEXIST):
 			continue
 		default:
-			return old{}, false
+			return ""
 		}
 	}
-	return old{}, false
-}
-
-// spareOK reports whether the files of folder q can be written through
-// spares: the Dir keeps them and q is on the spare folder's device (a
-// folder below may be a mount point of its own).
-func (fc *folders) spareOK(q string) bool {
-	s := fc.d.spare
-	if s == nil || s.off.Load() {
-		return false
-	}
-	if ok, seen := fc.sameDev[q]; seen {
-		return ok
-	}
-	f, err := fc.get(q)
-	if err != nil {
-		return false
-	}
-	var st unix.Stat_t
-	ok := unix.Fstat(int(f.Fd()), &st) == nil && st.Dev == s.dev
-	if fc.sameDev == nil {
-		fc.sameDev = make(map[string]bool)
-	}
-	fc.sameDev[q] = ok
-	return ok
-}
-
-// renameSpare renames the filled spare n over p, and unlinks it if that fails.
-func (fc *folders) renameSpare(n, p string) error {
-	f, err := fc.get(parent(p))
-	if err == nil {
-		fc.spareTouched = true
-		err = unix.Renameat(fc.d.spare.dir, n, int(f.Fd()), path.Base(p))
-		if err != nil {
-			_ = unix.Unlinkat(fc.d.spare.dir, n, 0) // best effort; Open empties the folder
-			err = &fs.PathError{Op: "renameat", Path: p, Err: err}
-		}
-	}
-	return err
+	return ""
 }
 
 func (fc *folders) removeTemps(puts []*put) {
 	for _, w := range puts {
-		if w.spare != "" {
-			_ = unix.Unlinkat(fc.d.spare.dir, w.spare, 0) // best effort; Open empties the folder
-			continue
-		}
 		if w.tmp == "" {
 			continue
 		}

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 	"time"
 )
 
@@ -269,6 +271,37 @@ func TestReplaceFreesOldContents(t *testing.T) {
 			}
 			noTempNames(t, dir)
 		})
+	}
+}
+
+// TestReplacedInodeNeverReused: the inode of a replaced file is never
+// given other contents. A process that resolved the old name before the
+// replace (here an O_PATH descriptor, which no lease or open count sees) and
+// opens it afterwards reads the old bytes, never another key's value or
+// zeros, however many writes came in between, in both write paths (one
+// change, a batch).
+func TestReplacedInodeNeverReused(t *testing.T) {
+	dir := t.TempDir()
+	d := MustOpen(t, Options{Dir: dir})
+	mustApply(t, d, putc("a", "old value of a"), putc("b", "B0"))
+	fd, err := unix.Open(filepath.Join(dir, "a"), unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	mustApply(t, d, putc("a", "new value of a"))
+	d.waitTrash()
+	for i := 1; i <= 20; i++ {
+		mustApply(t, d, putc("b", fmt.Sprintf("secret of b, %d", i)))
+		mustApply(t, d, putc("b", fmt.Sprintf("B%d", i)), putc("c", fmt.Sprintf("C%d", i)))
+	}
+	d.waitTrash()
+	got, err := os.ReadFile(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		t.Skipf("cannot reopen through /proc: %v", err)
+	}
+	if string(got) != "old value of a" {
+		t.Fatalf("a late opener of the old a reads %q, want %q", got, "old value of a")
 	}
 }
 
