@@ -83,12 +83,18 @@ func TestBenchLatency(t *testing.T) {
 			t.Fatalf("%s: Pacing=%q, want %q", r.Case, got, want)
 		}
 		checkSummary(t, r.Case+" latency", r.Latency, 5)
+		if r.Case == "files, disk alone" {
+			if r.Raw != nil || r.Histogram != nil {
+				t.Fatalf("disk alone has raw or histogram figures: %+v", r)
+			}
+			continue
+		}
 		checkSummary(t, r.Case+" raw", r.Raw, 5)
 		if got, want := r.Histogram != nil, r.Case == "files"; got != want {
 			t.Fatalf("%s: histogram present=%v, want %v", r.Case, got, want)
 		}
 	}
-	if got, want := strings.Join(cases, ","), "files,template-10,template-100,env"; got != want {
+	if got, want := strings.Join(cases, ","), "files,files, disk alone,template-10,template-100,env"; got != want {
 		t.Fatalf("cases=%s, want %s", got, want)
 	}
 	files := rep.Results[0]

@@ -135,7 +135,47 @@ func (e *env) latencyCase(ctx context.Context, c latCase) ([]Result, error) {
 		}
 		out = append(out, r)
 	}
+	if c.name == "files" {
+		for _, pacing := range e.o.Pacings {
+			r, err := e.diskLatency(pacing)
+			if err != nil {
+				return out, fmt.Errorf("disk alone, pacing %v: %w", pacing, err)
+			}
+			out = append(out, r)
+		}
+	}
 	return out, nil
+}
+
+// diskLatency is the files case's disk alone: the same number of samples,
+// each one 100-byte file replaced by a plain temp file and rename (with
+// fsync of the file and the folder when the run fsyncs), at the same pacing.
+func (e *env) diskLatency(pacing time.Duration) (Result, error) {
+	count := orDefault(e.o.Count, 500)
+	dir := e.path("latency", "disk-"+pacing.String())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Result{}, err
+	}
+	step := e.prog.start(fmt.Sprintf("latency: files, disk alone pacing=%v", pacing), count)
+	defer step.done()
+	ds := make([]time.Duration, 0, count)
+	for i := 0; i < count; i++ {
+		start := time.Now()
+		if err := replace(dir, pad(fmt.Sprintf("s%08d-", i), 100), e.o.Fsync); err != nil {
+			return Result{}, err
+		}
+		ds = append(ds, time.Since(start))
+		step.set(i + 1)
+		time.Sleep(pacing)
+	}
+	how := "temp file, rename"
+	if e.o.Fsync {
+		how = "temp file, fsync, rename, folder fsync"
+	}
+	return Result{
+		Scenario: Latency, Case: "files, disk alone", Pacing: pacing.String(), Latency: summarize(ds),
+		Note: fmt.Sprintf("a plain replace of one 100 B file in the bench process on the same disk (%s), timed around the calls", how),
+	}, nil
 }
 
 // expect is what the file must hold for the pending sample.
