@@ -61,5 +61,8 @@
 // the Source's bytes (see Source), and the record lists `keys` and `tree` build
 // are pooled per template, so ranging over many keys costs no copy of a value
 // and no list allocation per render; what is left is text/template's own work
-// per action.
+// per action. A range over `keys "literal"` whose body only prints record
+// fields (`.Key`, `.Value`, `.Revision`, `.Created`, `.Op`, or the same through
+// the range's element variable) is executed directly rather than by
+// reflection, ~10× faster, with the same output and errors (fastrange.go).
 package templates

@@ -45,8 +45,9 @@ func baseFuncs() template.FuncMap {
 // binding ties the functions of one template clone to the render that is
 // using the clone. r is nil while the clone sits in the pool.
 type binding struct {
-	tmpl *template.Template
-	r    *render
+	tmpl   *template.Template
+	r      *render
+	ranges map[string]*printingRange // the template's, by marker
 }
 
 // funcs returns the key functions bound to b.
@@ -83,6 +84,9 @@ func (b *binding) keys(args ...any) (any, error) {
 		if ref, ok := args[0].(string); ok {
 			if b.r == nil {
 				return nil, errNotRendering
+			}
+			if pr, ok := b.ranges[ref]; ok {
+				return b.r.printRange(pr)
 			}
 			return b.r.keys(ref)
 		}
@@ -139,6 +143,7 @@ type render struct {
 
 	lists    *sync.Pool  // of *[]Record, the template's; nil: allocate every list
 	borrowed []*[]Record // from lists, given back by release
+	out      *limitWriter
 }
 
 // maxBorrowed is how many lists one render takes from the pool; further ones

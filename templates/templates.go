@@ -78,9 +78,10 @@ type Template struct {
 	opts Options
 	root *template.Template // parsed with unbound functions; only cloned, never executed
 
-	pool     sync.Pool    // of *binding: clones of root bound to a per-render state
-	lists    sync.Pool    // of *[]Record: the lists keys and tree return; see render.records
-	sizeHint atomic.Int64 // output size of the last successful render
+	ranges   map[string]*printingRange // by marker; see fastrange.go
+	pool     sync.Pool                 // of *binding: clones of root bound to a per-render state
+	lists    sync.Pool                 // of *[]Record: the lists keys and tree return; see render.records
+	sizeHint atomic.Int64              // output size of the last successful render
 }
 
 // Result is what one render produced and read.
@@ -99,6 +100,12 @@ type Result struct {
 // key functions (`key "a b"`) are checked here too, so a bad key name is
 // reported before any render.
 func Parse(name, text string, o Options) (*Template, error) {
+	return parseTemplate(name, text, o, true)
+}
+
+// parseTemplate is Parse; printRanges=false leaves every range to text/template (tests
+// compare both ways).
+func parseTemplate(name, text string, o Options, printRanges bool) (*Template, error) {
 	if o.DefaultBucket != "" {
 		if err := kvkey.ValidBucket(o.DefaultBucket); err != nil {
 			return nil, fmt.Errorf("parse %s: default bucket: %w", name, err)
@@ -119,6 +126,9 @@ func Parse(name, text string, o Options) (*Template, error) {
 	if err := t.checkLiterals(); err != nil {
 		return nil, fmt.Errorf("parse %s: %w", name, err)
 	}
+	if printRanges {
+		t.ranges = compileRanges(root)
+	}
 	return t, nil
 }
 
@@ -135,15 +145,20 @@ func (t *Template) Render(ctx context.Context, src Source) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	r := &render{ctx: ctx, src: src, def: t.opts.DefaultBucket, lists: &t.lists}
-	b.r = r
 	w := &limitWriter{max: t.opts.MaxOutput, ctx: ctx}
 	if h := t.sizeHint.Load(); h > 0 {
 		// Some headroom: a value that got a little longer must not make the
 		// buffer grow, which copies the whole output, near the end.
 		w.buf = make([]byte, 0, h+h/32)
 	}
+	r := &render{ctx: ctx, src: src, def: t.opts.DefaultBucket, lists: &t.lists, out: w}
+	b.r = r
 	execErr := b.tmpl.Execute(w, nil)
+	if w.err != nil {
+		// What text/template returns for a write error, also when a
+		// printing range met it (its function's error is wrapped).
+		execErr = w.err
+	}
 	b.r = nil
 	t.pool.Put(b)
 	r.release()
@@ -193,19 +208,21 @@ func (t *Template) newBinding() (*binding, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clone %s: %w", t.name, err)
 	}
-	b := &binding{}
+	b := &binding{ranges: t.ranges}
 	b.tmpl = c.Funcs(b.funcs())
 	return b, nil
 }
 
 // limitWriter buffers output and fails once more than max bytes (when max > 0)
 // would be written, or once ctx is done; text/template stops at the first
-// write error.
+// write error. The first error sticks: every later write returns it.
 type limitWriter struct {
-	buf   []byte
-	max   int64
-	ctx   context.Context
-	since int // bytes written since ctx was last checked
+	buf     []byte
+	max     int64
+	ctx     context.Context
+	since   int // bytes written since ctx was last checked
+	err     error
+	scratch [20]byte // for numbers printed by a printing range
 }
 
 // ctxCheckEvery is how many output bytes may pass between two checks of the
@@ -214,16 +231,42 @@ type limitWriter struct {
 const ctxCheckEvery = 32 << 10
 
 func (w *limitWriter) Write(p []byte) (int, error) {
-	if w.max > 0 && int64(len(w.buf))+int64(len(p)) > w.max {
-		return 0, fmt.Errorf("%w: more than %d bytes", ErrOutputTooLarge, w.max)
-	}
-	w.since += len(p)
-	if w.since >= ctxCheckEvery {
-		w.since = 0
-		if err := w.ctx.Err(); err != nil {
-			return 0, err
-		}
+	if !w.room(len(p)) {
+		return 0, w.err
 	}
 	w.buf = append(w.buf, p...)
 	return len(p), nil
+}
+
+// write and writeString are Write for a printing range.
+func (w *limitWriter) write(p []byte) {
+	if w.room(len(p)) {
+		w.buf = append(w.buf, p...)
+	}
+}
+
+func (w *limitWriter) writeString(s string) {
+	if w.room(len(s)) {
+		w.buf = append(w.buf, s...)
+	}
+}
+
+// room reports whether n more bytes may be written, and sets w.err if not.
+func (w *limitWriter) room(n int) bool {
+	if w.err != nil {
+		return false
+	}
+	if w.max > 0 && int64(len(w.buf))+int64(n) > w.max {
+		w.err = fmt.Errorf("%w: more than %d bytes", ErrOutputTooLarge, w.max)
+		return false
+	}
+	w.since += n
+	if w.since >= ctxCheckEvery {
+		w.since = 0
+		if err := w.ctx.Err(); err != nil {
+			w.err = err
+			return false
+		}
+	}
+	return true
 }
