@@ -490,8 +490,8 @@ type put struct {
 	sum   [32]byte
 	old   [32]byte
 	owned bool
-	tmp   string   // the temp file to rename over path, or
-	tf    *os.File // the unnamed temp file to link at path (a new file)
+	tmp   string // the temp file to rename over path, or
+	tf    int    // the unnamed temp file to link at path (a new file); -1: none
 }
 
 // applyFiles is Apply in "file" mode:
@@ -545,7 +545,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 		if owned && sum == old && !force[p] {
 			continue
 		}
-		puts = append(puts, &put{path: p, data: c.Data, sum: sum, old: old, owned: owned})
+		puts = append(puts, &put{path: p, data: c.Data, sum: sum, old: old, owned: owned, tf: -1})
 	}
 	if len(puts)+len(removes) == 0 {
 		return res, nil
@@ -592,8 +592,8 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 	tmpfiles := 0
 	defer func() {
 		for _, w := range puts {
-			if w.tf != nil {
-				_ = w.tf.Close() // unnamed: it goes with its descriptor
+			if w.tf >= 0 {
+				_ = unix.Close(w.tf) // unnamed: it goes with its descriptor
 			}
 		}
 	}()
@@ -615,14 +615,14 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 				continue
 			}
 		}
-		dirf, err := fc.get(parent(w.path))
+		dirfd, err := fc.get(parent(w.path))
 		if err == nil && !w.owned && !single && tmpfiles < d.tmpfiles {
-			if w.tf = d.newTmpfile(dirf, w.data); w.tf != nil {
+			if w.tf = d.newTmpfile(dirfd, w.data); w.tf >= 0 {
 				tmpfiles++
 			}
 		}
-		if err == nil && w.tf == nil {
-			w.tmp, err = writeTemp(dirFD{dirf}, "", w.data, d.opts.Mode, d.opts.UID, d.opts.GID, single && d.opts.Fsync)
+		if err == nil && w.tf < 0 {
+			w.tmp, err = writeTemp(dirfd, w.data, d.opts.Mode, d.opts.UID, d.opts.GID, single && d.opts.Fsync)
 		}
 		if err != nil {
 			res.fail(w.path, fmt.Errorf("write: %w", err))
@@ -641,7 +641,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 
 	// (5)
 	for _, w := range puts {
-		if w.tmp != "" || w.tf != nil {
+		if w.tmp != "" || w.tf >= 0 {
 			d.man.add(w.path, w.sum)
 		}
 	}
@@ -661,10 +661,10 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 		}
 	}()
 	for _, w := range puts {
-		if w.tf != nil {
+		if w.tf >= 0 {
 			err := fc.link(w.tf, w.path)
-			_ = w.tf.Close() // written, and synced with the batch when asked
-			w.tf = nil
+			_ = unix.Close(w.tf) // written, and synced with the batch when asked
+			w.tf = -1
 			if err != nil {
 				if errors.Is(err, fs.ErrExist) {
 					err = fmt.Errorf("%w (it appeared during the write)", ErrForeign)
@@ -754,11 +754,10 @@ func (d *Dir) prune(fc *folders, removed []string, keep, syncDirs map[string]boo
 // parent added to created (to be fsynced); otherwise a missing folder is an
 // fs.ErrNotExist error. checked caches results within one batch.
 //
-// Residual race: a folder swapped for a symlink between this check and the
-// moment its descriptor is opened would be followed, but only within the
-// projection folder: descriptors are opened through an os.Root (with
-// O_NOFOLLOW on the last component), and every later operation on the file is
-// relative to that descriptor.
+// A folder swapped for a symlink between this check and the moment its
+// descriptor is opened is refused then: openFolder follows no symlink
+// anywhere on the path, and every later operation on the file is relative to
+// that descriptor.
 func (d *Dir) checkParents(p string, checked map[string]error, created map[string]bool) error {
 	for i := 0; i < len(p); i++ {
 		if p[i] != '/' {
@@ -834,9 +833,9 @@ func (d *Dir) syncFolders(fc *folders, dirs map[string]bool, whole bool) error {
 		return nil
 	}
 	for q := range dirs {
-		f, err := fc.get(q)
+		fd, err := fc.get(q)
 		if err == nil {
-			err = f.Sync()
+			err = fsync(fd, q)
 		}
 		if err != nil {
 			return fmt.Errorf("sync %s: %w", path.Join(d.path, q), err)
@@ -859,51 +858,96 @@ const maxOpenFolders = 256
 // renameat, unlinkat with a bare name), which is both tighter (the folder cannot
 // be swapped between operations) and much cheaper than resolving the path
 // through os.Root again for every operation.
+//
+// The descriptors are bare (no *os.File, which costs four fcntl calls and a
+// refused epoll registration per folder).
 type folders struct {
 	d    *Dir
-	open map[string]*os.File
+	open map[string]int
 }
 
-func (d *Dir) folders() *folders { return &folders{d: d, open: make(map[string]*os.File)} }
+func (d *Dir) folders() *folders { return &folders{d: d, open: make(map[string]int)} }
 
 // get returns the open folder q ("" for the top), refusing a symlink.
-func (fc *folders) get(q string) (*os.File, error) {
+func (fc *folders) get(q string) (int, error) {
 	if q == "" {
-		return fc.d.top, nil
+		return int(fc.d.top.Fd()), nil
 	}
-	if f, ok := fc.open[q]; ok {
-		return f, nil
+	if fd, ok := fc.open[q]; ok {
+		return fd, nil
 	}
 	if len(fc.open) >= maxOpenFolders {
 		fc.close()
 	}
-	f, err := fc.d.root.OpenFile(q, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	fd, err := openFolder(int(fc.d.top.Fd()), q)
 	if err != nil {
-		return nil, err
+		return -1, err
 	}
-	fc.open[q] = f
-	return f, nil
+	fc.open[q] = fd
+	return fd, nil
 }
+
+// openFolder opens the folder q below the open top folder without following
+// a symlink anywhere on the way and without leaving the top: with one
+// openat2(2) (RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS), or, where the kernel has
+// no openat2, one openat(2) with O_NOFOLLOW per path component.
+func openFolder(top int, q string) (int, error) {
+	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := openat2(top, q, &unix.OpenHow{
+		Flags:   flags,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err == nil {
+		return fd, nil
+	}
+	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM) {
+		return -1, &fs.PathError{Op: "openat2", Path: q, Err: err}
+	}
+	// No openat2 (Linux < 5.6, or a seccomp filter that refuses it).
+	fd = top
+	for seg := range strings.SplitSeq(q, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			err = unix.EXDEV
+		} else {
+			var next int
+			if next, err = unix.Openat(fd, seg, flags, 0); err == nil {
+				if fd != top {
+					_ = unix.Close(fd) // read-only descriptor
+				}
+				fd = next
+				continue
+			}
+		}
+		if fd != top {
+			_ = unix.Close(fd) // read-only descriptor
+		}
+		return -1, &fs.PathError{Op: "openat", Path: q, Err: err}
+	}
+	return fd, nil
+}
+
+// openat2 is unix.Openat2; tests take it away.
+var openat2 = unix.Openat2
 
 // forget closes folder q, before it is removed.
 func (fc *folders) forget(q string) {
-	if f, ok := fc.open[q]; ok {
-		_ = f.Close() // read-only descriptor
+	if fd, ok := fc.open[q]; ok {
+		_ = unix.Close(fd) // read-only descriptor
 		delete(fc.open, q)
 	}
 }
 
 func (fc *folders) close() {
-	for q, f := range fc.open {
-		_ = f.Close() // read-only descriptor
+	for q, fd := range fc.open {
+		_ = unix.Close(fd) // read-only descriptor
 		delete(fc.open, q)
 	}
 }
 
 func (fc *folders) unlink(p string, flags int) error {
-	f, err := fc.get(parent(p))
+	fd, err := fc.get(parent(p))
 	if err == nil {
-		err = unix.Unlinkat(int(f.Fd()), path.Base(p), flags)
+		err = unix.Unlinkat(fd, path.Base(p), flags)
 	}
 	if err != nil {
 		return &fs.PathError{Op: "unlinkat", Path: p, Err: err}
@@ -914,11 +958,10 @@ func (fc *folders) unlink(p string, flags int) error {
 // rename renames the temp file tmp (a bare name in the folder of p) over p, and
 // removes the temp file if that fails.
 func (fc *folders) rename(tmp, p string) error {
-	f, err := fc.get(parent(p))
+	fd, err := fc.get(parent(p))
 	if err != nil {
 		return err
 	}
-	fd := int(f.Fd())
 	if err := unix.Renameat(fd, tmp, fd, path.Base(p)); err != nil {
 		_ = unix.Unlinkat(fd, tmp, 0) // best effort; Open removes leftovers
 		return &fs.PathError{Op: "renameat", Path: p, Err: err}
@@ -926,34 +969,33 @@ func (fc *folders) rename(tmp, p string) error {
 	return nil
 }
 
-// newTmpfile writes data to an unnamed temp file in folder dir (O_TMPFILE)
-// with the Dir's mode and owner, or returns nil when it cannot: the caller
-// then writes a named temp file, which reports a real error again. A file
-// system without O_TMPFILE turns it off for the Dir.
-func (d *Dir) newTmpfile(dir *os.File, data []byte) *os.File {
-	fd, err := unix.Openat(int(dir.Fd()), ".", unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+// newTmpfile writes data to an unnamed temp file in the open folder dirfd
+// (O_TMPFILE) with the Dir's mode and owner and returns its descriptor, or -1
+// when it cannot: the caller then writes a named temp file, which reports a
+// real error again. A file system without O_TMPFILE turns it off for the Dir.
+func (d *Dir) newTmpfile(dirfd int, data []byte) int {
+	fd, err := unix.Openat(dirfd, ".", unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
 			d.tmpfiles = 0
 		}
-		return nil
+		return -1
 	}
-	f := os.NewFile(uintptr(fd), "")
-	if err := fill(f, data, d.opts.Mode, d.opts.UID, d.opts.GID); err != nil {
-		_ = f.Close()
-		return nil
+	if err := fill(fd, "", data, d.opts.Mode, d.opts.UID, d.opts.GID); err != nil {
+		_ = unix.Close(fd)
+		return -1
 	}
-	return f
+	return fd
 }
 
-// link gives the unnamed temp file f the name p, which must not exist.
+// link gives the unnamed temp file fd the name p, which must not exist.
 // linkat(2) through /proc/self/fd needs no privilege, unlike AT_EMPTY_PATH.
-func (fc *folders) link(f *os.File, p string) error {
-	dirf, err := fc.get(parent(p))
+func (fc *folders) link(fd int, p string) error {
+	dirfd, err := fc.get(parent(p))
 	if err != nil {
 		return err
 	}
-	err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), int(dirf.Fd()), path.Base(p), unix.AT_SYMLINK_FOLLOW)
+	err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), dirfd, path.Base(p), unix.AT_SYMLINK_FOLLOW)
 	if err != nil {
 		return &fs.PathError{Op: "linkat", Path: p, Err: err}
 	}
@@ -969,11 +1011,10 @@ func (fc *folders) link(f *os.File, p string) error {
 // off the writer's path. A crash in between leaves a temp file that Open
 // removes.
 func (fc *folders) keepOld(p string) string {
-	f, err := fc.get(parent(p))
+	fd, err := fc.get(parent(p))
 	if err != nil {
 		return ""
 	}
-	fd := int(f.Fd())
 	for range 3 {
 		old := tempName(parent(p))
 		switch err := unix.Linkat(fd, path.Base(p), fd, path.Base(old), 0); {
@@ -993,26 +1034,8 @@ func (fc *folders) removeTemps(puts []*put) {
 		if w.tmp == "" {
 			continue
 		}
-		if f, err := fc.get(parent(w.path)); err == nil {
-			_ = unix.Unlinkat(int(f.Fd()), w.tmp, 0) // best effort; Open removes leftovers
+		if fd, err := fc.get(parent(w.path)); err == nil {
+			_ = unix.Unlinkat(fd, w.tmp, 0) // best effort; Open removes leftovers
 		}
 	}
-}
-
-// dirFD makes temp files in an open folder, for writeTemp.
-type dirFD struct{ f *os.File }
-
-func (h dirFD) OpenFile(name string, flag int, perm fs.FileMode) (*os.File, error) {
-	fd, err := unix.Openat(int(h.f.Fd()), name, flag|unix.O_CLOEXEC|unix.O_NOFOLLOW, uint32(perm.Perm()))
-	if err != nil {
-		return nil, &fs.PathError{Op: "openat", Path: name, Err: err}
-	}
-	return os.NewFile(uintptr(fd), name), nil
-}
-
-func (h dirFD) Remove(name string) error {
-	if err := unix.Unlinkat(int(h.f.Fd()), name, 0); err != nil {
-		return &fs.PathError{Op: "unlinkat", Path: name, Err: err}
-	}
-	return nil
 }

@@ -188,14 +188,14 @@ func TestDirNewFilesUnnamed(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "theirs"), []byte("operator's"), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			f := d.newTmpfile(d.top, []byte("ours"))
-			if f == nil {
+			fd := d.newTmpfile(int(d.top.Fd()), []byte("ours"))
+			if fd < 0 {
 				t.Fatal("newTmpfile failed where tmpfiles are on")
 			}
-			defer f.Close()
+			defer unix.Close(fd)
 			fc := d.folders()
 			defer fc.close()
-			if err := fc.link(f, "theirs"); !errors.Is(err, fs.ErrExist) {
+			if err := fc.link(fd, "theirs"); !errors.Is(err, fs.ErrExist) {
 				t.Fatalf("link over an existing file: %v, want ErrExist", err)
 			}
 			if got := readFile(t, filepath.Join(dir, "theirs")); got != "operator's" {
@@ -941,5 +941,62 @@ func TestDirReconcileBatches(t *testing.T) {
 		if exists(filepath.Join(dir, p)) {
 			t.Errorf("%s still exists", p)
 		}
+	}
+}
+
+// TestOpenFolder: a projection's sub-folder is opened without following a
+// symlink anywhere on its path and without leaving the top, with openat2 and
+// without it (older kernels, seccomp filters).
+func TestOpenFolder(t *testing.T) {
+	outside := t.TempDir()
+	for _, withOpenat2 := range []bool{true, false} {
+		t.Run(fmt.Sprintf("openat2=%v", withOpenat2), func(t *testing.T) {
+			if !withOpenat2 {
+				saved := openat2
+				openat2 = func(int, string, *unix.OpenHow) (int, error) { return -1, unix.ENOSYS }
+				t.Cleanup(func() { openat2 = saved })
+			}
+			dir := t.TempDir()
+			for _, q := range []string{"a/b", "real"} {
+				if err := os.MkdirAll(filepath.Join(dir, q), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for link, target := range map[string]string{"a/up": outside, "link": "real", "a/b/loop": "../b"} {
+				if err := os.Symlink(target, filepath.Join(dir, link)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			top, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(top)
+			fd, err := openFolder(top, "a/b")
+			if err != nil {
+				t.Fatalf("open a/b: %v", err)
+			}
+			var st, want unix.Stat_t
+			if err := unix.Fstat(fd, &st); err != nil {
+				t.Fatal(err)
+			}
+			_ = unix.Close(fd)
+			if err := unix.Stat(filepath.Join(dir, "a/b"), &want); err != nil {
+				t.Fatal(err)
+			}
+			if st.Ino != want.Ino || st.Dev != want.Dev {
+				t.Fatalf("openFolder(a/b) opened inode %d, want %d", st.Ino, want.Ino)
+			}
+			for _, q := range []string{"link", "a/up", "a/b/loop", "link/x", "../" + filepath.Base(outside), "nope", "a/nope"} {
+				fd, err := openFolder(top, q)
+				if err == nil {
+					_ = unix.Close(fd)
+					t.Errorf("openFolder(%q) succeeded: it must not follow a symlink or leave the top", q)
+				}
+			}
+			if _, err := openFolder(top, "nope"); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("openFolder(nope): %v, want ErrNotExist", err)
+			}
+		})
 	}
 }

@@ -197,7 +197,10 @@ func (d *Dir) applySnapshot(changes []Change, force map[string]bool) (Result, er
 			if data, ok := written[p]; ok {
 				var f *os.File
 				if f, err = d.root.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
-					err = fillFile(f, data, d.opts.Mode, d.opts.UID, d.opts.GID, false)
+					err = fill(int(f.Fd()), dst, data, d.opts.Mode, d.opts.UID, d.opts.GID)
+					if cerr := f.Close(); err == nil {
+						err = cerr
+					}
 				}
 			} else {
 				err = d.root.Link(d.cur+"/"+p, dst)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -12,6 +13,8 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // tempPrefix starts the name of every temp file kvsync creates. KeyPath rejects
@@ -104,12 +107,12 @@ func writeFile(path string, data []byte, o FileOptions, rename func(oldpath, new
 		}
 	}
 	dir := filepath.Dir(path)
-	root, err := os.OpenRoot(dir)
+	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
+		return false, fmt.Errorf("write %s: %w", path, &fs.PathError{Op: "open", Path: dir, Err: err})
 	}
-	tmp, err := writeTemp(root, "", data, o.Mode, o.UID, o.GID, o.Fsync)
-	_ = root.Close() // read-only handle; nothing to lose
+	tmp, err := writeTemp(dirfd, data, o.Mode, o.UID, o.GID, o.Fsync)
+	_ = unix.Close(dirfd) // read-only descriptor; nothing to lose
 	if err != nil {
 		return false, fmt.Errorf("write %s: %w", path, err)
 	}
@@ -156,12 +159,6 @@ func writeInPlace(path string, data []byte, o FileOptions) error {
 	return nil
 }
 
-// tempFS is where temp files are made: an *os.Root.
-type tempFS interface {
-	OpenFile(name string, flag int, perm fs.FileMode) (*os.File, error)
-	Remove(name string) error
-}
-
 // tempName returns a fresh temp file name in folder relDir ("" for the top).
 func tempName(relDir string) string {
 	n := tempPrefix + strconv.FormatUint(rand.Uint64(), 36)
@@ -171,24 +168,29 @@ func tempName(relDir string) string {
 	return relDir + "/" + n
 }
 
-// writeTemp creates a temp file in folder relDir of fsys, writes data, sets mode
-// and owner, fsyncs when sync is set, and returns its name (relative to fsys).
-// On error it leaves nothing behind.
-func writeTemp(fsys tempFS, relDir string, data []byte, mode fs.FileMode, uid, gid int, sync bool) (string, error) {
-	if mode == 0 {
-		mode = DefaultMode
-	}
+// writeTemp creates a temp file in the open folder dirfd, writes data, sets
+// mode and owner, fsyncs when sync is set, and returns its name. On error it
+// leaves nothing behind. It works on the bare descriptor (no *os.File, which
+// would cost an fcntl and a refused epoll registration per file).
+func writeTemp(dirfd int, data []byte, mode fs.FileMode, uid, gid int, sync bool) (string, error) {
 	for range 10 {
-		name := tempName(relDir)
-		f, err := fsys.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, fs.ErrExist) {
+		name := tempName("")
+		fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if errors.Is(err, unix.EEXIST) {
 			continue
 		}
 		if err != nil {
-			return "", err
+			return "", &fs.PathError{Op: "openat", Path: name, Err: err}
 		}
-		if err := fillFile(f, data, mode, uid, gid, sync); err != nil {
-			_ = fsys.Remove(name) // best effort; Open removes leftovers of ours too
+		err = fill(fd, name, data, mode, uid, gid)
+		if err == nil && sync {
+			err = fsync(fd, name)
+		}
+		if cerr := unix.Close(fd); err == nil && cerr != nil {
+			err = &fs.PathError{Op: "close", Path: name, Err: cerr}
+		}
+		if err != nil {
+			_ = unix.Unlinkat(dirfd, name, 0) // best effort; Open removes leftovers of ours too
 			return "", err
 		}
 		return name, nil
@@ -196,30 +198,62 @@ func writeTemp(fsys tempFS, relDir string, data []byte, mode fs.FileMode, uid, g
 	return "", errors.New("create temp file: too many name collisions")
 }
 
-// fillFile writes data to a fresh file, sets mode (explicitly, so the umask does
-// not narrow it) and owner, fsyncs if asked, and closes it.
-func fillFile(f *os.File, data []byte, mode fs.FileMode, uid, gid int, sync bool) error {
-	err := fill(f, data, mode, uid, gid)
-	if err == nil && sync {
-		err = f.Sync()
+// fill writes data to the fresh file fd (called name in errors) and sets
+// mode (explicitly, so the umask does not narrow it; 0 means DefaultMode) and
+// owner.
+func fill(fd int, name string, data []byte, mode fs.FileMode, uid, gid int) error {
+	for len(data) > 0 {
+		n, err := unix.Write(fd, data)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return &fs.PathError{Op: "write", Path: name, Err: err}
+		case n == 0:
+			return &fs.PathError{Op: "write", Path: name, Err: io.ErrShortWrite}
+		}
+		data = data[n:]
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if mode == 0 {
+		mode = DefaultMode
 	}
-	return err
+	if err := unix.Fchmod(fd, unixMode(mode)); err != nil {
+		return &fs.PathError{Op: "chmod", Path: name, Err: err}
+	}
+	if uid >= 0 || gid >= 0 {
+		if err := unix.Fchown(fd, uid, gid); err != nil {
+			return &fs.PathError{Op: "chown", Path: name, Err: err}
+		}
+	}
+	return nil
 }
 
-// fill writes data to a fresh file and sets mode (explicitly, so the umask
-// does not narrow it) and owner.
-func fill(f *os.File, data []byte, mode fs.FileMode, uid, gid int) error {
-	_, err := f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
+// unixMode is mode as chmod(2) takes it, as os.Chmod converts it.
+func unixMode(mode fs.FileMode) uint32 {
+	m := uint32(mode.Perm())
+	if mode&fs.ModeSetuid != 0 {
+		m |= unix.S_ISUID
 	}
-	if err == nil && (uid >= 0 || gid >= 0) {
-		err = f.Chown(uid, gid)
+	if mode&fs.ModeSetgid != 0 {
+		m |= unix.S_ISGID
 	}
-	return err
+	if mode&fs.ModeSticky != 0 {
+		m |= unix.S_ISVTX
+	}
+	return m
+}
+
+func fsync(fd int, name string) error {
+	for {
+		err := unix.Fsync(fd)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return &fs.PathError{Op: "sync", Path: name, Err: err}
+		}
+		return nil
+	}
 }
 
 // syncDir fsyncs a folder, making renames and removals in it durable.
