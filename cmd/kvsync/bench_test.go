@@ -159,10 +159,14 @@ func checkChildResult(t *testing.T, scenario string, idle bool, r bench.Result) 
 
 func TestBenchBurstRunsOneAction(t *testing.T) {
 	rep := runBench(t, "--scenario", "burst", "--keys", "20")
-	if got, want := len(rep.Results), 2; got != want {
-		t.Fatalf("%d results, want %d (no wait, wait)", got, want)
+	if got, want := len(rep.Results), 3; got != want {
+		t.Fatalf("%d results, want %d (no wait, wait, the disk alone)", got, want)
 	}
-	for i, r := range rep.Results {
+	disk := rep.Results[2]
+	if !strings.HasSuffix(disk.Case, "disk alone") || disk.Keys != 20 || disk.Wall <= 0 || disk.Unit != "files/s" || disk.Throughput <= 0 {
+		t.Fatalf("disk alone: %+v, want 20 files, a wall time and files/s", disk)
+	}
+	for i, r := range rep.Results[:2] {
 		if r.Wall <= 0 || r.Throughput <= 0 {
 			t.Fatalf("%s: Wall=%v Throughput=%v, want both positive", r.Case, r.Wall, r.Throughput)
 		}

@@ -39,14 +39,8 @@ func diskCreate(dir string, n int, fsync bool) (time.Duration, error) {
 		}
 	}
 	if fsync {
-		d, err := os.Open(dir)
-		if err != nil {
+		if err := syncfs(dir); err != nil {
 			return 0, err
-		}
-		err = unix.Syncfs(int(d.Fd()))
-		_ = d.Close() // read-only descriptor
-		if err != nil {
-			return 0, fmt.Errorf("syncfs: %w", err)
 		}
 	}
 	return time.Since(start), nil
@@ -74,7 +68,7 @@ func diskFanout(dir string, n, rounds int, fsync bool) ([]time.Duration, error) 
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs[i] = replace(d, data, fsync)
+				errs[i] = replace(d, "fan", data, fsync)
 			}()
 		}
 		wg.Wait()
@@ -89,8 +83,51 @@ func diskFanout(dir string, n, rounds int, fsync bool) ([]time.Duration, error) 
 	return out, nil
 }
 
-// replace writes data to the file "fan" in folder d by temp file and rename.
-func replace(d string, data []byte, fsync bool) error {
+// diskRewrite creates n files of 100 bytes in a fresh folder dir, then
+// replaces every one of them once in a plain loop (temp file and rename each,
+// as a batch of kvsync does), makes that durable with one syncfs(2) when fsync
+// is set, and returns how long the replacing took.
+func diskRewrite(dir string, n int, fsync bool) (time.Duration, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, err
+	}
+	name := func(i int) string { return fmt.Sprintf("k.%06d", i) }
+	for i := 0; i < n; i++ {
+		if err := os.WriteFile(filepath.Join(dir, name(i)), pad("old", 100), 0o644); err != nil {
+			return 0, err
+		}
+	}
+	data := pad("new", 100)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if err := replace(dir, name(i), data, false); err != nil {
+			return 0, err
+		}
+	}
+	if fsync {
+		if err := syncfs(dir); err != nil {
+			return 0, err
+		}
+	}
+	return time.Since(start), nil
+}
+
+// syncfs makes the whole file system of dir durable.
+func syncfs(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = unix.Syncfs(int(d.Fd()))
+	_ = d.Close() // read-only descriptor
+	if err != nil {
+		return fmt.Errorf("syncfs: %w", err)
+	}
+	return nil
+}
+
+// replace writes data to the file name in folder d by temp file and rename.
+func replace(d, name string, data []byte, fsync bool) error {
 	f, err := os.CreateTemp(d, ".tmp")
 	if err != nil {
 		return err
@@ -103,7 +140,7 @@ func replace(d string, data []byte, fsync bool) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(f.Name(), filepath.Join(d, "fan"))
+		err = os.Rename(f.Name(), filepath.Join(d, name))
 	}
 	if err != nil {
 		_ = os.Remove(f.Name())

@@ -161,7 +161,7 @@ func (e *env) diskLatency(pacing time.Duration) (Result, error) {
 	ds := make([]time.Duration, 0, count)
 	for i := 0; i < count; i++ {
 		start := time.Now()
-		if err := replace(dir, pad(fmt.Sprintf("s%08d-", i), 100), e.o.Fsync); err != nil {
+		if err := replace(dir, "fan", pad(fmt.Sprintf("s%08d-", i), 100), e.o.Fsync); err != nil {
 			return Result{}, err
 		}
 		ds = append(ds, time.Since(start))
