@@ -209,6 +209,7 @@ func (r *render) printRange(pr *printingRange) ([]struct{}, error) {
 		return nil, err
 	}
 	w := r.out
+	var num [20]byte // a printed revision
 	for i := range recs {
 		rec := &recs[i]
 		for _, p := range pr.body {
@@ -222,7 +223,7 @@ func (r *render) printRange(pr *printingRange) ([]struct{}, error) {
 			case fieldOp:
 				w.writeString(rec.Op)
 			case fieldRevision:
-				w.write(strconv.AppendUint(w.scratch[:0], rec.Revision, 10))
+				w.write(strconv.AppendUint(num[:0], rec.Revision, 10))
 			case fieldCreated:
 				w.writeString(rec.Created.String())
 			}

@@ -217,12 +217,11 @@ func (t *Template) newBinding() (*binding, error) {
 // would be written, or once ctx is done; text/template stops at the first
 // write error. The first error sticks: every later write returns it.
 type limitWriter struct {
-	buf     []byte
-	max     int64
-	ctx     context.Context
-	since   int // bytes written since ctx was last checked
-	err     error
-	scratch [20]byte // for numbers printed by a printing range
+	buf   []byte
+	max   int64
+	ctx   context.Context
+	since int // bytes written since ctx was last checked
+	err   error
 }
 
 // ctxCheckEvery is how many output bytes may pass between two checks of the
