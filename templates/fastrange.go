@@ -90,7 +90,11 @@ func compileRanges(root *template.Template) map[string]*printingRange {
 		if tm.Tree == nil || tm.Root == nil {
 			continue
 		}
-		walkRanges(tm.Root, func(rn *parse.RangeNode) {
+		walk(tm.Root, func(n parse.Node) {
+			rn, ok := n.(*parse.RangeNode)
+			if !ok {
+				return
+			}
 			arg, pr := printing(rn)
 			if pr == nil {
 				return
@@ -175,30 +179,6 @@ func printedField(p *parse.PipeNode, elem string) (rangeField, bool) {
 	}
 	f, ok := rangeFields[ident[0]]
 	return f, ok
-}
-
-// walkRanges calls fn for every range node below n, innermost first, so that
-// a range that qualifies inside one that does not is still found.
-func walkRanges(n parse.Node, fn func(*parse.RangeNode)) {
-	switch n := n.(type) {
-	case *parse.ListNode:
-		if n == nil {
-			return
-		}
-		for _, c := range n.Nodes {
-			walkRanges(c, fn)
-		}
-	case *parse.IfNode:
-		walkRanges(n.List, fn)
-		walkRanges(n.ElseList, fn)
-	case *parse.WithNode:
-		walkRanges(n.List, fn)
-		walkRanges(n.ElseList, fn)
-	case *parse.RangeNode:
-		walkRanges(n.List, fn)
-		walkRanges(n.ElseList, fn)
-		fn(n)
-	}
 }
 
 // printRange lists pr's filter, as `keys` does, and writes its body for

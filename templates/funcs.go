@@ -436,8 +436,9 @@ func (t *Template) checkLiterals() error {
 			continue
 		}
 		tree := tm.Tree
-		walk(tm.Root, func(c *parse.CommandNode) {
-			if len(c.Args) < 2 {
+		walk(tm.Root, func(n parse.Node) {
+			c, ok := n.(*parse.CommandNode)
+			if !ok || len(c.Args) < 2 {
 				return
 			}
 			id, ok := c.Args[0].(*parse.IdentifierNode)
@@ -461,27 +462,31 @@ func (t *Template) checkLiterals() error {
 	return errors.Join(errs...)
 }
 
-// walk calls fn for every command node below n.
-func walk(n parse.Node, fn func(*parse.CommandNode)) {
+// walk calls fn for n and every node below it, parents first.
+func walk(n parse.Node, fn func(parse.Node)) {
 	switch n := n.(type) {
 	case *parse.ListNode:
 		if n == nil {
 			return
 		}
+	case *parse.PipeNode:
+		if n == nil {
+			return
+		}
+	}
+	fn(n)
+	switch n := n.(type) {
+	case *parse.ListNode:
 		for _, c := range n.Nodes {
 			walk(c, fn)
 		}
 	case *parse.ActionNode:
 		walk(n.Pipe, fn)
 	case *parse.PipeNode:
-		if n == nil {
-			return
-		}
 		for _, c := range n.Cmds {
 			walk(c, fn)
 		}
 	case *parse.CommandNode:
-		fn(n)
 		for _, a := range n.Args {
 			walk(a, fn)
 		}
@@ -496,7 +501,7 @@ func walk(n parse.Node, fn func(*parse.CommandNode)) {
 	}
 }
 
-func walkBranch(b *parse.BranchNode, fn func(*parse.CommandNode)) {
+func walkBranch(b *parse.BranchNode, fn func(parse.Node)) {
 	walk(b.Pipe, fn)
 	walk(b.List, fn)
 	walk(b.ElseList, fn)
