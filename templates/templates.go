@@ -103,8 +103,8 @@ func Parse(name, text string, o Options) (*Template, error) {
 	return parseTemplate(name, text, o, true)
 }
 
-// parseTemplate is Parse; printRanges=false leaves every range to text/template (tests
-// compare both ways).
+// parseTemplate is Parse; printRanges=false leaves every range to
+// text/template (tests compare both ways).
 func parseTemplate(name, text string, o Options, printRanges bool) (*Template, error) {
 	if o.DefaultBucket != "" {
 		if err := kvkey.ValidBucket(o.DefaultBucket); err != nil {
@@ -230,14 +230,14 @@ type limitWriter struct {
 const ctxCheckEvery = 32 << 10
 
 func (w *limitWriter) Write(p []byte) (int, error) {
-	if !w.room(len(p)) {
+	if w.write(p); w.err != nil {
 		return 0, w.err
 	}
-	w.buf = append(w.buf, p...)
 	return len(p), nil
 }
 
-// write and writeString are Write for a printing range.
+// write and writeString append to the output when there is room; a printing
+// range calls them directly and looks at w.err.
 func (w *limitWriter) write(p []byte) {
 	if w.room(len(p)) {
 		w.buf = append(w.buf, p...)
