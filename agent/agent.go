@@ -280,6 +280,11 @@ type ProjectionStatus struct {
 	Rejected     []string      `json:"rejected,omitempty"`
 	LastError    string        `json:"last_error,omitempty"`
 	LastErrorAt  *time.Time    `json:"last_error_at,omitempty"`
+
+	// Safe apply: the last check of a staged output, and the revision
+	// rejected by a rollback (until a newer one goes live).
+	LastCheck  *CheckStatus    `json:"last_check,omitempty"`
+	RolledBack *RollbackStatus `json:"rolled_back,omitempty"`
 }
 
 // ActionStatus is the last run of a projection's on_change action.
@@ -297,4 +302,13 @@ type ChildStatus struct {
 	PID      int    `json:"pid"`
 	Command  string `json:"command"`
 	Restarts int    `json:"restarts"`
+
+	// Exits: how often the child exited by itself, its last exit code and
+	// when, and, with on_exit: restart, when the next start is due.
+	Exits         int        `json:"exits"`
+	ExitRestarts  int        `json:"exit_restarts"`
+	LastExitCode  *int       `json:"last_exit_code,omitempty"`
+	LastExitAt    *time.Time `json:"last_exit_at,omitempty"`
+	NextRestartAt *time.Time `json:"next_restart_at,omitempty"`
+	Backoff       string     `json:"backoff,omitempty"`
 }

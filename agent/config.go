@@ -2,8 +2,11 @@ package agent
 
 import (
 	"fmt"
+	"maps"
 	"os"
+	pathpkg "path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,16 +20,17 @@ import (
 // Config is the whole agent configuration, as read from kvsync.yaml. It is a plain
 // value: cmd/kvsync loads it (koanf), Default fills it, Validate checks it.
 type Config struct {
-	NATS      NATSConfig       `koanf:"nats"`
-	Embedded  *EmbeddedConfig  `koanf:"embedded"`
-	Buckets   []BucketConfig   `koanf:"buckets"`
-	Files     []FilesConfig    `koanf:"files"`
-	Templates []TemplateConfig `koanf:"templates"`
-	Env       []EnvConfig      `koanf:"env"`
-	Exec      *ExecConfig      `koanf:"exec"`
-	Wait      WaitConfig       `koanf:"wait"`
-	HTTP      HTTPConfig       `koanf:"http"`
-	Log       LogConfig        `koanf:"log"`
+	NATS      NATSConfig        `koanf:"nats"`
+	Embedded  *EmbeddedConfig   `koanf:"embedded"`
+	Buckets   []BucketConfig    `koanf:"buckets"`
+	Actions   map[string]Action `koanf:"actions"`
+	Files     []FilesConfig     `koanf:"files"`
+	Templates []TemplateConfig  `koanf:"templates"`
+	Env       []EnvConfig       `koanf:"env"`
+	Exec      *ExecConfig       `koanf:"exec"`
+	Wait      WaitConfig        `koanf:"wait"`
+	HTTP      HTTPConfig        `koanf:"http"`
+	Log       LogConfig         `koanf:"log"`
 }
 
 // NATSConfig says how to reach the NATS server.
@@ -97,6 +101,10 @@ type FilesConfig struct {
 	Push        PushConfig  `koanf:"push"`
 	OnChange    *Action     `koanf:"on_change"`
 	Wait        *WaitConfig `koanf:"wait"`
+
+	// Safe apply.
+	Check    *CheckConfig `koanf:"check"`
+	Rollback bool         `koanf:"rollback"`
 }
 
 // Conflict policies of PushConfig.Conflict.
@@ -127,6 +135,10 @@ type TemplateConfig struct {
 	MaxOutputSize int64       `koanf:"max_output_size"`
 	OnChange      *Action     `koanf:"on_change"`
 	Wait          *WaitConfig `koanf:"wait"`
+
+	// Safe apply.
+	Check    *CheckConfig `koanf:"check"`
+	Rollback bool         `koanf:"rollback"`
 }
 
 // EnvConfig projects keys into environment variables of the exec child and,
@@ -141,6 +153,10 @@ type EnvConfig struct {
 	Mode        string      `koanf:"mode"`
 	OnChange    *Action     `koanf:"on_change"`
 	Wait        *WaitConfig `koanf:"wait"`
+
+	// Safe apply.
+	Check    *CheckConfig `koanf:"check"`
+	Rollback bool         `koanf:"rollback"`
 }
 
 // Exec on_change values.
@@ -157,11 +173,48 @@ type ExecConfig struct {
 	Signal      string        `koanf:"signal"`
 	KillSignal  string        `koanf:"kill_signal"`
 	KillTimeout time.Duration `koanf:"kill_timeout"`
+
+	// What happens when the child exits by itself, and what it inherits.
+	OnExit         string        `koanf:"on_exit"`
+	RestartBackoff BackoffConfig `koanf:"restart_backoff"`
+	Env            ExecEnvConfig `koanf:"env"`
+}
+
+// Exec on_exit values.
+const (
+	OnExitExit             = "exit"
+	OnExitRestart          = "restart"
+	OnExitRestartOnFailure = "restart-on-failure"
+)
+
+// BackoffConfig is the delay before restarting a child that exited: Min
+// after the first exit, doubling (with jitter) up to Max.
+type BackoffConfig struct {
+	Min time.Duration `koanf:"min"`
+	Max time.Duration `koanf:"max"`
+}
+
+// ExecEnvConfig says what the exec child inherits from kvsync's own
+// environment. The projected variables are always added.
+type ExecEnvConfig struct {
+	Pristine bool              `koanf:"pristine"` // inherit nothing
+	Allow    []string          `koanf:"allow"`    // glob patterns on names; empty: every name
+	Deny     []string          `koanf:"deny"`     // glob patterns on names, applied after allow
+	Set      map[string]string `koanf:"set"`      // fixed extra variables
+}
+
+// CheckConfig is a command that tests a staged output before it goes live.
+// Every "{{.Path}}" in the arguments is replaced by the staged path.
+type CheckConfig struct {
+	Command []string      `koanf:"command"`
+	Timeout time.Duration `koanf:"timeout"`
 }
 
 // Action is what runs after a projection changed (on_change). Exactly one of
-// Signal, Command, HTTP, Restart is set.
+// Signal, Command, HTTP, Restart is set, or, for an on_change given as a
+// string, only Ref: the name of an entry of Config.Actions.
 type Action struct {
+	Ref     string        `koanf:"-"`
 	Signal  string        `koanf:"signal"`
 	PIDFile string        `koanf:"pidfile"`
 	Process string        `koanf:"process"`
@@ -170,6 +223,13 @@ type Action struct {
 	HTTP    *HTTPAction   `koanf:"http"`
 	Restart bool          `koanf:"restart"`
 	Splay   time.Duration `koanf:"splay"`
+}
+
+// UnmarshalText makes an on_change given as a string a reference to a named
+// action.
+func (a *Action) UnmarshalText(b []byte) error {
+	*a = Action{Ref: string(b)}
+	return nil
 }
 
 // HTTPAction is a webhook.
@@ -307,6 +367,30 @@ func (c *Config) Default() {
 		if c.Exec.KillTimeout == 0 {
 			c.Exec.KillTimeout = 10 * time.Second
 		}
+		if c.Exec.OnExit == "" {
+			c.Exec.OnExit = OnExitExit
+		}
+		if c.Exec.RestartBackoff.Min == 0 {
+			c.Exec.RestartBackoff.Min = time.Second
+		}
+		if c.Exec.RestartBackoff.Max == 0 {
+			c.Exec.RestartBackoff.Max = max(30*time.Second, c.Exec.RestartBackoff.Min)
+		}
+	}
+	checks := []*CheckConfig{}
+	for i := range c.Files {
+		checks = append(checks, c.Files[i].Check)
+	}
+	for i := range c.Templates {
+		checks = append(checks, c.Templates[i].Check)
+	}
+	for i := range c.Env {
+		checks = append(checks, c.Env[i].Check)
+	}
+	for _, ch := range checks {
+		if ch != nil && ch.Timeout == 0 {
+			ch.Timeout = defaultCheckTimeout
+		}
 	}
 	if c.NATS.Name == "" {
 		c.NATS.Name = "kvsync"
@@ -356,8 +440,30 @@ func (c *Config) Validate() error {
 		if a == nil {
 			return
 		}
+		if a.Ref != "" {
+			if _, ok := c.Actions[a.Ref]; !ok {
+				add(path, "%q is not defined in actions", a.Ref)
+			}
+			return
+		}
 		for _, p := range a.validate(c.Exec != nil) {
 			add(path+p.path, "%s", p.msg)
+		}
+	}
+	check := func(path string, ch *CheckConfig) {
+		if ch == nil {
+			return
+		}
+		if len(ch.Command) == 0 || ch.Command[0] == "" {
+			add(path+".command", "required")
+		}
+		if ch.Timeout < 0 {
+			add(path+".timeout", "must not be negative")
+		}
+	}
+	rollback := func(path string, on bool, a *Action) {
+		if on && a == nil {
+			add(path, "needs an on_change action (only a failed action is rolled back)")
 		}
 	}
 	wait := func(path string, w *WaitConfig) {
@@ -380,6 +486,18 @@ func (c *Config) Validate() error {
 	}
 	if c.NATS.User == "" && c.NATS.Password != "" {
 		add("nats.user", "required with nats.password")
+	}
+	for _, n := range slices.Sorted(maps.Keys(c.Actions)) {
+		p := "actions." + n
+		a := c.Actions[n]
+		switch {
+		case n == "":
+			add("actions", "an action name must not be empty")
+		case a.Ref != "":
+			add(p, "a named action must be an action, not the name %q of another", a.Ref)
+		default:
+			action(p, &a)
+		}
 	}
 	if c.Embedded != nil && c.Embedded.StoreDir == "" {
 		add("embedded.store_dir", "required")
@@ -434,6 +552,14 @@ func (c *Config) Validate() error {
 		}
 		action(p+".on_change", f.OnChange)
 		wait(p+".wait", f.Wait)
+		check(p+".check", f.Check)
+		rollback(p+".rollback", f.Rollback, f.OnChange)
+		if f.Check != nil && f.Push.Enabled {
+			add(p+".check", "does not work with push.enabled (a local edit is pushed, not checked)")
+		}
+		if f.Rollback && f.Push.Enabled {
+			add(p+".rollback", "does not work with push.enabled (a restored file would be pushed back)")
+		}
 	}
 	for i, t := range c.Templates {
 		p := fmt.Sprintf("templates[%d]", i)
@@ -464,6 +590,8 @@ func (c *Config) Validate() error {
 		}
 		action(p+".on_change", t.OnChange)
 		wait(p+".wait", t.Wait)
+		check(p+".check", t.Check)
+		rollback(p+".rollback", t.Rollback, t.OnChange)
 	}
 	for i, e := range c.Env {
 		p := fmt.Sprintf("env[%d]", i)
@@ -482,6 +610,11 @@ func (c *Config) Validate() error {
 		}
 		action(p+".on_change", e.OnChange)
 		wait(p+".wait", e.Wait)
+		check(p+".check", e.Check)
+		if e.Check != nil && e.File == "" {
+			add(p+".check", "needs file: (the check tests the env file)")
+		}
+		rollback(p+".rollback", e.Rollback, e.OnChange)
 		if e.File == "" && c.Exec == nil {
 			add(p, "an env projection needs file: or an exec: block to feed")
 		}
@@ -503,6 +636,32 @@ func (c *Config) Validate() error {
 		}
 		if x.KillTimeout < 0 {
 			add("exec.kill_timeout", "must not be negative")
+		}
+		switch x.OnExit {
+		case OnExitExit, OnExitRestart, OnExitRestartOnFailure:
+		default:
+			add("exec.on_exit", "%q is not exit, restart or restart-on-failure", x.OnExit)
+		}
+		if b := x.RestartBackoff; b.Min <= 0 || b.Max <= 0 {
+			add("exec.restart_backoff", "durations must be positive")
+		} else if b.Max < b.Min {
+			add("exec.restart_backoff.max", "%v is less than min %v", b.Max, b.Min)
+		}
+		globs := func(path string, pats []string) {
+			for j, g := range pats {
+				if _, err := pathpkg.Match(g, ""); err != nil || g == "" {
+					add(fmt.Sprintf("%s[%d]", path, j), "%q is not a valid glob pattern", g)
+				}
+			}
+		}
+		globs("exec.env.allow", x.Env.Allow)
+		globs("exec.env.deny", x.Env.Deny)
+		for _, n := range slices.Sorted(maps.Keys(x.Env.Set)) {
+			if !envNameRE(n) {
+				add("exec.env.set", "%q is not a valid environment variable name", n)
+			} else if strings.ContainsRune(x.Env.Set[n], 0) {
+				add("exec.env.set."+n, "value contains a NUL byte")
+			}
 		}
 	}
 	wait("wait", &c.Wait)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"maps"
 	"slices"
@@ -20,6 +21,16 @@ type envProjection struct {
 	o     *owner
 	vars  map[string]string
 	fopts projector.FileOptions
+
+	undo     *envUndo  // what the last change replaced, with rollback: true
+	rejected *[32]byte // the encoded vars a rollback rejected: not applied again
+}
+
+// envUndo is what an env change replaced, for a rollback.
+type envUndo struct {
+	vars map[string]string
+	file *fileUndo // nil without a file, or when the file did not change
+	sum  [32]byte  // of the encoded new vars
 }
 
 func newEnvProjection(c *EnvConfig, o *owner) (projection, error) {
@@ -27,7 +38,7 @@ func newEnvProjection(c *EnvConfig, o *owner) (projection, error) {
 	if target == "" {
 		target = "exec environment"
 	}
-	m, err := o.newMeta(c.Name, "env", target, []string{c.Bucket}, c.Wait, c.OnChange)
+	m, err := o.newMeta(c.Name, "env", target, []string{c.Bucket}, c.Wait, c.OnChange, c.Check, c.Rollback)
 	if err != nil {
 		return nil, err
 	}
@@ -82,22 +93,79 @@ func (p *envProjection) update(s *state, _ bool) (bool, error) {
 	if maps.Equal(vars, p.vars) {
 		return false, nil
 	}
-	p.vars = vars
+	encoded := projector.EncodeDotenv(vars)
+	sum := sha256.Sum256(encoded)
+	if p.rejected != nil {
+		if sum == *p.rejected {
+			return false, nil // the rolled-back set: kept out until the keys change
+		}
+		p.rejected = nil
+	}
 	if p.o.a.opts.DryRun {
+		p.vars = vars
 		p.m.logger.Info("dry run: environment changed", "vars", len(vars))
 		return true, nil
 	}
+	undo := &envUndo{vars: p.vars, sum: sum}
 	if p.cfg.File != "" {
 		start := time.Now()
-		changed, err := projector.WriteFile(p.cfg.File, projector.EncodeDotenv(vars), p.fopts)
+		fu, err := p.writeFile(encoded)
 		if err != nil {
-			p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
 			return false, err
 		}
-		if changed {
+		if fu != nil {
+			undo.file = fu
 			p.o.a.metrics.writes.WithLabelValues(p.m.name).Inc()
 			p.m.logger.Info("env file written", "file", p.cfg.File, "vars", len(vars), "took", time.Since(start))
 		}
 	}
+	p.vars = vars
+	if p.m.rollback {
+		p.undo = undo
+	}
+	return true, nil
+}
+
+// writeFile stages the env file, checks it (with check:) and puts it in
+// place. It returns what it replaced, nil when the file held data already.
+// A failed check leaves the file and the exec environment as they were.
+func (p *envProjection) writeFile(data []byte) (*fileUndo, error) {
+	st, err := projector.Stage(p.cfg.File, data, p.fopts)
+	if err != nil {
+		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
+		return nil, err
+	}
+	if st == nil {
+		return nil, nil
+	}
+	if err := checkStaged(p.o, p.m, st.Path()); err != nil {
+		if derr := st.Discard(); derr != nil {
+			p.m.logger.Warn("discard staged file", "err", derr)
+		}
+		return nil, fmt.Errorf("%s: keeping the last good env file and environment: %w", p.m.name, err)
+	}
+	old, existed := st.Previous()
+	if err := st.Commit(); err != nil {
+		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
+		return nil, err
+	}
+	return &fileUndo{old: old, existed: existed, sum: sha256.Sum256(data)}, nil
+}
+
+// rollback puts back the variables and the env file the last change
+// replaced.
+func (p *envProjection) rollback() (bool, error) {
+	u := p.undo
+	if u == nil {
+		return false, nil
+	}
+	p.undo = nil
+	if u.file != nil {
+		if err := restoreFile(p.cfg.File, u.file, p.fopts); err != nil {
+			return false, err
+		}
+	}
+	p.vars = u.vars
+	p.rejected = &u.sum
 	return true, nil
 }

@@ -30,6 +30,12 @@ type filesProjection struct {
 
 	push *pusher // push-back of local edits; nil when off
 
+	// Safe apply (check:, rollback:): see guard.
+	undo       map[string]*fileUndo  // what the last batch replaced
+	rolled     map[string]rolledMark // paths whose batch was rolled back
+	notes      map[string]string     // path -> why it differs from its key
+	notesDirty bool                  // notes must be written again
+
 	dry  bool              // --dry-run: log, write nothing
 	opts projector.Options // how to open dir (again, after a failure)
 	ctx  context.Context   // the owner's, for a pusher started late
@@ -37,11 +43,12 @@ type filesProjection struct {
 }
 
 func newFilesProjection(c *FilesConfig, o *owner) (projection, error) {
-	m, err := o.newMeta(c.Name, "files", c.Dir, []string{c.Bucket}, c.Wait, c.OnChange)
+	m, err := o.newMeta(c.Name, "files", c.Dir, []string{c.Bucket}, c.Wait, c.OnChange, c.Check, c.Rollback)
 	if err != nil {
 		return nil, err
 	}
-	p := &filesProjection{m: m, cfg: c, o: o, pending: map[string]struct{}{}, rejected: map[string]string{}, revs: map[string]uint64{}}
+	p := &filesProjection{m: m, cfg: c, o: o, pending: map[string]struct{}{}, rejected: map[string]string{}, revs: map[string]uint64{},
+		rolled: map[string]rolledMark{}, notes: map[string]string{}}
 	p.dry = o.a.opts.DryRun
 	if c.Layout == LayoutTree {
 		p.layout = projector.Tree
@@ -145,7 +152,8 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 	b := s.buckets[p.cfg.Bucket]
 	start := time.Now()
 	var res projector.Result
-	var err error
+	var err, guardErr error
+	var undo map[string]*fileUndo
 	// Server timestamps of the entries written, for the propagation
 	// histogram. A complete update (initial sync, reconcile, retry) observes
 	// only entries put since the agent started: the age of older ones says
@@ -189,7 +197,19 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 				}
 			}
 		}
-		res, err = p.dir.ReconcileSeq(want)
+		if p.guarded() {
+			all := map[string][]byte{}
+			for rel, data := range want {
+				all[rel] = data
+			}
+			all, undo, guardErr = p.guardFull(all, b)
+			if all == nil {
+				return false, guardErr
+			}
+			res, err = p.dir.ReconcileSeq(maps.All(all))
+		} else {
+			res, err = p.dir.ReconcileSeq(want)
+		}
 	} else {
 		changes := make([]projector.Change, 0, len(p.pending))
 		for k := range p.pending {
@@ -220,7 +240,25 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 			}
 			return false, nil
 		}
+		if p.guarded() {
+			changes, undo, guardErr = p.guard(changes, b)
+			if changes == nil && guardErr != nil && !errors.Is(guardErr, errCheck) {
+				return false, guardErr
+			}
+		}
 		res, err = p.dir.Apply(changes)
+	}
+	if p.m.rollback && res.Changed() {
+		done := make(map[string]*fileUndo, len(res.Written)+len(res.Removed))
+		for _, path := range slices.Concat(res.Written, res.Removed) {
+			if u, ok := undo[path]; ok {
+				done[path] = u
+			}
+		}
+		p.undo = done
+	}
+	if p.notesDirty {
+		p.writeNotes()
 	}
 	if p.push != nil {
 		p.push.afterWrite(res)
@@ -263,6 +301,9 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 		p.m.logger.Info("files updated", "written", len(res.Written), "removed", len(res.Removed), "took", time.Since(start))
 	}
 	changed := len(res.Written)+len(res.Removed) > 0
+	if guardErr != nil {
+		errs = append(errs, guardErr)
+	}
 	if len(errs) > 0 {
 		return changed, errors.Join(errs...)
 	}

@@ -22,6 +22,14 @@ type metrics struct {
 	connected   prometheus.Gauge         //
 	ready       prometheus.Gauge         //
 	propagation *prometheus.HistogramVec // projection
+
+	// Safe apply and exec supervision.
+	checks       *prometheus.CounterVec // projection, result
+	rollbacks    *prometheus.CounterVec // projection
+	rejectedRev  *prometheus.GaugeVec   // projection
+	childExits   *prometheus.CounterVec // code
+	childRestart prometheus.Counter     //
+	childBackoff prometheus.Gauge       //
 }
 
 func newMetrics() *metrics {
@@ -70,6 +78,25 @@ func newMetrics() *metrics {
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"projection"}),
 	}
+	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kvsync_checks_total", Help: "Checks of staged outputs, by result (ok, failed).",
+	}, []string{"projection", "result"})
+	m.rollbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kvsync_rollbacks_total", Help: "Batches rolled back after their action failed.",
+	}, []string{"projection"})
+	m.rejectedRev = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "kvsync_rejected_revision", Help: "Revision rolled back and not live, per projection; 0 when none.",
+	}, []string{"projection"})
+	m.childExits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kvsync_child_exits_total", Help: "Exits of the exec child by itself, by exit code.",
+	}, []string{"code"})
+	m.childRestart = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kvsync_child_exit_restarts_total", Help: "Starts of the exec child after it exited (exec.on_exit).",
+	})
+	m.childBackoff = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kvsync_child_restart_backoff_seconds", Help: "Delay before the exec child's next start after an exit; 0 while it runs.",
+	})
+	reg.MustRegister(m.checks, m.rollbacks, m.rejectedRev, m.childExits, m.childRestart, m.childBackoff)
 	reg.MustRegister(m.updates, m.writes, m.renders, m.removes, m.rejected, m.errors, m.actions, m.conflicts,
 		m.pushes, m.lastRev, m.connected, m.ready, m.propagation,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"os"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,8 +50,11 @@ type projMeta struct {
 	wait               WaitConfig
 	logger             *slog.Logger
 
-	action  *actionRunner
-	trigger chan string // cap 1: a pending action run; further triggers coalesce
+	slot     *actionSlot // the on_change action (own or named); nil without one
+	check    *checker    // the check of staged outputs; nil without one
+	rollback bool        // restore the previous output when the action fails
+	seq      uint64      // counts the updates that changed bytes
+	proj     projection  // the projection this is the meta of
 
 	dirty      bool
 	full       bool
@@ -96,6 +99,9 @@ type owner struct {
 	projs   []projection
 	watched map[string]*watcher
 	results chan actionDone
+	slots   []*actionSlot          // every action, own and named, each with a loop
+	named   map[string]*actionSlot // the named actions in use
+	fired   map[*actionSlot][]batchMember
 	exec    *execLoop
 	execFed bool // the exec loop has an environment (the child runs)
 
@@ -106,8 +112,9 @@ type owner struct {
 }
 
 type actionDone struct {
-	p   *projMeta
-	res ActionResult
+	slot    *actionSlot
+	members []batchMember
+	res     ActionResult
 }
 
 func newOwner(cfg *Config, a *Agent, js jetstream.JetStream, exec *execLoop) (*owner, error) {
@@ -115,6 +122,7 @@ func newOwner(cfg *Config, a *Agent, js jetstream.JetStream, exec *execLoop) (*o
 		a: a, cfg: cfg, js: js, logger: a.logger,
 		st: newState(js), in: newInbox(), watched: map[string]*watcher{},
 		results: make(chan actionDone, 16), exec: exec, started: time.Now(),
+		named: map[string]*actionSlot{}, fired: map[*actionSlot][]batchMember{},
 	}
 	var errs []error
 	add := func(p projection, err error) {
@@ -122,6 +130,7 @@ func newOwner(cfg *Config, a *Agent, js jetstream.JetStream, exec *execLoop) (*o
 			errs = append(errs, err)
 			return
 		}
+		p.meta().proj = p
 		o.projs = append(o.projs, p)
 	}
 	for i := range cfg.Files {
@@ -148,32 +157,60 @@ func (o *owner) waitFor(w *WaitConfig) WaitConfig {
 	return o.cfg.Wait
 }
 
-// newMeta fills the shared part of a projection and its action runner.
-func (o *owner) newMeta(name, kind, target string, buckets []string, w *WaitConfig, act *Action) (*projMeta, error) {
+// newMeta fills the shared part of a projection: its action (a named one is
+// shared with the other projections that name it), check and rollback.
+func (o *owner) newMeta(name, kind, target string, buckets []string, w *WaitConfig, act *Action, check *CheckConfig, rollback bool) (*projMeta, error) {
 	m := &projMeta{
 		name: name, kind: kind, target: target, buckets: buckets,
 		wait:    o.waitFor(w),
 		logger:  o.logger.With("projection", name),
-		trigger: make(chan string, 1),
 		retry:   firstRetry,
 	}
 	m.status = ProjectionStatus{Name: name, Kind: kind, Target: target, Buckets: buckets}
-	if act != nil && !o.a.opts.Once && !o.a.opts.DryRun {
-		var restart func(context.Context) error
-		if o.exec != nil {
-			restart = o.exec.restart
-		}
-		var opts []procOption
-		if o.a.reaper != nil {
-			opts = append(opts, enableReaper(o.a.reaper))
-		}
-		r, err := newActionRunner(*act, name, m.logger, restart, opts...)
-		if err != nil {
-			return nil, fmt.Errorf("%s: on_change: %w", name, err)
-		}
-		m.action = r
+	m.check = newChecker(check, name, m.logger, o.a.reaper)
+	m.rollback = rollback
+	if act == nil || o.a.opts.Once || o.a.opts.DryRun {
+		return m, nil
 	}
+	if act.Ref != "" {
+		if s, ok := o.named[act.Ref]; ok {
+			m.slot = s
+			return m, nil
+		}
+		named, ok := o.cfg.Actions[act.Ref]
+		if !ok {
+			return nil, fmt.Errorf("%s: on_change: %q is not defined in actions", name, act.Ref)
+		}
+		label := "actions." + act.Ref
+		r, err := o.newRunner(named, label, o.logger.With("action", act.Ref))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", label, err)
+		}
+		m.slot = newActionSlot(label, r)
+		o.named[act.Ref] = m.slot
+		o.slots = append(o.slots, m.slot)
+		return m, nil
+	}
+	r, err := o.newRunner(*act, name, m.logger)
+	if err != nil {
+		return nil, fmt.Errorf("%s: on_change: %w", name, err)
+	}
+	m.slot = newActionSlot(name, r)
+	o.slots = append(o.slots, m.slot)
 	return m, nil
+}
+
+// newRunner prepares an action; owner names it in the logs.
+func (o *owner) newRunner(act Action, owner string, logger *slog.Logger) (*actionRunner, error) {
+	var restart func(context.Context) error
+	if o.exec != nil {
+		restart = o.exec.restart
+	}
+	var opts []procOption
+	if o.a.reaper != nil {
+		opts = append(opts, enableReaper(o.a.reaper))
+	}
+	return newActionRunner(act, owner, logger, restart, opts...)
 }
 
 func (o *owner) closeAll() {
@@ -241,13 +278,13 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 		if s, ok := p.(starter); ok {
 			s.start(ctx, &o.wg)
 		}
-		if m := p.meta(); m.action != nil {
-			o.wg.Add(1)
-			go func() {
-				defer o.wg.Done()
-				o.actionLoop(ctx, m)
-			}()
-		}
+	}
+	for _, s := range o.slots {
+		o.wg.Add(1)
+		go func() {
+			defer o.wg.Done()
+			o.actionLoop(ctx, s)
+		}()
 	}
 	o.publishStatus()
 
@@ -386,9 +423,15 @@ func (o *owner) flush() (time.Time, error) {
 		if err != nil {
 			m.failed = true
 			m.setError(err)
-			if errors.Is(err, errRender) {
-				// Only a change of what it reads can fix a render: no retry.
+			if errors.Is(err, errRender) || errors.Is(err, errCheck) {
+				// Only a change of what it reads can fix a render or make
+				// a check pass: no retry. A files projection may have
+				// written the other files of the batch.
 				m.logger.Error("update", "err", err)
+				if changed {
+					o.wrote(m)
+					envChanged = envChanged || isEnv(p)
+				}
 				continue
 			}
 			m.logger.Error("update", "err", err, "retry_in", m.retry)
@@ -405,15 +448,12 @@ func (o *owner) flush() (time.Time, error) {
 			m.retry = firstRetry
 		}
 		if changed {
-			now := time.Now()
-			m.status.LastWrite = &now
-			o.triggerAction(m)
-			if _, isEnv := p.(*envProjection); isEnv {
-				envChanged = true
-			}
+			o.wrote(m)
+			envChanged = envChanged || isEnv(p)
 		}
 		o.watchWanted()
 	}
+	o.fireActions()
 	switch {
 	case o.exec == nil:
 	case !o.execFed && o.allSynced():
@@ -467,27 +507,59 @@ func (o *owner) onceResult() error {
 	return nil
 }
 
-// triggerAction asks the projection's action loop to run, coalescing with a
-// run already pending. The exec child is told through the exec loop.
-func (o *owner) triggerAction(m *projMeta) {
-	if m.action == nil {
-		return
+func isEnv(p projection) bool {
+	_, ok := p.(*envProjection)
+	return ok
+}
+
+// wrote notes that an update of m changed bytes: a new version is live, so
+// a rolled-back one is no longer what m reports, and m's action is due once
+// the whole batch is written.
+func (o *owner) wrote(m *projMeta) {
+	now := time.Now()
+	m.status.LastWrite = &now
+	m.seq++
+	if m.status.RolledBack != nil {
+		m.status.RolledBack = nil
+		o.a.metrics.rejectedRev.WithLabelValues(m.name).Set(0)
 	}
-	select {
-	case m.trigger <- m.triggerMsg:
-	default: // one run is pending already: it will see these changes too
+	if m.slot != nil {
+		o.fired[m.slot] = append(o.fired[m.slot], batchMember{m: m, seq: m.seq})
 	}
 }
 
-func (o *owner) actionLoop(ctx context.Context, m *projMeta) {
+// fireActions hands every action the projections of this batch that use it:
+// a named action shared by several runs once for all of them.
+func (o *owner) fireActions() {
+	for s, members := range o.fired {
+		whys := make([]string, 0, len(members))
+		for _, bm := range members {
+			whys = append(whys, bm.m.triggerMsg)
+		}
+		if s.label != members[0].m.name {
+			// A named action: say which projections it runs for.
+			for i, bm := range members {
+				whys[i] = bm.m.name + ": " + whys[i]
+			}
+		}
+		s.add(members, strings.Join(whys, "; "))
+		delete(o.fired, s)
+	}
+}
+
+func (o *owner) actionLoop(ctx context.Context, s *actionSlot) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case why := <-m.trigger:
-			res := m.action.Run(ctx, why)
+		case <-s.wake:
+			members, why := s.take()
+			if len(members) == 0 {
+				continue
+			}
+			res := s.runner.Run(ctx, why)
 			select {
-			case o.results <- actionDone{p: m, res: res}:
+			case o.results <- actionDone{slot: s, members: members, res: res}:
 			case <-ctx.Done():
 				return
 			}
@@ -495,6 +567,9 @@ func (o *owner) actionLoop(ctx context.Context, m *projMeta) {
 	}
 }
 
+// recordAction records an action's run on every projection it ran for and,
+// when it failed, rolls back those with rollback: true and runs the action
+// once more.
 func (o *owner) recordAction(d actionDone) {
 	r := d.res
 	st := &ActionStatus{Kind: r.Kind, Detail: r.Detail, Trigger: r.Trigger, At: r.Start, Duration: r.Duration.String()}
@@ -502,11 +577,56 @@ func (o *owner) recordAction(d actionDone) {
 	if r.Err != nil {
 		st.Error = r.Err.Error()
 		result = "error"
-		d.p.setError(fmt.Errorf("action: %w", r.Err))
-		o.a.metrics.errors.WithLabelValues(d.p.name, "action").Inc()
+		o.a.metrics.errors.WithLabelValues(d.slot.label, "action").Inc()
 	}
-	o.a.metrics.actions.WithLabelValues(d.p.name, result).Inc()
-	d.p.status.LastAction = st
+	o.a.metrics.actions.WithLabelValues(d.slot.label, result).Inc()
+	var rerun []batchMember
+	envChanged := false
+	for _, bm := range d.members {
+		m := bm.m
+		m.status.LastAction = st
+		if r.Err == nil {
+			continue
+		}
+		m.setError(fmt.Errorf("action: %w", r.Err))
+		if !m.rollback || bm.rerun || errors.Is(r.Err, context.Canceled) {
+			continue
+		}
+		if m.seq != bm.seq {
+			m.logger.Info("action failed, but a newer version is live already: not rolled back", "err", r.Err)
+			continue
+		}
+		rb, ok := m.proj.(rollbacker)
+		if !ok {
+			continue
+		}
+		restored, err := rb.rollback()
+		if err != nil {
+			m.setError(fmt.Errorf("roll back: %w", err))
+			o.a.metrics.errors.WithLabelValues(m.name, "rollback").Inc()
+			m.logger.Error("roll back after a failed action", "err", err)
+			continue
+		}
+		if !restored {
+			continue
+		}
+		m.status.RolledBack = &RollbackStatus{Revision: m.status.LastRevision, At: time.Now(), Reason: "action failed: " + r.Err.Error()}
+		o.a.metrics.rollbacks.WithLabelValues(m.name).Inc()
+		o.a.metrics.rejectedRev.WithLabelValues(m.name).Set(float64(m.status.LastRevision))
+		m.logger.Warn("action failed: previous version restored; the revision is rejected until a newer one arrives",
+			"revision", m.status.LastRevision, "err", r.Err)
+		if n, ok := m.proj.(noter); ok {
+			n.noteRollback(m.status.RolledBack)
+		}
+		envChanged = envChanged || isEnv(m.proj)
+		rerun = append(rerun, batchMember{m: m, seq: m.seq, rerun: true})
+	}
+	if envChanged && o.execFed {
+		o.exec.update(o.environ())
+	}
+	if len(rerun) > 0 {
+		d.slot.add(rerun, "rollback after a failed action")
+	}
 }
 
 // publishStatus stores a fresh snapshot for /status and sets readiness.
@@ -547,10 +667,11 @@ func (o *owner) publishStatus() {
 	o.a.status.Store(s)
 }
 
-// environ is the child's environment: kvsync's own plus every env projection,
-// in config order (a later projection wins a name both define).
+// environ is the projected part of the child's environment: every env
+// projection, in config order (a later projection wins a name both define).
+// The exec loop adds what the child inherits.
 func (o *owner) environ() []string {
-	env := os.Environ()
+	var env []string
 	for _, p := range o.projs {
 		if e, ok := p.(*envProjection); ok {
 			env = append(env, e.environ()...)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -29,6 +30,16 @@ type templateProjection struct {
 	deps     templates.Deps
 	rendered bool // deps are known
 	fopts    projector.FileOptions
+
+	undo     *fileUndo // what the last write replaced, with rollback: true
+	rejected *[32]byte // the output a rollback rejected: not written again
+}
+
+// fileUndo is what a write replaced, for a rollback.
+type fileUndo struct {
+	old     []byte
+	existed bool
+	sum     [32]byte // of the bytes written
 }
 
 func newTemplateProjection(c *TemplateConfig, o *owner) (projection, error) {
@@ -48,7 +59,7 @@ func newTemplateProjection(c *TemplateConfig, o *owner) (projection, error) {
 	if c.Bucket != "" {
 		buckets = []string{c.Bucket}
 	}
-	m, err := o.newMeta(c.Name, "template", c.Dest, buckets, c.Wait, c.OnChange)
+	m, err := o.newMeta(c.Name, "template", c.Dest, buckets, c.Wait, c.OnChange, c.Check, c.Rollback)
 	if err != nil {
 		return nil, err
 	}
@@ -103,9 +114,14 @@ func (p *templateProjection) update(s *state, _ bool) (bool, error) {
 		p.m.logger.Info("dry run: would write", "dest", p.cfg.Dest, "bytes", len(res.Output))
 		return false, nil
 	}
-	changed, err := projector.WriteFile(p.cfg.Dest, res.Output, p.fopts)
+	if p.rejected != nil {
+		if sha256.Sum256(res.Output) == *p.rejected {
+			return false, nil // the rolled-back output: kept out until the input changes
+		}
+		p.rejected = nil
+	}
+	changed, err := p.write(res.Output)
 	if err != nil {
-		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
 		return false, err
 	}
 	if changed {
@@ -113,4 +129,46 @@ func (p *templateProjection) update(s *state, _ bool) (bool, error) {
 		p.m.logger.Info("template rendered", "dest", p.cfg.Dest, "bytes", len(res.Output), "took", time.Since(start))
 	}
 	return changed, nil
+}
+
+// write stages out next to the dest, checks it (with check:), and puts it
+// in place. A failed check leaves the dest as it was.
+func (p *templateProjection) write(out []byte) (bool, error) {
+	st, err := projector.Stage(p.cfg.Dest, out, p.fopts)
+	if err != nil {
+		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
+		return false, err
+	}
+	if st == nil {
+		return false, nil // unchanged
+	}
+	if err := checkStaged(p.o, p.m, st.Path()); err != nil {
+		if derr := st.Discard(); derr != nil {
+			p.m.logger.Warn("discard staged file", "err", derr)
+		}
+		return false, fmt.Errorf("%s: keeping the last good file: %w", p.m.name, err)
+	}
+	old, existed := st.Previous()
+	if err := st.Commit(); err != nil {
+		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
+		return false, err
+	}
+	if p.m.rollback {
+		p.undo = &fileUndo{old: old, existed: existed, sum: sha256.Sum256(out)}
+	}
+	return true, nil
+}
+
+// rollback puts back what the last write replaced.
+func (p *templateProjection) rollback() (bool, error) {
+	u := p.undo
+	if u == nil {
+		return false, nil
+	}
+	p.undo = nil
+	if err := restoreFile(p.cfg.Dest, u, p.fopts); err != nil {
+		return false, err
+	}
+	p.rejected = &u.sum
+	return true, nil
 }

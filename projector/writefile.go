@@ -1,7 +1,6 @@
 package projector
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -91,52 +89,11 @@ func WriteFile(path string, data []byte, o FileOptions) (changed bool, err error
 // writeFile is WriteFile with the rename injectable, so tests can make it fail as
 // on a bind mount.
 func writeFile(path string, data []byte, o FileOptions, rename func(oldpath, newpath string) error) (bool, error) {
-	old, err := os.ReadFile(path)
-	exists := err == nil
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, fmt.Errorf("read %s: %w", path, err)
+	s, err := stage(path, data, o, rename)
+	if err != nil || s == nil {
+		return false, err
 	}
-	if exists && bytes.Equal(old, data) {
-		return false, nil
-	}
-	if o.Backup && exists {
-		bo := o
-		bo.Backup = false
-		if _, err := writeFile(path+"~", old, bo, rename); err != nil {
-			return false, fmt.Errorf("back up %s: %w", path, err)
-		}
-	}
-	dir := filepath.Dir(path)
-	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false, fmt.Errorf("write %s: %w", path, &fs.PathError{Op: "open", Path: dir, Err: err})
-	}
-	tmp, err := writeTemp(dirfd, data, o.Mode, o.UID, o.GID, o.Fsync)
-	_ = unix.Close(dirfd) // read-only descriptor; nothing to lose
-	if err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	tmpPath := filepath.Join(dir, tmp)
-	if err := rename(tmpPath, path); err != nil {
-		_ = os.Remove(tmpPath) // best effort: the rename error is the one that matters
-		if !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EXDEV) {
-			return false, fmt.Errorf("rename %s: %w", path, err)
-		}
-		if err := writeInPlace(path, data, o); err != nil {
-			return false, err
-		}
-		if o.Logger != nil && o.Warned.First(path) {
-			o.Logger.Warn("cannot replace file by rename (single-file bind mount?); writing in place, readers may see a partial file",
-				slog.String("path", path), slog.String("error", err.Error()))
-		}
-		return true, nil
-	}
-	if o.Fsync {
-		if err := syncDir(dir); err != nil {
-			return true, err
-		}
-	}
-	return true, nil
+	return true, s.Commit()
 }
 
 // writeInPlace truncates and rewrites path: the fallback when it cannot be
