@@ -153,7 +153,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	var exec *execLoop
 	if a.cfg.Exec != nil && !a.opts.Once && !a.opts.DryRun {
-		exec, err = newExecLoop(*a.cfg.Exec, a.logger, a.reaper)
+		exec, err = newExecLoop(*a.cfg.Exec, a.logger, a.reaper, a.metrics)
 		if err != nil {
 			return err
 		}

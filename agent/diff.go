@@ -60,6 +60,7 @@ type FileDiff struct {
 	Binary     bool       // one side is not text, so Patch is empty
 	Patch      string     // unified diff from the file on disk to what kvsync would write
 	Err        error      // why Status is DiffError
+	Note       string     // why the file differs on purpose: "rolled back: action failed at revision 7"
 }
 
 // Differs reports whether d is a difference between the files and the
@@ -167,6 +168,10 @@ func diffFiles(ctx context.Context, js jetstream.JetStream, c *FilesConfig) []Fi
 		}
 		return fail(fmt.Errorf("%s was projected with atomic: %s, the config says %s: the agent would refuse the folder", c.Dir, was, c.Atomic))
 	}
+	notes, err := projector.ReadNotes(c.Dir)
+	if err != nil {
+		return fail(err)
+	}
 	root, err := os.OpenRoot(c.Dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -186,7 +191,7 @@ func diffFiles(ctx context.Context, js jetstream.JetStream, c *FilesConfig) []Fi
 	var out []FileDiff
 	at := func(rel, key string) FileDiff {
 		d := base
-		d.Path, d.Key = filepath.Join(c.Dir, filepath.FromSlash(rel)), key
+		d.Path, d.Key, d.Note = filepath.Join(c.Dir, filepath.FromSlash(rel)), key, notes[rel]
 		return d
 	}
 	for _, rel := range slices.Sorted(maps.Keys(want)) {

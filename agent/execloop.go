@@ -3,6 +3,12 @@ package agent
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"path"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -12,21 +18,48 @@ import (
 // config reloads). The owner hands it the environment; it starts the child
 // after the initial sync and restarts or signals it when the environment
 // changes, once per batch.
+//
+// When the child exits by itself, exec.on_exit decides: exit (kvsync exits
+// with the child's code), restart, or restart-on-failure (restart unless the
+// code is 0). A restart waits restart_backoff: min after the first exit,
+// doubling after each further one up to max, each delay jittered to a random
+// point of its upper half, so that a fleet of crashing children does not
+// restart in step. A child that stayed up at least max resets the delay to
+// min.
 type execLoop struct {
-	cfg    ExecConfig
-	sup    *supervisor
-	logger *slog.Logger
+	cfg     ExecConfig
+	sup     *supervisor
+	logger  *slog.Logger
+	metrics *metrics
+	inherit []string      // what the child inherits of kvsync's environment
+	exit    chan int      // exit codes for the agent, per on_exit
+	now     func() time.Time
 
-	mu       sync.Mutex
-	env      []string
-	have     bool
-	started  bool
-	restarts int
-	kick     chan struct{}
+	mu        sync.Mutex
+	env       []string // the projected variables
+	have      bool
+	started   bool
+	restarts  int
+	kick      chan struct{}
+	startedAt time.Time     // when the running child was started
+	backoff   time.Duration // the next restart delay
+	exits     int
+	exitRuns  int // starts after an exit
+	lastCode  *int
+	lastExit  *time.Time
+	nextStart *time.Time
 }
 
-func newExecLoop(cfg ExecConfig, logger *slog.Logger, reaper *procReaper) (*execLoop, error) {
-	l := &execLoop{cfg: cfg, logger: logger.With("exec", cfg.Command[0]), kick: make(chan struct{}, 1)}
+func newExecLoop(cfg ExecConfig, logger *slog.Logger, reaper *procReaper, m *metrics) (*execLoop, error) {
+	if cfg.RestartBackoff.Min <= 0 {
+		cfg.RestartBackoff.Min = time.Second
+	}
+	cfg.RestartBackoff.Max = max(cfg.RestartBackoff.Max, cfg.RestartBackoff.Min)
+	l := &execLoop{
+		cfg: cfg, logger: logger.With("exec", cfg.Command[0]), kick: make(chan struct{}, 1),
+		metrics: m, exit: make(chan int, 1), now: time.Now,
+		inherit: inheritEnv(os.Environ(), cfg.Env), backoff: cfg.RestartBackoff.Min,
+	}
 	var opts []procOption
 	if reaper != nil {
 		opts = append(opts, enableReaper(reaper))
@@ -39,7 +72,47 @@ func newExecLoop(cfg ExecConfig, logger *slog.Logger, reaper *procReaper) (*exec
 	return l, nil
 }
 
-// update hands over the latest environment. The first call starts the child.
+// inheritEnv is the part of environ (NAME=value pairs) the child inherits
+// under env: nothing when pristine; else the names that match an allow
+// pattern (every name when there is none) and no deny pattern; then set.
+func inheritEnv(environ []string, env ExecEnvConfig) []string {
+	var out []string
+	if !env.Pristine {
+		for _, kv := range environ {
+			name, _, _ := strings.Cut(kv, "=")
+			if len(env.Allow) > 0 && !matchAnyGlob(env.Allow, name) {
+				continue
+			}
+			if matchAnyGlob(env.Deny, name) {
+				continue
+			}
+			out = append(out, kv)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(env.Set)) {
+		out = append(out, name+"="+env.Set[name])
+	}
+	return out
+}
+
+// matchAnyGlob reports whether name matches one of the (validated) patterns.
+func matchAnyGlob(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// environ is the child's whole environment: what it inherits, then the
+// projected variables (which win a name both define).
+func (l *execLoop) environ(projected []string) []string {
+	return append(slices.Clip(l.inherit), projected...)
+}
+
+// update hands over the latest projected variables. The first call starts
+// the child.
 func (l *execLoop) update(env []string) {
 	l.mu.Lock()
 	l.env, l.have = env, true
@@ -50,7 +123,9 @@ func (l *execLoop) update(env []string) {
 	}
 }
 
-func (l *execLoop) exited() <-chan int { return l.sup.Exited() }
+// exited delivers the exit code of a child that exited by itself and is not
+// restarted (exec.on_exit): the agent exits with it.
+func (l *execLoop) exited() <-chan int { return l.exit }
 
 // restart is the {restart: true} action.
 func (l *execLoop) restart(ctx context.Context) error {
@@ -60,11 +135,12 @@ func (l *execLoop) restart(ctx context.Context) error {
 	if !started {
 		return nil // it starts with the current files anyway
 	}
-	if err := l.sup.Restart(ctx, env); err != nil {
+	if err := l.sup.Restart(ctx, l.environ(env)); err != nil {
 		return err
 	}
 	l.mu.Lock()
 	l.restarts++
+	l.startedAt = l.now()
 	l.mu.Unlock()
 	return nil
 }
@@ -72,7 +148,45 @@ func (l *execLoop) restart(ctx context.Context) error {
 func (l *execLoop) status() *ChildStatus {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return &ChildStatus{PID: l.sup.PID(), Command: strings.Join(l.cfg.Command, " "), Restarts: l.restarts}
+	st := &ChildStatus{
+		PID: l.sup.PID(), Command: strings.Join(l.cfg.Command, " "), Restarts: l.restarts,
+		Exits: l.exits, ExitRestarts: l.exitRuns, LastExitCode: l.lastCode, LastExitAt: l.lastExit,
+		NextRestartAt: l.nextStart,
+	}
+	if l.cfg.OnExit != OnExitExit && l.cfg.OnExit != "" {
+		st.Backoff = l.backoff.String()
+	}
+	return st
+}
+
+// childExited handles an exit of the child by itself. It returns the delay
+// before the next start, or false when kvsync exits with code instead.
+func (l *execLoop) childExited(code int) (time.Duration, bool) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.exits++
+	l.lastCode, l.lastExit = &code, &now
+	l.metrics.childExits.WithLabelValues(strconv.Itoa(code)).Inc()
+	switch {
+	case l.cfg.OnExit == OnExitRestart:
+	case l.cfg.OnExit == OnExitRestartOnFailure && code != 0:
+	default:
+		return 0, false
+	}
+	b := l.cfg.RestartBackoff
+	if now.Sub(l.startedAt) >= b.Max {
+		l.backoff = b.Min // it ran well for a while: this is not a crash loop
+	}
+	d := l.backoff
+	l.backoff = min(2*l.backoff, b.Max)
+	if half := d / 2; half > 0 {
+		d = half + rand.N(d-half+1)
+	}
+	next := now.Add(d)
+	l.nextStart = &next
+	l.metrics.childBackoff.Set(d.Seconds())
+	return d, true
 }
 
 // run starts, restarts and finally stops the child. On return the child is gone.
@@ -87,35 +201,63 @@ func (l *execLoop) run(ctx context.Context) {
 			l.logger.Error("stop child", "err", err)
 		}
 	}()
+	var restartC <-chan time.Time // set while a restart after an exit is due
+	var restartT *time.Timer
+	defer func() {
+		if restartT != nil {
+			restartT.Stop()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case code := <-l.sup.Exited():
+			d, again := l.childExited(code)
+			if !again {
+				select {
+				case l.exit <- code:
+				default:
+				}
+				continue
+			}
+			l.logger.Warn("exec child exited; restarting it after a delay", "exit_code", code, "delay", d, "on_exit", l.cfg.OnExit)
+			restartT = time.NewTimer(d)
+			restartC = restartT.C
+			continue
+		case <-restartC:
+			restartC = nil
+			l.startAfterExit()
+			continue
 		case <-l.kick:
 		}
 		l.mu.Lock()
 		env, started := l.env, l.started
 		l.mu.Unlock()
 		if !started {
-			if err := l.sup.Start(env); err != nil {
+			if err := l.sup.Start(l.environ(env)); err != nil {
 				l.logger.Error("start child", "err", err)
 				continue
 			}
 			l.mu.Lock()
-			l.started = true
+			l.started, l.startedAt = true, l.now()
 			l.mu.Unlock()
 			l.logger.Info("child started", "pid", l.sup.PID())
 			continue
 		}
+		if restartC != nil {
+			continue // the restart after the exit takes the new environment
+		}
 		switch l.cfg.OnChange {
 		case ExecRestart:
 			old := l.sup.PID()
-			if err := l.sup.Restart(ctx, env); err != nil {
+			if err := l.sup.Restart(ctx, l.environ(env)); err != nil {
 				l.logger.Error("restart child", "err", err)
 				continue
 			}
 			l.mu.Lock()
 			l.restarts++
+			l.startedAt = l.now()
 			l.mu.Unlock()
 			l.logger.Info("child restarted: environment changed", "old_pid", old, "pid", l.sup.PID())
 		case ExecSignal:
@@ -129,4 +271,33 @@ func (l *execLoop) run(ctx context.Context) {
 			l.logger.Info("environment changed; exec.on_change is none, child keeps its environment")
 		}
 	}
+}
+
+// startAfterExit starts the child again after an exit (exec.on_exit). A
+// child that cannot start counts as an exit with code -1 and is tried again
+// after the next delay.
+func (l *execLoop) startAfterExit() {
+	l.mu.Lock()
+	env := l.env
+	l.nextStart = nil
+	l.mu.Unlock()
+	l.metrics.childBackoff.Set(0)
+	if l.sup.PID() != 0 {
+		return // a restart action started it already
+	}
+	err := l.sup.Start(l.environ(env))
+	l.mu.Lock()
+	l.exitRuns++
+	l.startedAt = l.now()
+	l.mu.Unlock()
+	l.metrics.childRestart.Inc()
+	if err != nil {
+		l.logger.Error("start child after its exit", "err", err)
+		select {
+		case l.sup.exited <- -1:
+		default:
+		}
+		return
+	}
+	l.logger.Info("child started again after its exit", "pid", l.sup.PID())
 }
