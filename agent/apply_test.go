@@ -450,3 +450,149 @@ func TestInheritEnv(t *testing.T) {
 		})
 	}
 }
+
+// execCfg is an env projection of bucket "flags" feeding an exec child.
+func execCfg(url string, argv ...string) *Config {
+	cfg := Default()
+	cfg.NATS.URL = url
+	cfg.HTTP.Listen = ""
+	cfg.Env = []EnvConfig{{Name: "flags", Bucket: "flags", Prefix: "F_"}}
+	cfg.Exec = &ExecConfig{Command: argv, KillTimeout: 2 * time.Second}
+	return &cfg
+}
+
+func TestExecCrashLoopRestartsWithGrowingDelays(t *testing.T) {
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
+	starts := filepath.Join(t.TempDir(), "starts")
+	cfg := execCfg(s.ClientURL(), "/bin/sh", "-c", `date +%s%N >> "$0"; exit 3`, starts)
+	cfg.Exec.OnExit = OnExitRestart
+	cfg.Exec.RestartBackoff = BackoffConfig{Min: 50 * time.Millisecond, Max: 400 * time.Millisecond}
+	put(t, kv, "x", "1")
+	a := startAgent(t, cfg, Options{})
+	waitFor(t, 20*time.Second, func() error {
+		if n := countLines(t, starts); n < 5 {
+			return fmt.Errorf("%d starts", n)
+		}
+		return nil
+	})
+	b, err := os.ReadFile(starts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var at []time.Duration
+	for _, l := range strings.Fields(string(b)) {
+		var ns int64
+		if _, err := fmt.Sscan(l, &ns); err != nil {
+			t.Fatal(err)
+		}
+		at = append(at, time.Duration(ns))
+	}
+	// Delays double from 50ms up to 400ms, each jittered into its upper
+	// half: the fourth is at least 200ms, four times the first's maximum.
+	if gap := at[4] - at[3]; gap < 200*time.Millisecond {
+		t.Errorf("fourth restart after %v, want at least 200ms (starts %v)", gap, at)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		c := a.Status().Child
+		if c == nil || c.Exits < 4 || c.ExitRestarts < 4 || c.LastExitCode == nil || *c.LastExitCode != 3 || c.LastExitAt == nil || c.Backoff != "400ms" {
+			return fmt.Errorf("child status %+v", c)
+		}
+		return nil
+	})
+	_, body, err := httpGet(a.url + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, field := range []string{`"exits"`, `"exit_restarts"`, `"last_exit_code": 3`, `"backoff": "400ms"`} {
+		if !strings.Contains(body, field) {
+			t.Errorf("/status lacks %s:\n%s", field, body)
+		}
+	}
+	metricHas(t, a.url, `kvsync_child_exits_total{code="3"}`)
+}
+
+func TestExecBackoffResetsAfterAGoodRun(t *testing.T) {
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
+	starts := filepath.Join(t.TempDir(), "starts")
+	// Each child stays up longer than the backoff's max.
+	cfg := execCfg(s.ClientURL(), "/bin/sh", "-c", `echo >> "$0"; /bin/sleep 0.3; exit 1`, starts)
+	cfg.Exec.OnExit = OnExitRestartOnFailure
+	cfg.Exec.RestartBackoff = BackoffConfig{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond}
+	put(t, kv, "x", "1")
+	a := startAgent(t, cfg, Options{})
+	waitFor(t, 20*time.Second, func() error {
+		c := a.Status().Child
+		if c == nil || c.Exits < 3 {
+			return fmt.Errorf("child status %+v", c)
+		}
+		return nil
+	})
+	if c := a.Status().Child; c.Backoff != "40ms" {
+		t.Errorf("backoff %s after exits of children that ran past max, want 40ms (the first step again)", c.Backoff)
+	}
+}
+
+func TestExecRestartOnFailureExitsOnSuccess(t *testing.T) {
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
+	cfg := execCfg(s.ClientURL(), "/bin/sh", "-c", "exit 0")
+	cfg.Exec.OnExit = OnExitRestartOnFailure
+	cfg.Default()
+	put(t, kv, "x", "1")
+	a, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var ce *ChildExit
+	if err := a.Run(ctx); !errors.As(err, &ce) || ce.Code != 0 {
+		t.Fatalf("Run = %v, want the child's exit 0", err)
+	}
+}
+
+func TestExecEnvPristineAndDeny(t *testing.T) {
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
+	t.Setenv("KVSYNC_APPLY_SECRET", "s3cret")
+	put(t, kv, "x", "on")
+	for _, tc := range []struct {
+		name    string
+		env     ExecEnvConfig
+		want    []string
+		notWant []string
+	}{
+		{"pristine", ExecEnvConfig{Pristine: true, Set: map[string]string{"FIXED": "1"}},
+			[]string{"F_X=on", "FIXED=1"}, []string{"KVSYNC_APPLY_SECRET", "PATH=", "HOME="}},
+		{"deny", ExecEnvConfig{Deny: []string{"KVSYNC_APPLY_*"}},
+			[]string{"F_X=on", "PATH="}, []string{"KVSYNC_APPLY_SECRET"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "env")
+			cfg := execCfg(s.ClientURL(), "/bin/sh", "-c", `/usr/bin/env > "$0.tmp" && mv "$0.tmp" "$0"; exec /bin/sleep 60`, out)
+			cfg.Exec.Env = tc.env
+			startAgent(t, cfg, Options{})
+			waitFor(t, 10*time.Second, func() error {
+				_, err := os.Stat(out)
+				return err
+			})
+			b, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vars := "\n" + string(b)
+			for _, w := range tc.want {
+				if !strings.Contains(vars, "\n"+w) {
+					t.Errorf("child env lacks %s:\n%s", w, b)
+				}
+			}
+			for _, w := range tc.notWant {
+				if strings.Contains(vars, "\n"+w) {
+					t.Errorf("child env has %s:\n%s", w, b)
+				}
+			}
+		})
+	}
+}

@@ -29,6 +29,7 @@ type diffJSON struct {
 	Binary     bool   `json:"binary,omitempty"`
 	Diff       string `json:"diff,omitempty"`
 	Error      string `json:"error,omitempty"`
+	Note       string `json:"note,omitempty"`
 }
 
 // Run implements command.
@@ -103,7 +104,7 @@ func writeDiffJSON(w io.Writer, diffs []agent.FileDiff, inSync bool) error {
 	for _, d := range diffs {
 		j := diffJSON{
 			Projection: d.Projection, Kind: d.Kind, Path: d.Path, Bucket: d.Bucket, Key: d.Key,
-			Status: string(d.Status), Binary: d.Binary, Diff: d.Patch,
+			Status: string(d.Status), Binary: d.Binary, Diff: d.Patch, Note: d.Note,
 		}
 		if d.Err != nil {
 			j.Error = d.Err.Error()
@@ -139,6 +140,9 @@ func writeDiffText(w io.Writer, diffs []agent.FileDiff, differs int, quiet bool)
 		switch {
 		case d.Status == agent.DiffError:
 			fmt.Fprintf(&b, ": %v", d.Err)
+		case d.Note != "":
+			// Why the agent keeps it so: a rolled-back batch.
+			b.WriteString(": " + d.Note)
 		case d.Status == agent.DiffForeign && d.Key != "":
 			b.WriteString(": not written by kvsync, would not be overwritten")
 		case d.Status == agent.DiffForeign:
