@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -158,6 +159,10 @@ type supervisor struct {
 	mu      sync.Mutex // guards cur and stopped
 	cur     *supervisedChild
 	stopped bool
+
+	// terminating is set once SIGINT, SIGTERM or SIGQUIT was forwarded: the
+	// child's exit that follows ends kvsync, whatever exec.on_exit says.
+	terminating atomic.Bool
 }
 
 // supervisedChild is one generation of the exec child.
@@ -312,6 +317,9 @@ func (s *supervisor) forward(ctx context.Context, sigs <-chan os.Signal) {
 				return
 			}
 			pid := s.PID()
+			if ssig == syscall.SIGINT || ssig == syscall.SIGTERM || ssig == syscall.SIGQUIT {
+				s.terminating.Store(true)
+			}
 			err := s.Signal(ssig)
 			<-s.ops
 			if err != nil {

@@ -25,14 +25,15 @@ import (
 // doubling after each further one up to max, each delay jittered to a random
 // point of its upper half, so that a fleet of crashing children does not
 // restart in step. A child that stayed up at least max resets the delay to
-// min.
+// min. Once kvsync forwarded SIGINT, SIGTERM or SIGQUIT to the child, its
+// exit ends kvsync whatever on_exit says: `docker stop` must stop it.
 type execLoop struct {
 	cfg     ExecConfig
 	sup     *supervisor
 	logger  *slog.Logger
 	metrics *metrics
-	inherit []string      // what the child inherits of kvsync's environment
-	exit    chan int      // exit codes for the agent, per on_exit
+	inherit []string // what the child inherits of kvsync's environment
+	exit    chan int // exit codes for the agent, per on_exit
 	now     func() time.Time
 
 	mu        sync.Mutex
@@ -169,6 +170,8 @@ func (l *execLoop) childExited(code int) (time.Duration, bool) {
 	l.lastCode, l.lastExit = &code, &now
 	l.metrics.childExits.WithLabelValues(strconv.Itoa(code)).Inc()
 	switch {
+	case l.sup.terminating.Load():
+		return 0, false // kvsync was told to stop: the child's exit ends it
 	case l.cfg.OnExit == OnExitRestart:
 	case l.cfg.OnExit == OnExitRestartOnFailure && code != 0:
 	default:

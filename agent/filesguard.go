@@ -44,14 +44,6 @@ func (k rolledMark) matches(c projector.Change) bool {
 	return !k.removal && sha256.Sum256(c.Data) == k.rejected
 }
 
-// keep is the change that keeps the restored state instead.
-func (k rolledMark) keep(path string) projector.Change {
-	if k.existed {
-		return projector.Change{Path: path, Data: k.old}
-	}
-	return projector.Change{Path: path, Remove: true}
-}
-
 // guarded reports whether batches go through guard.
 func (p *filesProjection) guarded() bool { return p.m.check != nil || p.m.rollback }
 

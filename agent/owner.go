@@ -162,9 +162,9 @@ func (o *owner) waitFor(w *WaitConfig) WaitConfig {
 func (o *owner) newMeta(name, kind, target string, buckets []string, w *WaitConfig, act *Action, check *CheckConfig, rollback bool) (*projMeta, error) {
 	m := &projMeta{
 		name: name, kind: kind, target: target, buckets: buckets,
-		wait:    o.waitFor(w),
-		logger:  o.logger.With("projection", name),
-		retry:   firstRetry,
+		wait:   o.waitFor(w),
+		logger: o.logger.With("projection", name),
+		retry:  firstRetry,
 	}
 	m.status = ProjectionStatus{Name: name, Kind: kind, Target: target, Buckets: buckets}
 	m.check = newChecker(check, name, m.logger, o.a.reaper)

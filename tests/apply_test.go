@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -162,4 +163,27 @@ files:
 		return nil
 	})
 	ag.alive(t)
+}
+
+func TestExecRestartStillStopsOnSIGTERM(t *testing.T) {
+	s := startServer(t)
+	createBucket(t, jetStream(t, s), "flags", 1)
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "up")
+	// The child crashes once (exit 5), is restarted, and then exits 3 on
+	// the SIGTERM kvsync forwards: kvsync must exit with that 3, not restart it.
+	cfg := writeAgentConfig(t, s.ClientURL(), "", fmt.Sprintf(`
+env:
+  - {name: flags, bucket: flags}
+exec:
+  command: ["sh", "-c", "trap 'exit 3' TERM; echo up >> %s; [ $(wc -l < %s) -eq 1 ] && exit 5; while :; do sleep 0.05; done"]
+  on_exit: restart
+  restart_backoff: {min: 10ms, max: 100ms}
+  kill_timeout: 5s
+`, marker, marker))
+	p := startKvsync(t, run{args: []string{"run", "-c", cfg}})
+	fileHolds(t, marker, "up\nup\n", 10*time.Second)
+	if code := p.stop(t, syscall.SIGTERM, 10*time.Second); code != 3 {
+		t.Fatalf("kvsync exit %d, want the child's 3; stderr:\n%s", code, p.stderr.String())
+	}
 }
