@@ -52,7 +52,7 @@ func newMetrics() *metrics {
 			Name: "kvsync_rejected_keys_total", Help: "Keys refused because they would escape the projection or are not valid names.",
 		}, []string{"projection", "reason"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kvsync_errors_total", Help: "Errors by projection and kind (write, render, action, env, push).",
+			Name: "kvsync_errors_total", Help: "Errors by projection and kind (write, render, check, action, rollback, env, push).",
 		}, []string{"projection", "kind"}),
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvsync_actions_total", Help: "on_change actions run, by result (ok, error).",
