@@ -108,6 +108,7 @@ type rollbacker interface {
 // runs once for every projection written in one batch.
 type actionSlot struct {
 	label  string // the projection's name, or "actions.NAME"
+	named  bool   // an entry of actions:, shared by the projections naming it
 	runner *actionRunner
 	wake   chan struct{} // cap 1
 
@@ -123,8 +124,8 @@ type batchMember struct {
 	rerun bool   // the run after a rollback: its failure rolls nothing back
 }
 
-func newActionSlot(label string, r *actionRunner) *actionSlot {
-	return &actionSlot{label: label, runner: r, wake: make(chan struct{}, 1)}
+func newActionSlot(label string, named bool, r *actionRunner) *actionSlot {
+	return &actionSlot{label: label, named: named, runner: r, wake: make(chan struct{}, 1)}
 }
 
 // add queues members (replacing older entries of the same projection) and

@@ -8,7 +8,10 @@
 // its state and marks the projections whose keys changed; once a projection's
 // quiescence has passed it is updated, through the projector package for the
 // bytes on disk and the templates package for rendering, and its on_change
-// action runs in a goroutine of its own, once per batch.
+// action runs in a goroutine of its own, once per batch (a named action shared
+// by several projections once for all of them, after all are written). With
+// check: a new version is staged and tested first (apply.go, filesguard.go);
+// with rollback: a batch whose action failed gets its previous bytes back.
 //
 // Nothing is written before a bucket's initial sync is complete, so an empty
 // or restarting server never blanks a file; files are removed only on explicit

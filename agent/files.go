@@ -48,7 +48,10 @@ func newFilesProjection(c *FilesConfig, o *owner) (projection, error) {
 		return nil, err
 	}
 	p := &filesProjection{m: m, cfg: c, o: o, pending: map[string]struct{}{}, rejected: map[string]string{}, revs: map[string]uint64{},
-		rolled: map[string]rolledMark{}, notes: map[string]string{}}
+		rolled: map[string]rolledMark{}, notes: map[string]string{},
+		// Rollbacks are remembered in memory only: the notes of an earlier
+		// run are stale and go at the first update.
+		notesDirty: c.Rollback}
 	p.dry = o.a.opts.DryRun
 	if c.Layout == LayoutTree {
 		p.layout = projector.Tree

@@ -186,7 +186,7 @@ func (o *owner) newMeta(name, kind, target string, buckets []string, w *WaitConf
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", label, err)
 		}
-		m.slot = newActionSlot(label, r)
+		m.slot = newActionSlot(label, true, r)
 		o.named[act.Ref] = m.slot
 		o.slots = append(o.slots, m.slot)
 		return m, nil
@@ -195,7 +195,7 @@ func (o *owner) newMeta(name, kind, target string, buckets []string, w *WaitConf
 	if err != nil {
 		return nil, fmt.Errorf("%s: on_change: %w", name, err)
 	}
-	m.slot = newActionSlot(name, r)
+	m.slot = newActionSlot(name, false, r)
 	o.slots = append(o.slots, m.slot)
 	return m, nil
 }
@@ -536,8 +536,8 @@ func (o *owner) fireActions() {
 		for _, bm := range members {
 			whys = append(whys, bm.m.triggerMsg)
 		}
-		if s.label != members[0].m.name {
-			// A named action: say which projections it runs for.
+		if s.named {
+			// Say which projections it runs for.
 			for i, bm := range members {
 				whys[i] = bm.m.name + ": " + whys[i]
 			}
