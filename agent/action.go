@@ -67,6 +67,11 @@ type actionRunner struct {
 	restart func(ctx context.Context) error
 	reaper  *procReaper
 	client  *http.Client
+
+	// reapGroup: once the command exited, kill what is left of its process
+	// group and wait for the whole output. Checks set it: their output is
+	// the diagnosis, and a check has no business leaving a daemon behind.
+	reapGroup bool
 }
 
 // newActionRunner checks a (already validated) and prepares it. owner names
@@ -291,9 +296,16 @@ func (r *actionRunner) command(ctx context.Context) (detail, output string, err 
 				fmt.Errorf("run %s: %w; pid %d still running %v after SIGKILL", line, cut, p.pid, killWait)
 		}
 	}
+	grace := commandOutputGrace
+	if r.reapGroup {
+		if kerr := killGroup(p.pid, syscall.SIGKILL); kerr != nil {
+			r.logger.Warn("kill what the command left running", "command", line, "err", kerr)
+		}
+		grace = killWait
+	}
 	select {
 	case <-readDone:
-	case <-time.After(commandOutputGrace):
+	case <-time.After(grace):
 	}
 	output = tail.String()
 

@@ -74,7 +74,7 @@ func (c *checker) run(ctx context.Context, path string) (CheckStatus, error) {
 	if timeout <= 0 {
 		timeout = defaultCheckTimeout
 	}
-	r := &actionRunner{a: Action{Command: argv, Timeout: timeout}, kind: actionCommand, owner: c.owner, logger: c.logger, reaper: c.reaper}
+	r := &actionRunner{a: Action{Command: argv, Timeout: timeout}, kind: actionCommand, owner: c.owner, logger: c.logger, reaper: c.reaper, reapGroup: true}
 	st := CheckStatus{At: time.Now(), Command: commandLine(argv), Path: path}
 	detail, output, err := r.command(ctx)
 	st.Detail, st.Output = strings.TrimPrefix(detail, st.Command+": "), output
