@@ -596,3 +596,43 @@ func TestExecEnvPristineAndDeny(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkOwnerSafeApply is one put through a files projection (no fsync)
+// and through a template, plain, with rollback: (the replaced bytes are read
+// first) and with a check that runs /bin/true (a process per changed file).
+func BenchmarkOwnerSafeApply(b *testing.B) {
+	for _, kind := range []string{"files", "template"} {
+		for _, mode := range []string{"plain", "rollback", "check"} {
+			b.Run(kind+"/"+mode, func(b *testing.B) {
+				cfg := benchFilesConfig(b.TempDir(), false)
+				if kind == "template" {
+					cfg.Files = nil
+					cfg.Templates = []TemplateConfig{{Name: "t", Bucket: "b", Dest: filepath.Join(b.TempDir(), "out"), Text: `{{ key "k.000000" }}`}}
+				}
+				var check *CheckConfig
+				rollback := mode == "rollback"
+				if mode == "check" {
+					check = &CheckConfig{Command: []string{"/bin/true", "{{.Path}}"}}
+				}
+				act := &Action{Command: []string{"/bin/true"}}
+				if kind == "files" {
+					cfg.Files[0].Check, cfg.Files[0].Rollback, cfg.Files[0].OnChange = check, rollback, act
+				} else {
+					cfg.Templates[0].Check, cfg.Templates[0].Rollback, cfg.Templates[0].OnChange = check, rollback, act
+				}
+				o := benchOwner(b, cfg)
+				syncBucket(b, o, "b", 100)
+				vals := [][]byte{[]byte("value one"), []byte("value two")}
+				rev := uint64(1000)
+				b.ReportAllocs()
+				for i := 0; b.Loop(); i++ {
+					rev++
+					o.handle(event{bucket: "b", key: "k.000000", op: OpPut, value: vals[i%2], rev: rev, created: time.Now()})
+					if _, err := o.flush(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
