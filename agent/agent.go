@@ -62,6 +62,9 @@ type Agent struct {
 	exec   atomic.Pointer[execLoop] // the exec child's loop, when there is one
 	ready  atomic.Bool
 	conn   atomic.Bool
+
+	refusals *Refusals // permissions the server refused (conn.go)
+	link     link      // whether the server is still heard from (conn.go)
 }
 
 // New checks cfg and returns an agent. It does no I/O.
@@ -72,7 +75,9 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{cfg: cfg, opts: opts, logger: opts.Logger, metrics: newMetrics()}
+	a := &Agent{cfg: cfg, opts: opts, logger: opts.Logger, metrics: newMetrics(), refusals: NewRefusals()}
+	a.link.gauge = a.metrics.linkStale
+	a.connHandlers()
 	a.status.Store(&Status{})
 	return a, nil
 }
@@ -90,6 +95,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if nc == nil {
 		var err error
 		nc, err = Connect(ctx, a.cfg.NATS,
+			nats.ErrorHandler(a.refusals.Handler(nil)),
 			nats.ConnectHandler(func(*nats.Conn) { a.setConnected(true) }),
 			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 				a.setConnected(false)
@@ -111,6 +117,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		defer nc.Close()
 	} else {
+		nc.SetErrorHandler(a.refusals.Handler(nc.Opts.AsyncErrorCB))
 		prev := nc.Opts.ReconnectedCB
 		nc.SetReconnectHandler(func(c *nats.Conn) {
 			if prev != nil {
@@ -131,6 +138,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.link.run(ctx, nc, a.logger)
+	}()
 
 	if !a.opts.Once {
 		if err := a.serveHTTP(ctx, &wg); err != nil {
@@ -251,6 +263,7 @@ func (a *Agent) Status() *Status {
 type Status struct {
 	Ready       bool               `json:"ready"`
 	Connected   bool               `json:"connected"`
+	Connection  *ConnStatus        `json:"connection,omitempty"`
 	Buckets     []BucketStatus     `json:"buckets"`
 	Projections []ProjectionStatus `json:"projections"`
 	Child       *ChildStatus       `json:"child,omitempty"`

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,7 +22,13 @@ func (a *Agent) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.Ready() {
-			http.Error(w, "not ready: initial sync not done, or a bucket is missing (see /status)", http.StatusServiceUnavailable)
+			s := *a.Status()
+			s.Connected = a.conn.Load()
+			s.Connection = a.connStatus()
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, notReady(&s))
 			return
 		}
 		fmt.Fprintln(w, "ready")
@@ -30,6 +37,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		s := *a.Status()
 		s.Connected = a.conn.Load()
+		s.Connection = a.connStatus()
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -68,4 +76,43 @@ func (a *Agent) serveHTTP(ctx context.Context, wg *sync.WaitGroup) error {
 		_ = srv.Shutdown(sctx)
 	}()
 	return nil
+}
+
+// notReady is the body of a 503 from /readyz: one line per reason, the
+// refused permissions first (the likeliest reason a sync never ends).
+func notReady(s *Status) string {
+	var b strings.Builder
+	b.WriteString("not ready:\n")
+	c := s.Connection
+	if c != nil {
+		for _, r := range c.Refused {
+			fmt.Fprintf(&b, "- NATS refused %s to %q (%d times, last %s): allow %s on %q for this user\n",
+				r.Op, r.Subject, r.Count, r.Last.UTC().Format(time.RFC3339), r.Op, r.Grant)
+		}
+		if c.State != "connected" {
+			fmt.Fprintf(&b, "- connection %s: %s\n", c.State, c.Detail)
+		}
+	}
+	for _, bk := range s.Buckets {
+		switch {
+		case bk.Missing:
+			fmt.Fprintf(&b, "- bucket %s: not found\n", bk.Name)
+		case !bk.Synced:
+			fmt.Fprintf(&b, "- bucket %s: initial sync not done (at revision %d)\n", bk.Name, bk.LastRevision)
+		}
+	}
+	for _, p := range s.Projections {
+		if !p.Synced {
+			fmt.Fprintf(&b, "- %s %s: not written yet", p.Kind, p.Name)
+			if len(p.WaitingOn) > 0 {
+				fmt.Fprintf(&b, ", waiting on %s", strings.Join(p.WaitingOn, ", "))
+			}
+			if p.LastError != "" {
+				fmt.Fprintf(&b, ", last error: %s", p.LastError)
+			}
+			b.WriteString("\n")
+		}
+	}
+	b.WriteString("(details in /status)\n")
+	return b.String()
 }

@@ -30,6 +30,10 @@ type metrics struct {
 	childExits   *prometheus.CounterVec // code
 	childRestart prometheus.Counter     //
 	childBackoff prometheus.Gauge       //
+
+	// The connection: refused permissions, a silent link.
+	permissionDenied *prometheus.CounterVec // op, grant
+	linkStale        prometheus.Gauge       //
 }
 
 func newMetrics() *metrics {
@@ -77,6 +81,14 @@ func newMetrics() *metrics {
 			Help:    "Time from the server timestamp of an entry to its bytes on disk.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"projection"}),
+		permissionDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_nats_permission_denied_total",
+			Help: "Publishes and subscriptions the NATS server refused, by operation and the permission to grant.",
+		}, []string{"op", "grant"}),
+		linkStale: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kvsync_nats_link_stale",
+			Help: "1 while connected but nothing has been received from the server for a few seconds (the agent is blind to changes).",
+		}),
 	}
 	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kvsync_checks_total", Help: "Checks of staged outputs, by result (ok, failed).",
@@ -97,6 +109,7 @@ func newMetrics() *metrics {
 		Name: "kvsync_child_restart_backoff_seconds", Help: "Delay before the exec child's next start after an exit; 0 while it runs.",
 	})
 	reg.MustRegister(m.checks, m.rollbacks, m.rejectedRev, m.childExits, m.childRestart, m.childBackoff)
+	reg.MustRegister(m.permissionDenied, m.linkStale)
 	reg.MustRegister(m.updates, m.writes, m.renders, m.removes, m.rejected, m.errors, m.actions, m.conflicts,
 		m.pushes, m.lastRev, m.connected, m.ready, m.propagation,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

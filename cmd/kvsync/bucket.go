@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kvsync/kvsync/agent"
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
 
@@ -116,23 +117,27 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 		}
 	}
 
+	refused := agent.NewRefusals() // see KVCommand.Run
+	ctx, stop := refused.Context(ctx)
+	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	nc, js, err := connectCLI(ctx, &conn)
+	nc, js, err := connectCLI(ctx, &conn, refusalOption(refused))
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	switch sub {
 	case "add":
-		return c.add(ctx, js, name, s)
+		err = c.add(ctx, js, name, s)
 	case "info":
-		return c.info(ctx, js, name, asJSON)
+		err = c.info(ctx, js, name, asJSON)
 	case "ls":
-		return c.ls(ctx, js, asJSON)
+		err = c.ls(ctx, js, asJSON)
 	default:
-		return c.rm(ctx, js, name)
+		err = c.rm(ctx, js, name)
 	}
+	return explain(refused, strings.TrimSpace("bucket "+sub+" "+name), err)
 }
 
 // check reports settings no server would take, as usage errors.

@@ -57,13 +57,14 @@ func cliNATSConfig(f *connFlags) (agent.NATSConfig, error) {
 }
 
 // connectCLI connects for a one-shot command: the first connect must succeed
-// (a dead server is an error within seconds, not an endless retry).
-func connectCLI(ctx context.Context, f *connFlags) (*nats.Conn, jetstream.JetStream, error) {
+// (a dead server is an error within seconds, not an endless retry). opts go
+// to the connection (an error handler, mostly).
+func connectCLI(ctx context.Context, f *connFlags, opts ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
 	cfg, err := cliNATSConfig(f)
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := agent.ConnectOnce(ctx, cfg)
+	nc, err := agent.ConnectOnce(ctx, cfg, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -86,4 +87,24 @@ func bucketError(bucket string, err error) error {
 		return fmt.Errorf("bucket %s: no answer from JetStream (is JetStream enabled, is the domain right?): %w", bucket, err)
 	}
 	return fmt.Errorf("bucket %s: %w", bucket, err)
+}
+
+// refusalOption records the server's permission refusals of a command's
+// connection in r.
+func refusalOption(r *agent.Refusals) nats.Option {
+	return nats.ErrorHandler(r.Handler(nil))
+}
+
+// explain turns the error of a request that failed because the server refused
+// a permission into that refusal: "what: permission denied for publish to
+// ...". A refused request only times out (or is cancelled by r.Context), so
+// any other error is returned as it is.
+func explain(r *agent.Refusals, what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if e := r.Explain(err); e != err {
+		return fmt.Errorf("%s: %w", what, e)
+	}
+	return err
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kvsync/kvsync/agent"
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
 
@@ -188,24 +189,29 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 		}
 	}
 
+	// A request the server refuses for lack of permission only times out:
+	// the refusal comes on the side, and ends the command at once with it.
+	refused := agent.NewRefusals()
+	ctx, stop := refused.Context(ctx)
+	defer stop()
 	cctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
-	nc, js, err := connectCLI(cctx, &conn)
+	nc, js, err := connectCLI(cctx, &conn, refusalOption(refused))
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	kv, err := js.KeyValue(cctx, a.bucket)
 	if err != nil {
-		return bucketError(a.bucket, err)
+		return explain(refused, "bucket "+a.bucket, bucketError(a.bucket, err))
 	}
 	if a.sub == "watch" {
 		// The watch lives until interrupted: no request timeout.
-		return sub.run(c, ctx, kv, &a)
+		return explain(refused, a.what(), sub.run(c, ctx, kv, &a))
 	}
 	rctx, rcancel := context.WithTimeout(ctx, a.timeout)
 	defer rcancel()
-	return sub.run(c, rctx, kv, &a)
+	return explain(refused, a.what(), sub.run(c, rctx, kv, &a))
 }
 
 func argsName(s kvSub) string {
@@ -365,13 +371,15 @@ func (c *KVCommand) history(ctx context.Context, kv jetstream.KeyValue, a *kvArg
 	}
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REVISION\tOP\tCREATED\tVALUE")
+	// The columns of `nats kv history`, as plain text.
+	fmt.Fprintln(tw, "KEY\tREVISION\tOP\tCREATED\tLENGTH\tVALUE")
 	for _, e := range es {
 		v := ""
 		if e.Operation() == jetstream.KeyValuePut {
 			v = printable(e.Value(), width)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", e.Revision(), opName(e.Operation()), e.Created().UTC().Format(time.RFC3339), v)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\n", e.Key(), e.Revision(), opName(e.Operation()),
+			e.Created().UTC().Format(time.RFC3339), len(e.Value()), v)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -522,13 +530,14 @@ func toEntryJSON(e jetstream.KeyValueEntry) entryJSON {
 	return j
 }
 
-// opName is the operation as the NATS CLI prints it.
+// opName is the operation as the NATS CLI prints it (PUT, DELETE, PURGE;
+// the KV-Operation header on the wire says DEL).
 func opName(op jetstream.KeyValueOp) string {
 	switch op {
 	case jetstream.KeyValuePut:
 		return "PUT"
 	case jetstream.KeyValueDelete:
-		return "DEL"
+		return "DELETE"
 	case jetstream.KeyValuePurge:
 		return "PURGE"
 	}
