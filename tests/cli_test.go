@@ -321,10 +321,10 @@ func TestKVHistory(t *testing.T) {
 		t.Fatalf("history has %d lines, want %d:\n%s", got, want, out)
 	}
 	for i, want := range [][]string{
-		{"REVISION", "OP", "CREATED", "VALUE"},
-		{fmt.Sprint(r1), "PUT", "", "one"},
-		{fmt.Sprint(r2), "PUT", "", `"line\nbreak"`},
-		{fmt.Sprint(r2 + 1), "DEL", ""},
+		{"KEY", "REVISION", "OP", "CREATED", "LENGTH", "VALUE"},
+		{"k", fmt.Sprint(r1), "PUT", "", "3", "one"},
+		{"k", fmt.Sprint(r2), "PUT", "", "10", `"line\nbreak"`},
+		{"k", fmt.Sprint(r2 + 1), "DELETE", "", "0"},
 	} {
 		f := strings.Fields(lines[i])
 		if got, want := len(f), len(want); got != want {
@@ -353,7 +353,7 @@ func TestKVHistory(t *testing.T) {
 	if got, want := *es[1].Value, "line\nbreak"; got != want {
 		t.Fatalf("entry 1 value=%q, want %q", got, want)
 	}
-	if got, want := es[2].Operation, "DEL"; got != want {
+	if got, want := es[2].Operation, "DELETE"; got != want {
 		t.Fatalf("entry 2 operation=%q, want %q", got, want)
 	}
 	if es[2].Value != nil {
@@ -418,7 +418,7 @@ func TestKVWatch(t *testing.T) {
 			if got, want := next(), fmt.Sprintf("%d PUT svc.b after", r2); got != want {
 				t.Fatalf("line=%q, want %q", got, want)
 			}
-			if got, want := next(), fmt.Sprintf("%d DEL svc.a", r2+2); got != want {
+			if got, want := next(), fmt.Sprintf("%d DELETE svc.a", r2+2); got != want {
 				t.Fatalf("line=%q, want %q", got, want)
 			}
 			if got, want := p.stop(t, os.Interrupt, 10*time.Second), 0; got != want {
