@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -398,14 +399,20 @@ func TestPermissionsDocFleet(t *testing.T) {
 	}
 
 	rep, _ := connect("kvsync-report")
-	st, err := rep.KeyValue(ctx, "kvsync_status")
-	if err != jetstream.ErrBucketNotFound {
+	if _, err := rep.KeyValue(ctx, "kvsync_status"); !errors.Is(err, jetstream.ErrBucketNotFound) {
 		t.Fatalf("open kvsync_status before it exists: %v", err)
 	}
-	if st, err = rep.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "kvsync_status", TTL: 90 * time.Second}); err != nil {
+	st, err := rep.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "kvsync_status", History: 1, LimitMarkerTTL: 90 * time.Second})
+	if err != nil {
 		t.Fatalf("create kvsync_status as kvsync-report: %v", err)
 	}
-	if _, err := st.Put(ctx, "host-1", []byte(`{"id":"host-1"}`)); err != nil {
+	if _, err := st.Status(ctx); err != nil {
+		t.Fatalf("status of kvsync_status as kvsync-report: %v", err)
+	}
+	// The record goes out with a per-message TTL, published on the key's
+	// subject (a KV put would drop the TTL).
+	msg := &nats.Msg{Subject: "$KV.kvsync_status.host-1", Data: []byte(`{"id":"host-1"}`)}
+	if _, err := rep.PublishMsg(ctx, msg, jetstream.WithMsgTTL(90*time.Second), jetstream.WithExpectStream("KV_kvsync_status")); err != nil {
 		t.Fatalf("put the record as kvsync-report: %v", err)
 	}
 	if _, err := rep.KeyValue(ctx, "kvsync_status"); err != nil {
@@ -442,13 +449,14 @@ func TestPermissionsDocFleet(t *testing.T) {
 	if _, err := app.Get(ctx, "big.0001"); err != nil {
 		t.Fatal(err)
 	}
-	// A clean shutdown deletes the record; the reader sees it.
-	if err := st.Delete(ctx, "host-1"); err != nil {
+	// A clean shutdown deletes the record (a purge marker that expires);
+	// the reader sees it.
+	if err := st.Purge(ctx, "host-1", jetstream.PurgeTTL(90*time.Second)); err != nil {
 		t.Fatalf("delete the record as kvsync-report: %v", err)
 	}
 	select {
 	case e := <-w.Updates():
-		if e == nil || e.Key() != "host-1" || e.Operation() != jetstream.KeyValueDelete {
+		if e == nil || e.Key() != "host-1" || e.Operation() != jetstream.KeyValuePurge {
 			t.Fatalf("after the delete the watch got %v", e)
 		}
 	case <-ctx.Done():
