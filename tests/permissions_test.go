@@ -325,6 +325,12 @@ func TestPermissionsDocCLI(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, `permission denied for publish to "$KV.app.k"`) || !strings.Contains(errs, `allow publish on "$KV.app.>"`) {
 		t.Fatalf("kv put as the watch-only user: exit %d, stderr %q; want 1 and permission denied for publish to $KV.app.k", code, errs)
 	}
+	// A watch the server refuses ends at once, saying why (the fleet user
+	// may read app but not make consumers on it).
+	_, errs, code = runKvsync(t, "kv", "watch", "app", "-s", ps.url("kvsync-fleet"), "--timeout", "30s")
+	if code != 1 || !strings.Contains(errs, `permission denied for publish to "$JS.API.CONSUMER.CREATE.KV_app`) {
+		t.Fatalf("kv watch as the fleet user: exit %d, stderr %q; want 1 and permission denied for the consumer", code, errs)
+	}
 	_, errs, code = runKvsync(t, "bucket", "add", "other", "-s", watch, "--timeout", "30s")
 	if code != 1 || !strings.Contains(errs, `permission denied for publish to "$JS.API.STREAM.`) {
 		t.Fatalf("bucket add as the watch-only user: exit %d, stderr %q", code, errs)

@@ -206,8 +206,13 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 		return explain(refused, "bucket "+a.bucket, bucketError(a.bucket, err))
 	}
 	if a.sub == "watch" {
-		// The watch lives until interrupted: no request timeout.
-		return explain(refused, a.what(), sub.run(c, ctx, kv, &a))
+		// The watch lives until interrupted: no request timeout. A refusal
+		// ends it as an interrupt would: say why.
+		err := sub.run(c, ctx, kv, &a)
+		if pe := refused.Err(); err == nil && pe != nil {
+			err = fmt.Errorf("%s: %w", a.what(), pe)
+		}
+		return explain(refused, a.what(), err)
 	}
 	rctx, rcancel := context.WithTimeout(ctx, a.timeout)
 	defer rcancel()
