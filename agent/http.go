@@ -86,8 +86,12 @@ func notReady(s *Status) string {
 	c := s.Connection
 	if c != nil {
 		for _, r := range c.Refused {
-			fmt.Fprintf(&b, "- NATS refused %s to %q (%d times, last %s): allow %s on %q for this user\n",
-				r.Op, r.Subject, r.Count, r.Last.UTC().Format(time.RFC3339), r.Op, r.Grant)
+			times := "once"
+			if r.Count > 1 {
+				times = fmt.Sprintf("%d times", r.Count)
+			}
+			fmt.Fprintf(&b, "- NATS refused %s to %q (%s, last %s): allow %s on %q for this user\n",
+				r.Op, r.Subject, times, r.Last.UTC().Format(time.RFC3339), r.Op, r.Grant)
 		}
 		if c.State != "connected" {
 			fmt.Fprintf(&b, "- connection %s: %s\n", c.State, c.Detail)

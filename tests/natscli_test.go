@@ -29,7 +29,7 @@ var natsCLIBin = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	build := exec.Command("go", "install", natscliVersion)
-	build.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=-mod=mod")
+	build.Env = append(os.Environ(), "GOBIN="+dir)
 	if out, err := build.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build the NATS CLI: %v\n%s", err, out)
 	}

@@ -232,6 +232,7 @@ func TestPermissionsDocAgent(t *testing.T) {
 // /status, the metric, and a /readyz body with the reason.
 func TestPermissionsDocMissing(t *testing.T) {
 	conf, _ := docBlocks(t)
+	// Consumer creation: needed whether the watcher pulls or is pushed to.
 	const drop = `              "$JS.API.CONSUMER.CREATE.KV_app.>",` + "\n"
 	watch := conf[strings.Index(conf, "user: kvsync-watch"):]
 	watch = watch[:strings.Index(watch, "user: kvsync-push")]
@@ -253,6 +254,7 @@ func TestPermissionsDocMissing(t *testing.T) {
 		if code != 503 || !strings.Contains(body, `allow publish on "`+grant+`"`) {
 			return fmt.Errorf("/readyz = %d %q, want 503 naming %s", code, body, grant)
 		}
+		t.Logf("/readyz:\n%s", body)
 		return nil
 	})
 	st := a.permStatus(t)
