@@ -225,6 +225,50 @@ func TestPermissionsDocAgent(t *testing.T) {
 			}
 		})
 	}
+	// The same block serves a watcher built on a push consumer with flow
+	// control (nats.go's own WatchAll): it reads the whole bucket too.
+	t.Run("kvsync-watch/push-consumer", func(t *testing.T) {
+		var mu sync.Mutex
+		var refused []string
+		nc, err := nats.Connect(ps.url("kvsync-watch"), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			refused = append(refused, err.Error())
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		wkv, err := js.KeyValue(ctx, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := wkv.WatchAll(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		n := 0
+		for e := range w.Updates() {
+			if e == nil {
+				break
+			}
+			if strings.HasPrefix(e.Key(), "big.") {
+				n++
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if n != 1500 || len(refused) > 0 {
+			t.Fatalf("push watcher as kvsync-watch: %d big.* entries before the end marker, want 1500; refused: %v", n, refused)
+		}
+	})
 }
 
 // TestPermissionsDocMissing: the doc's watch-only user without one of its
