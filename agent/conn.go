@@ -516,9 +516,11 @@ func (l *link) run(ctx context.Context, nc *nats.Conn, logger *slog.Logger) {
 				// disconnected; a new connection starts fresh).
 				prev = in
 				l.heard.Store(now.UnixNano())
-				if since := l.stale.Swap(0); since != 0 && nc.IsConnected() {
-					l.setGauge(0)
-					logger.Info("NATS link heard again", "silent_for", now.Sub(time.Unix(0, since)).Round(time.Millisecond).String())
+				if since := l.stale.Swap(0); since != 0 {
+					l.setGauge(0) // stale no more: heard again, or plainly disconnected
+					if nc.IsConnected() {
+						logger.Info("NATS link heard again", "silent_for", now.Sub(time.Unix(0, since)).Round(time.Millisecond).String())
+					}
 				}
 				continue
 			}

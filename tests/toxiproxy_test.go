@@ -150,6 +150,12 @@ func TestToxiBlackhole(t *testing.T) {
 		return nil
 	})
 	t.Logf("stale after %v, disconnected after %v", stale.Round(10*time.Millisecond), time.Since(cut).Round(10*time.Millisecond))
+	pollFor(t, 5*time.Second, func() error {
+		if got := a.metric(t, "kvsync_nats_link_stale"); got != 0 {
+			return fmt.Errorf("kvsync_nats_link_stale = %v once disconnected (kvsync_connected says it)", got)
+		}
+		return nil
+	})
 	changes(t, kv, 2)
 	fp.remove(t, "hole-down")
 	fp.remove(t, "hole-up")
