@@ -21,19 +21,37 @@ import (
 // seven modules kvsync itself links (sprig's dependencies among them).
 const natscliVersion = "github.com/nats-io/natscli/nats@v0.5.1"
 
-// natsCLIBin builds the NATS CLI once per test binary (the Go build cache
-// keeps later builds quick).
+// natsCLIBin builds the NATS CLI once per machine: the binary is kept in the
+// user's cache folder under its version, so later test runs neither compile
+// nor link it again (the first build takes minutes on 2 cores).
 var natsCLIBin = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "kvsync-natscli-")
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	dir := filepath.Join(cache, "kvsync-tests")
+	bin := filepath.Join(dir, "nats-"+strings.ReplaceAll(natscliVersion[strings.LastIndexByte(natscliVersion, '@')+1:], "/", "_"))
+	if fi, err := os.Stat(bin); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o100 != 0 {
+		return bin, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.MkdirTemp(dir, "build-")
 	if err != nil {
 		return "", err
 	}
+	defer os.RemoveAll(tmp)
 	build := exec.Command("go", "install", natscliVersion)
-	build.Env = append(os.Environ(), "GOBIN="+dir)
+	build.Env = append(os.Environ(), "GOBIN="+tmp)
 	if out, err := build.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build the NATS CLI: %v\n%s", err, out)
 	}
-	return filepath.Join(dir, "nats"), nil
+	// A rename, so a concurrent run never sees half a binary.
+	if err := os.Rename(filepath.Join(tmp, "nats"), bin); err != nil {
+		return "", err
+	}
+	return bin, nil
 })
 
 // natsCLI runs the NATS CLI against url and returns its stdout; a non-zero
