@@ -39,6 +39,10 @@ func baseFuncs() template.FuncMap {
 	m["toJSON"] = toJSON
 	m["fromYAML"] = fromYAML
 	m["toYAML"] = toYAML
+	addCompatFuncs(m)
+	m["privateIP"] = privateIP
+	m["interfaceIP"] = interfaceIP
+	m["sockaddr"] = sockaddr
 	return m
 }
 
@@ -48,6 +52,7 @@ type binding struct {
 	tmpl   *template.Template
 	r      *render
 	ranges map[string]*printingRange // the template's, by marker
+	opts   *Options                  // the template's
 }
 
 // funcs returns the key functions bound to b.
@@ -60,6 +65,13 @@ func (b *binding) funcs() template.FuncMap {
 		"exists":   b.exists,
 		"revision": b.revision,
 		"history":  b.history,
+		"file":     b.file,
+
+		// consul-template's names; see compat.go.
+		"keyOrDefault": b.keyOrDefault,
+		"keyExists":    b.exists,
+		"ls":           b.ls,
+		"safeLs":       b.safeLs,
 	}
 }
 
@@ -226,13 +238,18 @@ func (r *render) keyOr(ref string, def any) (string, error) {
 	if ok {
 		return valueString(e.Value), nil
 	}
+	return defaultString(def), nil
+}
+
+// defaultString is the default given to keyOr as a string.
+func defaultString(def any) string {
 	switch d := def.(type) {
 	case nil:
-		return "", nil
+		return ""
 	case string:
-		return d, nil
+		return d
 	default:
-		return fmt.Sprint(d), nil
+		return fmt.Sprint(d)
 	}
 }
 
@@ -417,11 +434,11 @@ func splitRef(ref, def string, kind refKind) (bucket, key string, err error) {
 // false if fn is not a key function.
 func literalKind(fn string) (refKind, bool) {
 	switch fn {
-	case "key", "keyOr", "exists", "revision", "history":
+	case "key", "keyOr", "exists", "revision", "history", "keyOrDefault", "keyExists":
 		return refKey, true
 	case "keys":
 		return refFilter, true
-	case "tree":
+	case "tree", "ls", "safeLs":
 		return refPrefix, true
 	}
 	return 0, false
@@ -429,7 +446,7 @@ func literalKind(fn string) (refKind, bool) {
 
 // checkLiterals checks the refs the template passes to key functions as string
 // literals, so that `kvsync validate` reports them without a render.
-func (t *Template) checkLiterals() error {
+func (t *Template) checkLiterals() []error {
 	var errs []error
 	for _, tm := range t.root.Templates() {
 		if tm.Tree == nil || tm.Root == nil {
@@ -459,7 +476,7 @@ func (t *Template) checkLiterals() error {
 			}
 		})
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // walk calls fn for n and every node below it, parents first.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,6 +60,22 @@ type Options struct {
 	// unlimited. A render that would exceed it stops at once with
 	// ErrOutputTooLarge.
 	MaxOutput int64
+	// LeftDelim and RightDelim are the action delimiters; empty means "{{"
+	// and "}}". Text outside them, including the other pair, is printed as is.
+	LeftDelim, RightDelim string
+	// SourceName names the text in error positions ("nginx.conf.tmpl:3");
+	// empty means the template's name.
+	SourceName string
+	// Denylist names functions the template must not call. A template that
+	// names one fails to parse, and the functions are left out of the
+	// function map the template is executed with.
+	Denylist []string
+	// Files is the folder the `file` function reads from, and FileRoot its
+	// path (for arguments given as absolute paths). Nil Files: a template
+	// that calls `file` fails to parse. An os.Root's FS keeps symbolic links
+	// from leading out of the folder.
+	Files    fs.FS
+	FileRoot string
 }
 
 // ErrMissingKey is wrapped by the error of a render in which `key` asked for a
@@ -95,10 +113,30 @@ type Result struct {
 	Missing []string
 }
 
+// ParseError is the error of Parse: every problem found, each with its
+// position ("nginx.conf.tmpl:3: function \"nosuchfn\" not defined").
+type ParseError struct {
+	Name string  // the template's name
+	Errs []error // in the order found
+}
+
+func (e *ParseError) Error() string {
+	msgs := make([]string, len(e.Errs))
+	for i, err := range e.Errs {
+		msgs[i] = err.Error()
+	}
+	return "parse " + e.Name + ": " + strings.Join(msgs, "; ")
+}
+
+// Unwrap returns the problems, for errors.Is and errors.As.
+func (e *ParseError) Unwrap() []error { return e.Errs }
+
 // Parse parses text as the template name, once; call it at start and on reload.
-// Errors name the template and the line. Refs given as string literals to the
-// key functions (`key "a b"`) are checked here too, so a bad key name is
-// reported before any render.
+// It reports, as a *ParseError, a syntax error, or else every call of a function
+// that is not defined, is denylisted (Options.Denylist), or is `file` without
+// Options.Files, each with its line. Refs given as string literals to the key
+// functions (`key "a b"`) are checked here too, so a bad key name is reported
+// before any render.
 func Parse(name, text string, o Options) (*Template, error) {
 	return parseTemplate(name, text, o, true)
 }
@@ -106,25 +144,43 @@ func Parse(name, text string, o Options) (*Template, error) {
 // parseTemplate is Parse; printRanges=false leaves every range to
 // text/template (tests compare both ways).
 func parseTemplate(name, text string, o Options, printRanges bool) (*Template, error) {
+	fail := func(errs ...error) (*Template, error) { return nil, &ParseError{Name: name, Errs: errs} }
 	if o.DefaultBucket != "" {
 		if err := kvkey.ValidBucket(o.DefaultBucket); err != nil {
-			return nil, fmt.Errorf("parse %s: default bucket: %w", name, err)
+			return fail(fmt.Errorf("default bucket: %w", err))
 		}
 	}
 	if o.MaxOutput < 0 {
-		return nil, fmt.Errorf("parse %s: max output %d is negative", name, o.MaxOutput)
+		return fail(fmt.Errorf("max output %d is negative", o.MaxOutput))
 	}
-	root, err := template.New(name).
+	for _, fn := range o.Denylist {
+		if !IsFunc(fn) {
+			return fail(fmt.Errorf("denylist: %q is not a template function", fn))
+		}
+	}
+	src := o.SourceName
+	if src == "" {
+		src = name
+	}
+	if errs := checkFuncs(src, text, o); len(errs) > 0 {
+		return fail(errs...)
+	}
+	funcs := baseFuncs()
+	maps.Copy(funcs, (&binding{}).funcs())
+	for _, fn := range o.Denylist {
+		delete(funcs, fn)
+	}
+	root, err := template.New(src).
+		Delims(o.LeftDelim, o.RightDelim).
 		Option("missingkey=error").
-		Funcs(baseFuncs()).
-		Funcs((&binding{}).funcs()).
+		Funcs(funcs).
 		Parse(text)
 	if err != nil {
-		return nil, fmt.Errorf("parse %s: %w", name, err)
+		return fail(trimParseError(err))
 	}
 	t := &Template{name: name, opts: o, root: root}
-	if err := t.checkLiterals(); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", name, err)
+	if errs := t.checkLiterals(); len(errs) > 0 {
+		return fail(errs...)
 	}
 	if printRanges {
 		t.ranges = compileRanges(root)
@@ -208,8 +264,12 @@ func (t *Template) newBinding() (*binding, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clone %s: %w", t.name, err)
 	}
-	b := &binding{ranges: t.ranges}
-	b.tmpl = c.Funcs(b.funcs())
+	b := &binding{ranges: t.ranges, opts: &t.opts}
+	funcs := b.funcs()
+	for _, fn := range t.opts.Denylist {
+		delete(funcs, fn)
+	}
+	b.tmpl = c.Funcs(funcs)
 	return b, nil
 }
 
