@@ -242,21 +242,20 @@ func (a *Agent) runConfig(ctx context.Context, cfg *Config, js jetstream.JetStre
 	return o.run(ctx, reconnects)
 }
 
-// Ready reports whether every projection finished its initial sync and no
-// bucket is missing.
-func (a *Agent) Ready() bool { return a.ready.Load() }
+// Ready reports whether every projection finished its initial sync, no
+// bucket is missing, and every template rendered at least once.
+func (a *Agent) Ready() bool { return a.ready.Load() && templatesReady(a.status.Load()) }
 
 // Status returns the latest status snapshot.
 // The exec child's part is read at the time of the call: the child restarts
 // on the exec loop's own time, after the owner published its snapshot.
 func (a *Agent) Status() *Status {
-	s := a.status.Load()
+	c := *a.status.Load()
+	c.Ready = c.Ready && templatesReady(&c)
 	if l := a.exec.Load(); l != nil {
-		c := *s
 		c.Child = l.status()
-		return &c
 	}
-	return s
+	return &c
 }
 
 // Status is the JSON document served by GET /status.
@@ -298,6 +297,7 @@ type ProjectionStatus struct {
 	// rejected by a rollback (until a newer one goes live).
 	LastCheck  *CheckStatus    `json:"last_check,omitempty"`
 	RolledBack *RollbackStatus `json:"rolled_back,omitempty"`
+	NotReady   string          `json:"not_ready,omitempty"` // why the projection holds readiness back (a template that never rendered)
 }
 
 // ActionStatus is the last run of a projection's on_change action.

@@ -139,6 +139,12 @@ type TemplateConfig struct {
 	// Safe apply.
 	Check    *CheckConfig `koanf:"check"`
 	Rollback bool         `koanf:"rollback"`
+	// The template language: delimiters, functions taken away, the folder
+	// `file` reads from (none: `file` is not available). See template.go.
+	LeftDelimiter    string   `koanf:"left_delimiter"`
+	RightDelimiter   string   `koanf:"right_delimiter"`
+	FunctionDenylist []string `koanf:"function_denylist"`
+	FileRoot         string   `koanf:"file_root"`
 }
 
 // EnvConfig projects keys into environment variables of the exec child and,
@@ -592,6 +598,9 @@ func (c *Config) Validate() error {
 		wait(p+".wait", t.Wait)
 		check(p+".check", t.Check)
 		rollback(p+".rollback", t.Rollback, t.OnChange)
+		for _, pr := range t.validateLanguage() {
+			add(p+pr.path, "%s", pr.msg)
+		}
 	}
 	for i, e := range c.Env {
 		p := fmt.Sprintf("env[%d]", i)

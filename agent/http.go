@@ -46,6 +46,19 @@ func (a *Agent) Handler() http.Handler {
 	return mux
 }
 
+// templatesReady reports whether no projection holds readiness back: a
+// template that has never rendered does (ProjectionStatus.NotReady). One that
+// rendered once and fails later does not: it keeps serving its last good
+// file, and /status shows the error.
+func templatesReady(s *Status) bool {
+	for _, p := range s.Projections {
+		if p.NotReady != "" {
+			return false
+		}
+	}
+	return true
+}
+
 // serveHTTP starts the listener, if any, in a goroutine tracked by wg.
 func (a *Agent) serveHTTP(ctx context.Context, wg *sync.WaitGroup) error {
 	ln := a.opts.Listener
@@ -106,6 +119,9 @@ func notReady(s *Status) string {
 		}
 	}
 	for _, p := range s.Projections {
+		if p.Synced && p.NotReady != "" {
+			fmt.Fprintf(&b, "- %s %s: %s\n", p.Kind, p.Name, p.NotReady)
+		}
 		if !p.Synced {
 			fmt.Fprintf(&b, "- %s %s: not written yet", p.Kind, p.Name)
 			if len(p.WaitingOn) > 0 {

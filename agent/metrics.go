@@ -34,6 +34,7 @@ type metrics struct {
 	// The connection: refused permissions, a silent link.
 	permissionDenied *prometheus.CounterVec // op, grant
 	linkStale        prometheus.Gauge       //
+	renderOK         *prometheus.GaugeVec   // projection (templates)
 }
 
 func newMetrics() *metrics {
@@ -89,6 +90,10 @@ func newMetrics() *metrics {
 			Name: "kvsync_nats_link_stale",
 			Help: "1 while connected but nothing has been received from the server for a few seconds (the agent is blind to changes).",
 		}),
+		renderOK: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kvsync_template_render_ok",
+			Help: "1 when the template's latest render was written, 0 when it failed (the file is the last good render, or absent if there was none).",
+		}, []string{"projection"}),
 	}
 	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kvsync_checks_total", Help: "Checks of staged outputs, by result (ok, failed).",
@@ -110,6 +115,7 @@ func newMetrics() *metrics {
 	})
 	reg.MustRegister(m.checks, m.rollbacks, m.rejectedRev, m.childExits, m.childRestart, m.childBackoff)
 	reg.MustRegister(m.permissionDenied, m.linkStale)
+	reg.MustRegister(m.renderOK)
 	reg.MustRegister(m.updates, m.writes, m.renders, m.removes, m.rejected, m.errors, m.actions, m.conflicts,
 		m.pushes, m.lastRev, m.connected, m.ready, m.propagation,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 	"sort"
 
@@ -102,6 +101,31 @@ type Rendered struct {
 	Err     error
 }
 
+// renderOne renders tc from the live buckets.
+func renderOne(ctx context.Context, tc *TemplateConfig, js jetstream.JetStream) Rendered {
+	r := Rendered{Name: tc.Name, Dest: tc.Dest}
+	root, err := openFileRoot(tc)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	if root != nil {
+		defer root.Close()
+	}
+	t, err := parseTemplate(tc, rootFS(root))
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	src := &liveSource{ctx: ctx, js: js, kvs: map[string]jetstream.KeyValue{}}
+	res, err := t.Render(ctx, src)
+	if err == nil && src.err != nil {
+		err = src.err
+	}
+	r.Output, r.Missing, r.Err = res.Output, res.Missing, err
+	return r
+}
+
 // Render renders the named templates of cfg (all when names is empty) from
 // the live buckets and returns their output. It writes nothing.
 func Render(ctx context.Context, cfg *Config, js jetstream.JetStream, names []string) ([]Rendered, error) {
@@ -116,26 +140,7 @@ func Render(ctx context.Context, cfg *Config, js jetstream.JetStream, names []st
 			continue
 		}
 		delete(unknown, tc.Name)
-		text := tc.Text
-		if tc.Source != "" {
-			b, err := os.ReadFile(tc.Source)
-			if err != nil {
-				out = append(out, Rendered{Name: tc.Name, Dest: tc.Dest, Err: fmt.Errorf("read template: %w", err)})
-				continue
-			}
-			text = string(b)
-		}
-		t, err := templates.Parse(tc.Name, text, templates.Options{DefaultBucket: tc.Bucket, MaxOutput: tc.MaxOutputSize})
-		if err != nil {
-			out = append(out, Rendered{Name: tc.Name, Dest: tc.Dest, Err: err})
-			continue
-		}
-		src := &liveSource{ctx: ctx, js: js, kvs: map[string]jetstream.KeyValue{}}
-		res, err := t.Render(ctx, src)
-		if err == nil && src.err != nil {
-			err = src.err
-		}
-		out = append(out, Rendered{Name: tc.Name, Dest: tc.Dest, Output: res.Output, Missing: res.Missing, Err: err})
+		out = append(out, renderOne(ctx, &tc, js))
 	}
 	if len(unknown) > 0 {
 		return out, fmt.Errorf("no template named %v", slices.Sorted(maps.Keys(unknown)))

@@ -126,6 +126,7 @@ func resolvePaths(c *agent.Config, base string) {
 	for i := range c.Templates {
 		abs(&c.Templates[i].Source)
 		abs(&c.Templates[i].Dest)
+		abs(&c.Templates[i].FileRoot)
 		action(c.Templates[i].OnChange)
 	}
 	for i := range c.Env {
