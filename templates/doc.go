@@ -6,7 +6,9 @@
 // It must not do I/O of its own: it imports no NATS code, reads no config files
 // and writes no files. The agent implements Source over its in-memory state and
 // decides where the rendered bytes go; History is the one call through which a
-// render may wait on the network, and it receives the render's context.
+// render may wait on the network, and it receives the render's context. The
+// `file` function reads only through the fs.FS the agent gives it
+// (Options.Files), and privateIP/interfaceIP read the host's interface list.
 //
 // # Function library
 //
@@ -37,6 +39,31 @@
 // {"db": {"_value": ..., "host": ...}}. When two keys land on the same leaf
 // (app.a.b and app.a/b) the lexically first key wins. `tree ""` (or "bucket:")
 // is the whole bucket. The key "app" itself is not part of `tree "app"`.
+//
+// consul-template's names are accepted too (compat.go): keyOrDefault (keyOr,
+// but an empty value also gives the default), keyExists (exists), ls and
+// safeLs (the keys one segment below a prefix, Key relative to it; safeLs
+// waits like a missing key while there is none), parseJSON and parseYAML
+// (fromJSON and fromYAML, "" giving an empty map), toTOML, toJSONPretty,
+// toUnescapedJSON, toUnescapedJSONPretty, parseBool, parseInt, parseUint,
+// parseFloat, base64Encode, base64Decode, base64URLEncode, base64URLDecode,
+// trimSpace, toLower, toUpper, toTitle, replaceAll, sha256Hex, md5sum.
+// consul-template's tree is not: kvsync's tree returns a nested map; its list
+// of pairs is `keys "prefix.>"`. Names sprig already has with other arguments
+// (split, contains, regexReplaceAll, trim, ...) keep sprig's meaning.
+//
+// Three functions read the host, at each render, without recording a
+// dependency: `file "path"` reads a file below Options.Files (nil: a template
+// that calls it fails to parse), `privateIP` is the first RFC 1918 IPv4
+// address of an interface that is up and not a loopback, `interfaceIP "eth0"`
+// the first IPv4 address of that interface; `sockaddr` answers consul-template's
+// "GetPrivateIP" and "GetInterfaceIP \"eth0\"" with them (host.go).
+//
+// Options.Denylist takes functions away: a template that names one fails to
+// parse, and the clones it is executed with do not have them. Parse reports
+// every unknown or denylisted function with its line, not just the first.
+// Options.LeftDelim and RightDelim change the delimiters; text between other
+// delimiters is printed as it is.
 //
 // toJSON does not escape HTML characters; toJSON and toYAML sort map keys and
 // emit no trailing newline; toYAML indents by two spaces. fromJSON keeps numbers

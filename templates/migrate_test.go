@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -63,5 +64,38 @@ func TestMigratedConsulTemplate(t *testing.T) {
 				t.Fatalf("output differs from %s:\n--- got\n%s\n--- want\n%s", tt.want, got, want)
 			}
 		})
+	}
+}
+
+// TestMigratingRewrites renders the rewrites docs/MIGRATING.md gives for
+// functions whose name or arguments differ, so the page stays true.
+func TestMigratingRewrites(t *testing.T) {
+	for _, tt := range []struct {
+		text, want, wantErr string
+	}{
+		{`{{ splitList "," "a,b" | len }}`, "2", ""},
+		{`{{ has "x" (list "x" "y") }} {{ has "z" (list "x") }}`, "true false", ""},
+		{`{{ regexReplaceAll "a(x*)b" "-axxb-" "${1}W" }}`, "-xxW-", ""},
+		{`{{ sub 10 3 }} {{ div 10 5 }} {{ mod 10 4 }} {{ mul 2 3 }} {{ min 4 2 }} {{ max 4 2 }}`, "7 2 2 6 2 4", ""},
+		{`{{ until 3 }} {{ untilStep 2 5 1 }}`, "[0 1 2] [2 3 4]", ""},
+		{`{{ trimAll "$" "$5.00$" }} {{ trimPrefix "a." "a.b" }} {{ trimSuffix ".com" "x.com" }}`, "5.00 b x", ""},
+		{`{{ env "KVSYNC_MIGRATING_UNSET" | default "d" }}`, "d", ""},
+		{`{{ if not (env "KVSYNC_MIGRATING_UNSET") }}{{ fail "X is not set" }}{{ end }}`, "", "X is not set"},
+		{`{{ range $name, $sub := tree "app" }}{{ if kindIs "map" $sub }}{{ $name }},{{ end }}{{ end }}`, "config,db,features,", ""},
+		{`{{ range keys "app.db.>" }}{{ trimPrefix "app.db." .Key }},{{ end }}`, "host,port,", ""},
+		{`{{ replace "a" "b" "aXa" }} {{ contains "x" "axb" }} {{ join "," (list "a" "b") }} {{ dict "k" 1 | toJSON }}`, `bXb true a,b {"k":1}`, ""},
+		{`{{ (index (keys "app.name") 0).Value }}`, "shop", ""},
+		{`{{ define "sub" }}[{{ . }}]{{ end }}{{ template "sub" "x" }}`, "[x]", ""},
+	} {
+		res, err := mustParse(t, tt.text).Render(context.Background(), fixture())
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%s: error %v, want %q", tt.text, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || string(res.Output) != tt.want {
+			t.Errorf("%s = %q, %v; want %q", tt.text, res.Output, err, tt.want)
+		}
 	}
 }
