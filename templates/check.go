@@ -58,18 +58,16 @@ var consulOnly = map[string]bool{
 }
 
 // checkFuncs parses text without checking function names and returns a
-// syntax error, or else one error per call of a function that is not
-// defined, is denylisted, or is `file` without a folder. text/template would
+// syntax error, or else one error per call of a function that is not in
+// funcs (nor a builtin), is denylisted, or is `file` without a folder. text/template would
 // stop at the first unknown function; this reports them all, with their line.
-func checkFuncs(src, text string, o Options) []error {
+func checkFuncs(src, text string, o Options, funcs map[string]any) []error {
 	tr := parse.New(src)
 	tr.Mode = parse.SkipFuncCheck
 	trees := map[string]*parse.Tree{}
 	if _, err := tr.Parse(text, o.LeftDelim, o.RightDelim, trees); err != nil {
 		return []error{trimParseError(err)}
 	}
-	funcs := baseFuncs()
-	maps.Copy(funcs, (&binding{}).funcs())
 	type found struct {
 		pos parse.Pos
 		err error

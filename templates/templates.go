@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -153,8 +154,10 @@ func parseTemplate(name, text string, o Options, printRanges bool) (*Template, e
 	if o.MaxOutput < 0 {
 		return fail(fmt.Errorf("max output %d is negative", o.MaxOutput))
 	}
+	funcs := baseFuncs()
+	maps.Copy(funcs, (&binding{}).funcs())
 	for _, fn := range o.Denylist {
-		if !IsFunc(fn) {
+		if _, ok := funcs[fn]; !ok && !slices.Contains(builtins, fn) {
 			return fail(fmt.Errorf("denylist: %q is not a template function", fn))
 		}
 	}
@@ -162,11 +165,9 @@ func parseTemplate(name, text string, o Options, printRanges bool) (*Template, e
 	if src == "" {
 		src = name
 	}
-	if errs := checkFuncs(src, text, o); len(errs) > 0 {
+	if errs := checkFuncs(src, text, o, funcs); len(errs) > 0 {
 		return fail(errs...)
 	}
-	funcs := baseFuncs()
-	maps.Copy(funcs, (&binding{}).funcs())
 	for _, fn := range o.Denylist {
 		delete(funcs, fn)
 	}
