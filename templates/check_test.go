@@ -9,7 +9,7 @@ import (
 )
 
 func TestParseReportsEveryFunction(t *testing.T) {
-	text := "a\n{{ nosuchfn }}\n{{ define \"sub\" }}{{ service \"web\" }}{{ end }}\n{{ env \"HOME\" | upper }}{{ file \"x\" }}\n{{ if call .F }}{{ end }}{{ expandenv \"$X\" }}"
+	text := "a\n{{ nosuchfn }}\n{{ define \"sub\" }}{{ service \"web\" }}{{ end }}\n{{ env \"HOME\" | upper }}{{ file \"x\" }}\n{{ if call .F }}{{ end }}{{ expandenv \"$X\" }}\n{{ (env \"X\").Y }}"
 	_, err := Parse("nginx", text, Options{SourceName: "nginx.conf.tmpl", Denylist: []string{"env", "expandenv", "call"}})
 	var pe *ParseError
 	if !errors.As(err, &pe) {
@@ -26,6 +26,7 @@ func TestParseReportsEveryFunction(t *testing.T) {
 		`nginx.conf.tmpl:4: function "file" needs file_root: the folder it may read from`,
 		`nginx.conf.tmpl:5: function "call" is denied by function_denylist`,
 		`nginx.conf.tmpl:5: function "expandenv" is denied by function_denylist`,
+		`nginx.conf.tmpl:6: function "env" is denied by function_denylist`,
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

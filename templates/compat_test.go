@@ -87,7 +87,7 @@ func TestLsDeps(t *testing.T) {
 }
 
 func TestLsLiteralChecked(t *testing.T) {
-	for _, text := range []string{`{{ ls "app.>" }}`, `{{ safeLs "a b" }}`, `{{ keyOrDefault "a*" "" }}`, `{{ keyExists "" }}`} {
+	for _, text := range []string{`{{ ls "app.>" }}`, `{{ safeLs "a b" }}`, `{{ keyOrDefault "a*" "" }}`, `{{ keyExists "" }}`, `{{ (key "a b").X }}`} {
 		if _, err := Parse("t", text, Options{DefaultBucket: "app"}); err == nil {
 			t.Errorf("Parse(%s) succeeded, want a bad literal error", text)
 		}

@@ -515,6 +515,8 @@ func walk(n parse.Node, fn func(parse.Node)) {
 		walkBranch(&n.BranchNode, fn)
 	case *parse.TemplateNode:
 		walk(n.Pipe, fn)
+	case *parse.ChainNode:
+		walk(n.Node, fn) // (pipeline).Field
 	}
 }
 
