@@ -133,3 +133,40 @@ templates:
 	fileHolds(t, dest, "image: web:1.2\nreplicas: 3\nname: {{ .Release.Name }}-{{ .Chart.Name | trunc 63 }}\n", 10*time.Second)
 	ag.waitReady(t, 10*time.Second)
 }
+
+// TestRenderWithFileRoot: `kvsync render` reads `file` from file_root and
+// refuses a path that leads out of it.
+func TestRenderWithFileRoot(t *testing.T) {
+	s := startServer(t)
+	kv := createBucket(t, jetStream(t, s), "app", 1)
+	if _, err := kv.PutString(context.Background(), "name", "world"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := filepath.Join(dir, "files")
+	if err := os.MkdirAll(files, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(files, "greeting"), []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "secret"), []byte("TOP SECRET"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../secret", filepath.Join(files, "link")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeAgentConfig(t, s.ClientURL(), "", fmt.Sprintf(`
+templates:
+  - {name: ok, bucket: app, file_root: %q, text: '[[ file "greeting" ]] [[ key "name" ]] {{x}}', left_delimiter: "[[", right_delimiter: "]]", dest: %q}
+  - {name: escape, bucket: app, file_root: %q, text: '{{ file "link" }}', dest: %q}
+`, files, filepath.Join(dir, "ok.txt"), files, filepath.Join(dir, "escape.txt")))
+	out, stderr, code := runWith(t, run{args: []string{"render", "-c", cfg, "ok"}})
+	if code != 0 || out != "hello world {{x}}" {
+		t.Fatalf("render ok: exit %d, out %q, stderr %s", code, out, stderr)
+	}
+	out, stderr, code = runWith(t, run{args: []string{"render", "-c", cfg, "escape"}})
+	if code != 1 || strings.Contains(out+stderr, "SECRET") || !strings.Contains(stderr, `file "link"`) {
+		t.Fatalf("render escape: exit %d, out %q, stderr %s", code, out, stderr)
+	}
+}
