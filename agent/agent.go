@@ -65,6 +65,7 @@ type Agent struct {
 
 	refusals *Refusals // permissions the server refused (conn.go)
 	link     link      // whether the server is still heard from (conn.go)
+	rendered sync.Map  // templateKey of every template that rendered in this process; kept across reloads
 }
 
 // New checks cfg and returns an agent. It does no I/O.

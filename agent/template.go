@@ -62,9 +62,17 @@ func (p *templateProjection) renderFailed(err error) {
 // renderDone records a successful render.
 func (p *templateProjection) renderDone() {
 	p.o.a.metrics.renderOK.WithLabelValues(p.m.name).Set(1)
-	p.good = true
+	if !p.good {
+		p.good = true
+		p.o.a.rendered.Store(templateKey(p.cfg), struct{}{})
+	}
 	p.m.status.NotReady = ""
 }
+
+// templateKey names a template across config reloads: a template that
+// rendered before a SIGHUP does not hold readiness back after it, since its
+// last good file is still in place.
+func templateKey(c *TemplateConfig) string { return c.Name + "\x00" + c.Dest }
 
 // parseTemplate reads and parses the template of c. files is the folder
 // `file` reads from (nil: none); the caller opens it (openFileRoot), or gives
@@ -194,9 +202,12 @@ func newTemplateProjection(c *TemplateConfig, o *owner) (projection, error) {
 	if err != nil {
 		return fail(fmt.Errorf("%s: %w", c.Name, err))
 	}
-	m.status.NotReady = notRendered
+	_, good := o.a.rendered.Load(templateKey(c))
+	if !good {
+		m.status.NotReady = notRendered
+	}
 	return &templateProjection{
-		m: m, cfg: c, o: o, tmpl: t, root: root,
+		m: m, cfg: c, o: o, tmpl: t, root: root, good: good,
 		fopts: projector.FileOptions{Mode: mode, UID: uid, GID: gid, Fsync: true, Backup: c.Backup, Logger: m.logger, Warned: &o.a.warned},
 	}, nil
 }

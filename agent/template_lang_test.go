@@ -233,3 +233,61 @@ func TestValidateTemplateLanguage(t *testing.T) {
 		})
 	}
 }
+
+// TestReadyzKeptAcrossReload: a template that rendered before a config
+// reload and fails after it still has its last good file: the agent is ready.
+// A template new with the reload holds readiness back until it renders.
+func TestReadyzKeptAcrossReload(t *testing.T) {
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
+	put(t, kv, "a", "1")
+	dir := t.TempDir()
+	reloads := make(chan struct{})
+	next := make(chan *Config, 1)
+	cfg := templateCfg(s.ClientURL(), dir)
+	cfg.Templates[0].OnChange = nil
+	ag := startAgent(t, cfg, Options{Reloads: reloads, Reload: func() (*Config, error) { return <-next, nil }})
+	dest := filepath.Join(dir, "sub", "app.conf")
+	waitFor(t, 5*time.Second, fileIs(dest, "a=1\n"))
+	waitFor(t, 5*time.Second, func() error {
+		if !ag.Ready() {
+			return fmt.Errorf("not ready")
+		}
+		return nil
+	})
+	if err := kv.Delete(t.Context(), "a"); err != nil {
+		t.Fatal(err)
+	}
+
+	again := templateCfg(s.ClientURL(), dir)
+	again.Templates[0].OnChange = nil
+	again.Templates = append(again.Templates, TemplateConfig{Name: "new", Bucket: "app", Dest: filepath.Join(dir, "new.conf"), Text: `{{ key "b" }}`})
+	again.Default()
+	next <- again
+	reloads <- struct{}{}
+	waitFor(t, 5*time.Second, func() error {
+		code, body, err := httpGet(ag.url + "/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "new: template has never rendered") ||
+			strings.Contains(body, "conf:") || strings.Contains(body, "initial sync") {
+			return fmt.Errorf("/readyz = %d %q, want only the new template holding it back", code, body)
+		}
+		return nil
+	})
+	st := ag.Status()
+	if len(st.Projections) != 2 || !strings.Contains(st.Projections[0].LastError, "missing keys [app:a]") {
+		t.Fatalf("after reload: %+v", st.Projections)
+	}
+	if err := fileIs(dest, "a=1\n")(); err != nil {
+		t.Fatalf("last good file not kept across the reload: %v", err)
+	}
+	put(t, kv, "b", "x")
+	waitFor(t, 5*time.Second, func() error {
+		if code, body, _ := httpGet(ag.url + "/readyz"); code != 200 {
+			return fmt.Errorf("/readyz = %d %q", code, body)
+		}
+		return nil
+	})
+}

@@ -382,7 +382,8 @@ func TestFaultDestProblems(t *testing.T) {
 templates:
   - {name: tmpl, bucket: app, dest: %q, text: '{{ key "t.v" }}'}
 `, good, blocked, full, dest))
-	a.waitReady(t, 15*time.Second)
+	// Synced, but the template has never written its file: not ready.
+	a.waitNeverRendered(t, 15*time.Second, "tmpl")
 
 	// Each broken projection reports its own error; nothing else broke.
 	pollFor(t, 10*time.Second, func() error {
@@ -426,6 +427,7 @@ templates:
 	waitFile(t, filepath.Join(blocked, "sub", "x"), []byte("unblocked"), time.Now(), 5*time.Second)
 	waitFile(t, filepath.Join(full, "big"), []byte(strings.Repeat("y", 200<<10)), time.Now(), 5*time.Second)
 	waitFile(t, dest, []byte("rendered 2"), time.Now(), 5*time.Second)
+	a.waitReady(t, 5*time.Second)
 	a.alive(t)
 }
 

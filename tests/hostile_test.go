@@ -183,7 +183,7 @@ templates:
 env:
   - {name: env, bucket: app, keys: ["e.>"], strip_prefix: "e.", file: %q}
 `, dir, dest, envFile))
-	a.waitReady(t, 15*time.Second)
+	a.waitNeverRendered(t, 15*time.Second, "tmpl") // its keys come below
 
 	var bin []byte
 	for i := 1; i < 256; i++ {
@@ -207,6 +207,7 @@ env:
 	waitFile(t, filepath.Join(dir, "empty"), []byte{}, time.Now(), 5*time.Second)
 	want := append(append(append([]byte{}, bin...), '|'), invalid...)
 	waitFile(t, dest, want, time.Now(), 5*time.Second)
+	a.waitReady(t, 5*time.Second)
 
 	// The dotenv file carries the binary and invalid UTF-8 values through a
 	// shell intact, and leaves out the value with a NUL byte.

@@ -170,3 +170,21 @@ templates:
 		t.Fatalf("render escape: exit %d, out %q, stderr %s", code, out, stderr)
 	}
 }
+
+// waitNeverRendered waits until the agent finished its initial sync and
+// /readyz answers 503 only because the template name has never rendered.
+func (a *agentProc) waitNeverRendered(t testing.TB, timeout time.Duration, name string) {
+	t.Helper()
+	pollFor(t, timeout, func() error {
+		a.alive(t)
+		code, body, err := a.get("/readyz")
+		if err != nil {
+			return err
+		}
+		lines := strings.Split(strings.TrimSpace(strings.TrimPrefix(body, "not ready: ")), "\n")
+		if code != http.StatusServiceUnavailable || len(lines) != 1 || !strings.HasPrefix(lines[0], name+": template has never rendered") {
+			return fmt.Errorf("/readyz = %d %q, want 503 for template %s alone", code, body, name)
+		}
+		return nil
+	})
+}
