@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -80,7 +81,7 @@ func templateKey(c *TemplateConfig) string { return c.Name + "\x00" + c.Dest }
 func parseTemplate(c *TemplateConfig, files fs.FS) (*templates.Template, error) {
 	text := c.Text
 	if c.Source != "" {
-		b, err := os.ReadFile(c.Source)
+		b, err := readSource(c.Source)
 		if err != nil {
 			return nil, fmt.Errorf("read template: %w", err)
 		}
@@ -99,6 +100,33 @@ func parseTemplate(c *TemplateConfig, files fs.FS) (*templates.Template, error) 
 		o.SourceName = filepath.Base(c.Source)
 	}
 	return templates.Parse(c.Name, text, o)
+}
+
+// maxSource is the largest template source kvsync reads.
+const maxSource = 16 << 20
+
+// readSource reads a template source: a regular file of at most maxSource
+// bytes (a device or a FIFO given by mistake would never end; it is checked
+// before it is opened, since opening a FIFO blocks).
+func readSource(path string) ([]byte, error) {
+	if fi, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSource+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxSource {
+		return nil, fmt.Errorf("%s is larger than %d MiB", path, maxSource>>20)
+	}
+	return b, nil
 }
 
 // openFileRoot opens the folder `file` reads from; nil when there is none.

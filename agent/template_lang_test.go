@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -135,6 +136,11 @@ func TestValidateTemplateLanguage(t *testing.T) {
 		return p
 	}
 	notDir := write("plain", "x")
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	big := write("big.tmpl", strings.Repeat("x", maxSource+1))
 	for _, tt := range []struct {
 		name string
 		tc   TemplateConfig
@@ -197,6 +203,21 @@ func TestValidateTemplateLanguage(t *testing.T) {
 			tc:   TemplateConfig{Name: "t", Text: "{{ nosuch }}\n[[ nosuch2 ]]", LeftDelimiter: "[[", RightDelimiter: "]]"},
 			want: []string{`templates[0] (t): t:2: function "nosuch2" not defined`},
 			not:  []string{`"nosuch"`},
+		},
+		{
+			name: "a device as source",
+			tc:   TemplateConfig{Name: "t", Source: "/dev/zero"},
+			want: []string{"templates[0] (t): read template: /dev/zero is not a regular file"},
+		},
+		{
+			name: "a FIFO as source",
+			tc:   TemplateConfig{Name: "t", Source: fifo},
+			want: []string{"templates[0] (t): read template: " + fifo + " is not a regular file"},
+		},
+		{
+			name: "a source over 16 MiB",
+			tc:   TemplateConfig{Name: "t", Source: big},
+			want: []string{"templates[0] (t): read template: " + big + " is larger than 16 MiB"},
 		},
 		{
 			name: "a missing source is reported once",

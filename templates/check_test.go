@@ -165,3 +165,30 @@ func mustParseOpts(tb testing.TB, text string, o Options) *Template {
 	}
 	return tmpl
 }
+
+// FuzzParseDelims: any text with any delimiters parses or fails with a
+// *ParseError, never panics; what parses renders the same with and without
+// printing ranges.
+func FuzzParseDelims(f *testing.F) {
+	f.Add(`[[ range keys "app.db.>" ]]{{ [[ .Key ]] }}[[ end ]]`, "[[", "]]")
+	f.Add(`<% key "app.name" %> {{ x }} <% nosuch %>`, "<%", "%>")
+	f.Add(`{{ if }}`, "", "")
+	f.Add(`(( env "X" ))`, "((", "))")
+	f.Add(`--x--`, "-", "-")
+	f.Fuzz(func(t *testing.T, text, left, right string) {
+		for _, slow := range []string{"template", "block", "until", "seq", "repeat", "getHost", "range", "IP", "sockaddr"} {
+			if strings.Contains(text, slow) && !strings.Contains(text, `keys "app.db.>"`) {
+				t.Skip()
+			}
+		}
+		o := Options{DefaultBucket: "app", LeftDelim: left, RightDelim: right, Denylist: []string{"env"}, MaxOutput: 1 << 16}
+		_, err := Parse("t", text, o)
+		var pe *ParseError
+		if err != nil && !errors.As(err, &pe) {
+			t.Fatalf("Parse error %T is not a *ParseError: %v", err, err)
+		}
+		if err == nil && strings.Count(text, "range") <= 1 {
+			bothWays(t, text, o, fixed(context.Background(), fixture()))
+		}
+	})
+}

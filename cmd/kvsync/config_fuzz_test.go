@@ -20,6 +20,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add(uint8(2), []byte(`{"files": [{"bucket": "app", "dir": "/tmp/x", "mode": "0999"}], "log": {"level": "loud"}}`))
 	f.Add(uint8(2), []byte(`{"files": [null, 1, "x", {"bucket": {"a": []}}]}`))
 	f.Add(uint8(0), []byte("\xff\xfe\x00"))
+	f.Add(uint8(0), []byte("templates:\n  - {text: '[[ env \"X\" ]]{{ nosuch }}', dest: out, left_delimiter: '[[', right_delimiter: ']]', function_denylist: [env, nope], file_root: /nonexistent}\n"))
 	f.Fuzz(func(t *testing.T, ext uint8, data []byte) {
 		path := [...]string{"x.yaml", "x.toml", "x.json", "x.yml"}[int(ext)%4]
 		cfg, err := parseConfig(path, data)
