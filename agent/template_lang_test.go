@@ -312,3 +312,34 @@ func TestReadyzKeptAcrossReload(t *testing.T) {
 		return nil
 	})
 }
+
+// TestReadyzWaitsForFirstCheckedRender: a template whose first output fails
+// its check has not rendered: /readyz says so until an output passes.
+func TestReadyzWaitsForFirstCheckedRender(t *testing.T) {
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
+	put(t, kv, "a", "bad")
+	dir := t.TempDir()
+	cfg := templateCfg(s.ClientURL(), dir)
+	cfg.Templates[0].OnChange = nil
+	cfg.Templates[0].Check = &CheckConfig{Command: []string{"grep", "-q", "good", "{{.Path}}"}}
+	ag := startAgent(t, cfg, Options{})
+	waitFor(t, 5*time.Second, func() error {
+		code, body, err := httpGet(ag.url + "/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "conf: template has never rendered") || !strings.Contains(body, "check failed") {
+			return fmt.Errorf("/readyz = %d %q", code, body)
+		}
+		return nil
+	})
+	put(t, kv, "a", "good")
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "sub", "app.conf"), "a=good\n"))
+	waitFor(t, 5*time.Second, func() error {
+		if code, body, _ := httpGet(ag.url + "/readyz"); code != 200 {
+			return fmt.Errorf("/readyz = %d %q", code, body)
+		}
+		return nil
+	})
+}
