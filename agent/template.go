@@ -242,7 +242,7 @@ func newTemplateProjection(c *TemplateConfig, o *owner) (projection, error) {
 
 // notRendered is a template's ProjectionStatus.NotReady until its first
 // successful render.
-const notRendered = "template has never rendered"
+const notRendered = "never rendered"
 
 func (p *templateProjection) meta() *projMeta { return p.m }
 

@@ -32,7 +32,7 @@ func TestReadyzWaitsForFirstRender(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if code != http.StatusServiceUnavailable || !strings.Contains(body, "conf: template has never rendered") || !strings.Contains(body, "missing keys [app:a]") {
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "- template conf: never rendered: ") || !strings.Contains(body, "missing keys [app:a]") {
 			return fmt.Errorf("/readyz = %d %q", code, body)
 		}
 		if strings.Contains(body, "initial sync") {
@@ -291,8 +291,8 @@ func TestReadyzKeptAcrossReload(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if code != http.StatusServiceUnavailable || !strings.Contains(body, "new: template has never rendered") ||
-			strings.Contains(body, "conf:") || strings.Contains(body, "initial sync") {
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "- template new: never rendered: ") ||
+			strings.Contains(body, "template conf:") || strings.Contains(body, "initial sync") {
 			return fmt.Errorf("/readyz = %d %q, want only the new template holding it back", code, body)
 		}
 		return nil
@@ -329,7 +329,7 @@ func TestReadyzWaitsForFirstCheckedRender(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if code != http.StatusServiceUnavailable || !strings.Contains(body, "conf: template has never rendered") || !strings.Contains(body, "check failed") {
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "- template conf: never rendered: ") || !strings.Contains(body, "check failed") {
 			return fmt.Errorf("/readyz = %d %q", code, body)
 		}
 		return nil

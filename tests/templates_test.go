@@ -122,7 +122,7 @@ templates:
 		if err != nil {
 			return err
 		}
-		if code != http.StatusServiceUnavailable || !strings.Contains(body, "helm: template has never rendered") || !strings.Contains(body, "app:replicas") {
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "- template helm: never rendered: ") || !strings.Contains(body, "app:replicas") {
 			return fmt.Errorf("/readyz = %d %q", code, body)
 		}
 		return nil
@@ -181,8 +181,13 @@ func (a *agentProc) waitNeverRendered(t testing.TB, timeout time.Duration, name 
 		if err != nil {
 			return err
 		}
-		lines := strings.Split(strings.TrimSpace(strings.TrimPrefix(body, "not ready: ")), "\n")
-		if code != http.StatusServiceUnavailable || len(lines) != 1 || !strings.HasPrefix(lines[0], name+": template has never rendered") {
+		var reasons []string
+		for _, l := range strings.Split(body, "\n") {
+			if strings.HasPrefix(l, "- ") {
+				reasons = append(reasons, l)
+			}
+		}
+		if code != http.StatusServiceUnavailable || len(reasons) != 1 || !strings.HasPrefix(reasons[0], "- template "+name+": never rendered: ") {
 			return fmt.Errorf("/readyz = %d %q, want 503 for template %s alone", code, body, name)
 		}
 		return nil
