@@ -115,9 +115,13 @@ func TestCheckFailureKeepsLastGoodFileAndRunsNoAction(t *testing.T) {
 	put(t, kv, "v", "good 2")
 	waitFor(t, 10*time.Second, fileIs(dest, "good 2"))
 	waitFor(t, 10*time.Second, linesAre(t, runs, 2))
-	if c := projStatus(a.Agent, "t").LastCheck; c == nil || !c.OK {
-		t.Errorf("last check %+v, want a passed one", c)
-	}
+	// The status is published after the batch: poll for it.
+	waitFor(t, 10*time.Second, func() error {
+		if c := projStatus(a.Agent, "t").LastCheck; c == nil || !c.OK {
+			return fmt.Errorf("last check %+v, want a passed one", c)
+		}
+		return nil
+	})
 }
 
 // metricHas fails unless the agent's /metrics has line. The test agents serve

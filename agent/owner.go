@@ -659,7 +659,7 @@ func (o *owner) publishStatus() {
 		go debug.FreeOSMemory()
 	}
 	o.a.ready.Store(ready)
-	if ready {
+	if ready && templatesReady(s) {
 		o.a.metrics.ready.Set(1)
 	} else {
 		o.a.metrics.ready.Set(0)
