@@ -75,7 +75,7 @@ func newMetrics() *metrics {
 			Name: "kvsync_connected", Help: "1 while connected to NATS.",
 		}),
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "kvsync_ready", Help: "1 once every projection finished its initial sync and no bucket is missing.",
+			Name: "kvsync_ready", Help: "1 once every projection finished its initial sync, every template rendered once and no bucket is missing.",
 		}),
 		propagation: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "kvsync_propagation_seconds",
