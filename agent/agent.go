@@ -66,6 +66,17 @@ type Agent struct {
 	refusals *Refusals // permissions the server refused (conn.go)
 	link     link      // whether the server is still heard from (conn.go)
 	rendered sync.Map  // templateKey of every template that rendered in this process; kept across reloads
+
+	js      atomic.Pointer[jetstream.JetStream] // set by Run, for /status
+	mirrors mirrorCache                         // the mirror state /status shows
+}
+
+// jetStream is the agent's JetStream handle once Run made it, else nil.
+func (a *Agent) jetStream() jetstream.JetStream {
+	if p := a.js.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // New checks cfg and returns an agent. It does no I/O.
@@ -135,6 +146,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.js.Store(&js)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -276,6 +288,13 @@ type BucketStatus struct {
 	Missing      bool   `json:"missing"`
 	Keys         int    `json:"keys"`
 	LastRevision uint64 `json:"last_revision"`
+	// ConsumerLimit: the server refuses this agent's consumer because the
+	// bucket's stream holds as many consumers as it may; Error says what to
+	// change. The agent is not ready while it lasts.
+	ConsumerLimit bool   `json:"consumer_limit_reached,omitempty"`
+	Error         string `json:"error,omitempty"`
+	// Mirror is set when the bucket is a mirror of a bucket elsewhere.
+	Mirror *MirrorStatus `json:"mirror,omitempty"`
 }
 
 // ProjectionStatus is one projection.

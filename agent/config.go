@@ -70,6 +70,11 @@ type BucketConfig struct {
 	Replicas     int           `koanf:"replicas"`
 	Storage      string        `koanf:"storage"` // file | memory
 	Description  string        `koanf:"description"`
+	// MaxConsumers caps the consumers of the bucket's stream, one per
+	// watching agent: 0 is DefaultMaxConsumers, -1 none of the stream's own
+	// (the server's default applies). Set, it is applied to an existing
+	// bucket too.
+	MaxConsumers int `koanf:"max_consumers"`
 }
 
 // Layout values of FilesConfig.Layout.
@@ -522,6 +527,9 @@ func (c *Config) Validate() error {
 		}
 		if b.Storage != "file" && b.Storage != "memory" {
 			add(p+".storage", "%q is not file or memory", b.Storage)
+		}
+		if b.MaxConsumers < -1 {
+			add(p+".max_consumers", "%d: give a positive limit, 0 for kvsync's default, or -1 for the server's", b.MaxConsumers)
 		}
 	}
 	dirs := map[string]string{}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/url"
 	"regexp"
 	"strings"
@@ -39,8 +38,8 @@ const (
 	pingInterval   = 2 * time.Second
 	maxPingsOut    = 2
 	dialTimeout    = 3 * time.Second
-	reconnectFirst = 50 * time.Millisecond
-	reconnectMax   = 400 * time.Millisecond
+	reconnectFirst = 100 * time.Millisecond
+	reconnectMax   = 600 * time.Millisecond
 )
 
 // staleAfter is the silence after which the link is reported stale: with a
@@ -58,10 +57,10 @@ const DefaultURL = "nats://127.0.0.1:4222"
 // credentials go as a group: if cfg sets any of creds, nkey, token or user,
 // none of the context's credentials are used.
 //
-// The connection reconnects forever with a jittered backoff (50 ms doubling
-// to 400 ms), and the first connect is retried the same way: Connect does not fail
-// because the server is down, which is what a daemon that starts before its
-// server wants. opts (handlers, mostly) are applied after kvsync's own and win.
+// The connection reconnects forever with a jittered backoff (50-100 ms at
+// first, growing to 300-600 ms), and the first connect is retried the same
+// way: Connect does not fail because the server is down, which is what a
+// daemon that starts before its server wants. opts (handlers, mostly) are applied after kvsync's own and win.
 // Errors are configuration errors: unreadable context, bad nkey seed file.
 func Connect(ctx context.Context, cfg NATSConfig, opts ...nats.Option) (*nats.Conn, error) {
 	return dial(ctx, cfg, true, opts)
@@ -203,17 +202,22 @@ func options(cfg NATSConfig, c *NATSContext) ([]nats.Option, error) {
 	return opts, nil
 }
 
-// reconnectDelay is the pause after every server of the list failed once:
-// 50 ms doubling to 400 ms, plus up to half of it again as jitter so that a fleet
-// of agents does not reconnect in lockstep after a server restart. The cap is
-// low on purpose: the first change after a server comes back must reach disk
-// within a second, and one failed TCP connect per agent every ~0.5 s is cheap.
-func reconnectDelay(attempts int) time.Duration {
+// reconnectDelay is the pause after every server of the list failed once: a
+// base of 100 ms doubling to 600 ms, with equal jitter (a delay drawn from
+// [base/2, base]) so that a fleet of agents cut off by one server restart
+// does not reconnect in step. The cap is low on purpose: the first change
+// after a server comes back must reach disk within a second, and one failed
+// TCP connect per agent every ~0.5 s is cheap.
+func reconnectDelay(attempts int) time.Duration { return reconnectDelayWith(attempts, nil) }
+
+// reconnectDelayWith is reconnectDelay with the random source rnd (uniform in
+// [0, n); nil: math/rand/v2).
+func reconnectDelayWith(attempts int, rnd func(n int64) int64) time.Duration {
 	d := reconnectMax
 	if attempts < 16 {
 		d = min(reconnectFirst<<max(attempts-1, 0), reconnectMax)
 	}
-	return d + rand.N(d/2+1)
+	return equalJitter(d, rnd)
 }
 
 // serverList normalises a comma-separated URL list: spaces trimmed, empty

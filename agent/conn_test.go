@@ -282,19 +282,19 @@ func TestReconnectDelay(t *testing.T) {
 		attempts int
 		base     time.Duration
 	}{
-		{0, 50 * time.Millisecond},
-		{1, 50 * time.Millisecond},
-		{2, 100 * time.Millisecond},
-		{3, 200 * time.Millisecond},
-		{4, 400 * time.Millisecond},
-		{5, 400 * time.Millisecond},
-		{100, 400 * time.Millisecond},
-		{1 << 30, 400 * time.Millisecond},
+		{0, 100 * time.Millisecond},
+		{1, 100 * time.Millisecond},
+		{2, 200 * time.Millisecond},
+		{3, 400 * time.Millisecond},
+		{4, 600 * time.Millisecond},
+		{5, 600 * time.Millisecond},
+		{100, 600 * time.Millisecond},
+		{1 << 30, 600 * time.Millisecond},
 	} {
 		for range 50 {
 			d := reconnectDelay(tc.attempts)
-			if d < tc.base || d > tc.base+tc.base/2 {
-				t.Fatalf("reconnectDelay(%d)=%v, want in [%v, %v]", tc.attempts, d, tc.base, tc.base+tc.base/2)
+			if d < tc.base/2 || d > tc.base {
+				t.Fatalf("reconnectDelay(%d)=%v, want in [%v, %v]", tc.attempts, d, tc.base/2, tc.base)
 			}
 		}
 	}

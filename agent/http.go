@@ -34,10 +34,11 @@ func (a *Agent) Handler() http.Handler {
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		s := *a.Status()
 		s.Connected = a.conn.Load()
 		s.Connection = a.connStatus()
+		s.Buckets = a.mirrors.annotate(r.Context(), a.jetStream(), s.Buckets)
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -92,7 +93,8 @@ func (a *Agent) serveHTTP(ctx context.Context, wg *sync.WaitGroup) error {
 }
 
 // notReady is the body of a 503 from /readyz: one line per reason, the
-// refused permissions first (the likeliest reason a sync never ends).
+// refused permissions first (the likeliest reason a sync never ends), then
+// buckets refused for the consumer limit (both need an operator).
 func notReady(s *Status) string {
 	var b strings.Builder
 	b.WriteString("not ready:\n")
@@ -111,7 +113,13 @@ func notReady(s *Status) string {
 		}
 	}
 	for _, bk := range s.Buckets {
+		if bk.ConsumerLimit {
+			fmt.Fprintf(&b, "- bucket %s: %s\n", bk.Name, bk.Error)
+		}
+	}
+	for _, bk := range s.Buckets {
 		switch {
+		case bk.ConsumerLimit: // said above
 		case bk.Missing:
 			fmt.Fprintf(&b, "- bucket %s: not found\n", bk.Name)
 		case !bk.Synced:

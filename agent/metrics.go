@@ -35,6 +35,9 @@ type metrics struct {
 	permissionDenied *prometheus.CounterVec // op, grant
 	linkStale        prometheus.Gauge       //
 	renderOK         *prometheus.GaugeVec   // projection (templates)
+
+	// Fleets.
+	consumerLimit *prometheus.GaugeVec // bucket
 }
 
 func newMetrics() *metrics {
@@ -94,6 +97,10 @@ func newMetrics() *metrics {
 			Name: "kvsync_template_render_ok",
 			Help: "1 when the template's latest render was written, 0 when it failed (the file is the last good render, or absent if there was none).",
 		}, []string{"projection"}),
+		consumerLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kvsync_consumer_limit_reached",
+			Help: "1 while the server refuses the bucket's watcher because the bucket's stream is at its consumer limit (max_consumers).",
+		}, []string{"bucket"}),
 	}
 	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kvsync_checks_total", Help: "Checks of staged outputs, by result (ok, failed).",
@@ -116,6 +123,7 @@ func newMetrics() *metrics {
 	reg.MustRegister(m.checks, m.rollbacks, m.rejectedRev, m.childExits, m.childRestart, m.childBackoff)
 	reg.MustRegister(m.permissionDenied, m.linkStale)
 	reg.MustRegister(m.renderOK)
+	reg.MustRegister(m.consumerLimit)
 	reg.MustRegister(m.updates, m.writes, m.renders, m.removes, m.rejected, m.errors, m.actions, m.conflicts,
 		m.pushes, m.lastRev, m.connected, m.ready, m.propagation,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

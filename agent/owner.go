@@ -105,6 +105,8 @@ type owner struct {
 	exec    *execLoop
 	execFed bool // the exec loop has an environment (the child runs)
 
+	limited map[string]string // bucket -> why its consumer is refused (the consumer limit)
+
 	ctx     context.Context
 	wg      sync.WaitGroup
 	started time.Time // when this owner was built
@@ -388,6 +390,8 @@ func (o *owner) handle(m any) {
 		b := o.st.bucket(m.bucket)
 		b.gone = true
 		o.logger.Error("bucket is missing: keeping the files as they are", "bucket", m.bucket, "err", m.err)
+	case consumerLimit:
+		o.noteConsumerLimit(m)
 	}
 }
 
@@ -635,7 +639,12 @@ func (o *owner) publishStatus() {
 	ready := true
 	for _, name := range slices.Sorted(maps.Keys(o.st.buckets)) {
 		b := o.st.buckets[name]
-		s.Buckets = append(s.Buckets, BucketStatus{Name: name, Synced: b.synced, Missing: b.gone, Keys: len(b.entries), LastRevision: b.lastRev})
+		bs := BucketStatus{Name: name, Synced: b.synced, Missing: b.gone, Keys: len(b.entries), LastRevision: b.lastRev}
+		if why, ok := o.limited[name]; ok {
+			bs.ConsumerLimit, bs.Error = true, why
+			ready = false
+		}
+		s.Buckets = append(s.Buckets, bs)
 		if b.gone {
 			ready = false
 		}

@@ -2,10 +2,15 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 func TestProvisionCreatesAndReportsDifferences(t *testing.T) {
@@ -43,5 +48,124 @@ func TestProvisionCreatesAndReportsDifferences(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "history 5 (config 10)") {
 		t.Errorf("difference not reported; log:\n%s", logs)
+	}
+}
+
+// TestBucketStreamConfigMatchesLibrary: a bucket made by CreateBucket has the
+// stream the library's CreateKeyValue makes, but for its name and the
+// consumer limit.
+func TestBucketStreamConfigMatchesLibrary(t *testing.T) {
+	s := testServer(t)
+	nc, js := testJS(t, s.ClientURL())
+	defer nc.Close()
+	ctx := context.Background()
+	for i, cfg := range []jetstream.KeyValueConfig{
+		{},
+		{History: 5, TTL: time.Hour, MaxBytes: 1 << 20, MaxValueSize: 4096, Description: "d"},
+		{TTL: 30 * time.Second, Storage: jetstream.MemoryStorage, Compression: true},
+		{LimitMarkerTTL: time.Second, Metadata: map[string]string{"k": "v"}},
+		{RePublish: &jetstream.RePublish{Source: ">", Destination: "repub.>"}},
+		{Mirror: &jetstream.StreamSource{Name: "lib0"}},
+	} {
+		lib, ours := cfg, cfg
+		lib.Bucket, ours.Bucket = fmt.Sprintf("lib%d", i), fmt.Sprintf("ours%d", i)
+		if _, err := js.CreateKeyValue(ctx, lib); err != nil {
+			t.Fatalf("%d: library: %v", i, err)
+		}
+		if _, err := CreateBucket(ctx, js, ours, 77); err != nil {
+			t.Fatalf("%d: CreateBucket: %v", i, err)
+		}
+		get := func(name string) jetstream.StreamConfig {
+			st, err := js.Stream(ctx, "KV_"+name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := st.CachedInfo().Config
+			c.Name, c.Subjects = "", nil
+			if c.RePublish != nil {
+				c.RePublish = &jetstream.RePublish{Source: c.RePublish.Source, HeadersOnly: c.RePublish.HeadersOnly}
+			}
+			return c
+		}
+		got, want := get(ours.Bucket), get(lib.Bucket)
+		if got.MaxConsumers != 77 {
+			t.Errorf("%d: max_consumers=%d, want 77", i, got.MaxConsumers)
+		}
+		got.MaxConsumers = want.MaxConsumers
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%d: stream config\n got %+v\nwant %+v", i, got, want)
+		}
+	}
+	if _, err := CreateBucket(ctx, js, jetstream.KeyValueConfig{Bucket: "ours1"}, 77); !errors.Is(err, jetstream.ErrBucketExists) {
+		t.Errorf("CreateBucket over an existing bucket: %v, want ErrBucketExists", err)
+	}
+	if _, err := CreateBucket(ctx, js, jetstream.KeyValueConfig{Bucket: "bad name"}, 77); err == nil {
+		t.Errorf("CreateBucket with a bad name: no error")
+	}
+}
+
+// TestProvisionMaxConsumers: a new bucket gets the configured limit (or the
+// default); an existing one gets a configured limit applied and is left
+// alone without one.
+func TestProvisionMaxConsumers(t *testing.T) {
+	s := testServer(t)
+	nc, js := testJS(t, s.ClientURL())
+	defer nc.Close()
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
+	ctx := context.Background()
+	maxc := func(bucket string) int {
+		st, err := js.Stream(ctx, "KV_"+bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.CachedInfo().Config.MaxConsumers
+	}
+	cfg := Config{Buckets: []BucketConfig{{Name: "dflt"}, {Name: "set", MaxConsumers: 3}, {Name: "none", MaxConsumers: -1}}}
+	cfg.Default()
+	if err := cfg.Validate(); err != nil && strings.Contains(err.Error(), "max_consumers") {
+		t.Fatalf("valid max_consumers refused: %v", err)
+	}
+	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+		t.Fatal(err)
+	}
+	for b, want := range map[string]int{"dflt": DefaultMaxConsumers, "set": 3, "none": -1} {
+		if got := maxc(b); got != want {
+			t.Errorf("%s: max_consumers=%d, want %d", b, got, want)
+		}
+	}
+
+	// A bucket made elsewhere without a limit: left alone and reported,
+	// unless the config sets one.
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "old"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Buckets = []BucketConfig{{Name: "old"}}
+	cfg.Default()
+	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+		t.Fatal(err)
+	}
+	if got := maxc("old"); got != -1 {
+		t.Errorf("old: max_consumers changed to %d without a configured one", got)
+	}
+	if !strings.Contains(logs.String(), "no max_consumers of its own") {
+		t.Errorf("the missing limit is not reported; log:\n%s", logs)
+	}
+	cfg.Buckets[0].MaxConsumers = 5000
+	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+		t.Fatal(err)
+	}
+	if got := maxc("old"); got != 5000 {
+		t.Errorf("old: max_consumers=%d, want 5000 as configured", got)
+	}
+	if !strings.Contains(logs.String(), "bucket max_consumers changed") || !strings.Contains(logs.String(), "to=5000") {
+		t.Errorf("the change is not logged; log:\n%s", logs)
+	}
+
+	// A negative limit other than -1 is a config error.
+	bad := Config{Buckets: []BucketConfig{{Name: "x", MaxConsumers: -2}}}
+	bad.Default()
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "buckets[0].max_consumers") {
+		t.Errorf("max_consumers -2: %v, want an error naming buckets[0].max_consumers", err)
 	}
 }

@@ -244,6 +244,11 @@ func (w *watcher) bounded(ctx context.Context, timeout time.Duration, req func(c
 // run follows the bucket until ctx is done.
 func (w *watcher) run(ctx context.Context) error {
 	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	// A stream at its consumer limit stays there until an operator acts:
+	// its refusals back off longer, so that the agents it refuses do not
+	// load the server that serves the others.
+	limitBo := newBackoff(time.Second, 30*time.Second)
+	limited := false
 	defer w.watchAdvisories()()
 	gone := false
 	fails := 0
@@ -268,6 +273,13 @@ func (w *watcher) run(ctx context.Context) error {
 			w.logger.Debug("watcher restarts", "err", err)
 			n.list = true
 			continue // the reconnect back-off has paced this already
+		case errors.Is(err, jetstream.ErrMaximumConsumersLimit):
+			if !limited {
+				w.out.push(consumerLimit{bucket: w.bucket, err: w.limitError(ctx, err)})
+				limited = true
+			}
+			w.logger.Debug("watcher restarts", "err", err)
+			n.list = n.list || nn.list
 		case err != nil:
 			fails++
 			w.logger.Warn("watcher restarts", "err", err)
@@ -277,16 +289,33 @@ func (w *watcher) run(ctx context.Context) error {
 			gone = false
 			n = nn
 		}
+		if limited && !started.IsZero() {
+			w.out.push(consumerLimit{bucket: w.bucket})
+			limited = false
+			limitBo.reset()
+		}
 		// A consumer that ran for a while resumes at once; failures and
 		// quick re-creations back off.
 		if !started.IsZero() && time.Since(started) > 2*time.Second {
 			bo.reset()
 			continue
 		}
+		wait := bo.next()
+		if limited {
+			wait = limitBo.next()
+		}
 		select {
 		case <-ctx.Done():
-		case <-w.nudge: // e.g. the bucket was created again
-		case <-time.After(bo.next()):
+		case <-w.nudge: // e.g. the bucket was created again, or its limit raised
+			if limited {
+				// Every agent the stream refused hears the same advisory:
+				// spread their attempts.
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Duration(rand.Int64N(int64(limitNudgeSpread)))):
+				}
+			}
+		case <-time.After(wait):
 		}
 	}
 	return nil
@@ -681,15 +710,35 @@ func overlap(a, b string) bool {
 	return len(at) == len(bt)
 }
 
-// backoff is an exponential delay with jitter-free doubling; the watcher uses
-// it between epochs so a missing bucket does not become a tight loop that
-// leaks server-side consumers (NATS-NOTES trap 8).
-type backoff struct{ cur, min, max time.Duration }
+// backoff is an exponential delay with equal jitter: each delay is drawn
+// uniformly from [d/2, d], where d doubles from min up to max. The random half
+// spreads a fleet of agents that failed at the same moment (a server restart,
+// a refused consumer) so that they do not retry in step; the fixed half keeps
+// a floor under each agent's retry rate. The watcher uses it between
+// consumers, so a missing bucket does not become a tight loop that leaks
+// server-side consumers.
+type backoff struct {
+	cur, min, max time.Duration
+	rnd           func(n int64) int64 // uniform in [0, n); nil: math/rand/v2
+}
 
 func newBackoff(min, max time.Duration) *backoff { return &backoff{cur: min, min: min, max: max} }
 func (b *backoff) reset()                        { b.cur = b.min }
 func (b *backoff) next() time.Duration {
 	d := b.cur
 	b.cur = min(b.cur*2, b.max)
-	return d
+	return equalJitter(d, b.rnd)
+}
+
+// equalJitter returns a delay drawn uniformly from [d/2, d] with rnd (uniform
+// in [0, n)), or math/rand/v2 when rnd is nil.
+func equalJitter(d time.Duration, rnd func(n int64) int64) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	if rnd == nil {
+		rnd = rand.Int64N
+	}
+	half := d / 2
+	return d - half + time.Duration(rnd(int64(half)+1))
 }

@@ -1,0 +1,76 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// DefaultMaxConsumers is the consumer limit kvsync gives the buckets it
+// creates when the config or the command line says nothing. nats-server 2.15
+// allows 1,000 consumers per stream unless the stream sets a positive limit
+// (or the server's jetstream { limits { default_max_consumers } } does), and
+// every agent watching a bucket holds one consumer on it. A consumer costs
+// the server about 60-75 KiB, so 10,000 consumers are about 700 MiB on each
+// server that holds the bucket.
+const DefaultMaxConsumers = 10_000
+
+// limitNudgeSpread bounds the random pause of a watcher refused for the
+// consumer limit after the stream changed (its limit raised, say): every
+// refused agent hears the same advisory, and their attempts are spread over
+// this long.
+const limitNudgeSpread = 2 * time.Second
+
+// consumerLimit goes from a watcher to the owner when the server refuses the
+// watcher's consumer because the stream holds as many consumers as it may
+// (err says so, with the fix), and again with a nil err once a consumer runs.
+type consumerLimit struct {
+	bucket string
+	err    error
+}
+
+// limitError explains a consumer refused for the stream's consumer limit:
+// how many consumers the stream has, its limit, and what an operator changes
+// to lift it. It asks the server once for the stream's figures; without an
+// answer it explains without them.
+func (w *watcher) limitError(ctx context.Context, err error) error {
+	have := ""
+	ictx, cancel := context.WithTimeout(ctx, apiTimeout(0))
+	defer cancel()
+	if st, serr := w.js.Stream(ictx, w.stream()); serr == nil {
+		info := st.CachedInfo()
+		if mc := info.Config.MaxConsumers; mc > 0 {
+			have = fmt.Sprintf("stream %s has %d consumers and its max_consumers is %d", w.stream(), info.State.Consumers, mc)
+		} else {
+			have = fmt.Sprintf("stream %s has %d consumers and no max_consumers of its own, so the server's default applies (1,000 unless jetstream { limits { default_max_consumers } } says otherwise)", w.stream(), info.State.Consumers)
+		}
+	} else {
+		have = fmt.Sprintf("stream %s is at its consumer limit", w.stream())
+	}
+	return fmt.Errorf("the server refused a consumer for bucket %s: %w (%s); "+
+		"raise the bucket's limit with `kvsync bucket add %s --max-consumers N` (or `nats stream edit %s --max-consumers N`), "+
+		"or every stream's default in the server config with `jetstream { limits { default_max_consumers: N } }`; "+
+		"kvsync retries with backoff and follows the bucket once there is room",
+		w.bucket, err, have, w.bucket, w.stream())
+}
+
+// noteConsumerLimit records that a bucket's consumer is refused for the
+// consumer limit, or no longer is. It logs once per change: at ERROR with the
+// fix when the refusals start, at INFO when they end.
+func (o *owner) noteConsumerLimit(m consumerLimit) {
+	g := o.a.metrics.consumerLimit.WithLabelValues(m.bucket)
+	if m.err == nil {
+		if _, ok := o.limited[m.bucket]; ok {
+			o.logger.Info("consumer limit no longer blocks the bucket: following it", "bucket", m.bucket)
+			delete(o.limited, m.bucket)
+		}
+		g.Set(0)
+		return
+	}
+	if o.limited == nil {
+		o.limited = map[string]string{}
+	}
+	o.limited[m.bucket] = m.err.Error()
+	g.Set(1)
+	o.logger.Error("consumer limit reached: this agent cannot follow the bucket until the limit is raised", "bucket", m.bucket, "err", m.err)
+}
