@@ -29,6 +29,14 @@ type consumerLimit struct {
 	err    error
 }
 
+// running tells the owner that a consumer runs again, if the server had
+// refused the watcher's consumers for the consumer limit.
+func (w *watcher) running() {
+	if w.limited.CompareAndSwap(true, false) {
+		w.out.push(consumerLimit{bucket: w.bucket})
+	}
+}
+
 // limitError explains a consumer refused for the stream's consumer limit:
 // how many consumers the stream has, its limit, and what an operator changes
 // to lift it. It asks the server once for the stream's figures; without an

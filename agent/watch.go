@@ -135,6 +135,7 @@ type watcher struct {
 	epoch   uint64
 	created time.Time // the stream's creation time: a new stream is a new epoch
 	synced  atomic.Bool
+	limited atomic.Bool // the server refused its consumers for the consumer limit
 
 	mu   sync.Mutex // serialises handlers of an old and a new consumer
 	gen  uint64     // the consumer generation whose messages count
@@ -277,6 +278,7 @@ func (w *watcher) run(ctx context.Context) error {
 			if !limited {
 				w.out.push(consumerLimit{bucket: w.bucket, err: w.limitError(ctx, err)})
 				limited = true
+				w.limited.Store(true)
 			}
 			w.logger.Debug("watcher restarts", "err", err)
 			n.list = n.list || nn.list
@@ -289,9 +291,8 @@ func (w *watcher) run(ctx context.Context) error {
 			gone = false
 			n = nn
 		}
-		if limited && !started.IsZero() {
-			w.out.push(consumerLimit{bucket: w.bucket})
-			limited = false
+		if !started.IsZero() {
+			limited = false // running told the owner
 			limitBo.reset()
 		}
 		// A consumer that ran for a while resumes at once; failures and
@@ -467,6 +468,7 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 	}
 	defer cc.Stop()
 	*started = time.Now()
+	w.running()
 	if n.resume {
 		w.logger.Debug("consumer re-created", "from", cfg.OptStartSeq)
 	}

@@ -22,8 +22,10 @@ type BucketCommand struct{ io ioStreams }
 const bucketUsage = `Usage:
   kvsync bucket add  BUCKET [--history N] [--ttl D] [--max-bytes N] [--max-value-size N]
                             [--replicas N] [--storage file|memory] [--description S]
+                            [--max-consumers N]
                      create BUCKET; an existing bucket with the same settings is fine,
-                     one with other settings is an error that names them
+                     one with other settings is an error that names them; a
+                     --max-consumers given is applied to an existing bucket
   kvsync bucket info BUCKET [--json]    settings and status
   kvsync bucket ls   [--json]           bucket names, sorted
   kvsync bucket rm   BUCKET             delete BUCKET and every key in it
@@ -40,6 +42,10 @@ type bucketSettings struct {
 	replicas     int
 	storage      string
 	description  string
+	maxConsumers int
+	// maxConsumersSet: --max-consumers was given (it is then applied to an
+	// existing bucket, and never dropped for the account's limit).
+	maxConsumersSet bool
 }
 
 // Run implements command.
@@ -61,6 +67,8 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	fs.IntVar(&s.replicas, "replicas", 1, "add: copies kept in a cluster, 1..5")
 	fs.StringVar(&s.storage, "storage", "file", "add: file or memory")
 	fs.StringVar(&s.description, "description", "", "add: description of the bucket")
+	fs.IntVar(&s.maxConsumers, "max-consumers", agent.DefaultMaxConsumers,
+		"add: consumers the bucket's stream allows, one per watching agent; -1 leaves it to the server (1,000 by default)")
 	fs.BoolVar(&asJSON, "json", false, "info, ls: JSON output")
 	fs.DurationVar(&timeout, "timeout", defaultTimeout, "time allowed to connect and for each request")
 	pos, err := parseArgs(fs, args)
@@ -75,8 +83,8 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	var takes []string
 	switch sub {
 	case "add":
-		synopsis = "usage: kvsync bucket add BUCKET [--history N --ttl D --max-bytes N --max-value-size N --replicas N --storage file|memory]"
-		takes = []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description"}
+		synopsis = "usage: kvsync bucket add BUCKET [--history N --ttl D --max-bytes N --max-value-size N --replicas N --storage file|memory --max-consumers N]"
+		takes = []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "max-consumers"}
 	case "info":
 		synopsis, takes = "usage: kvsync bucket info BUCKET [--json]", []string{"json"}
 	case "ls":
@@ -95,7 +103,10 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	}
 	var badFlag error
 	fs.Visit(func(f *flag.Flag) {
-		own := []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "json"}
+		own := []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "max-consumers", "json"}
+		if f.Name == "max-consumers" {
+			s.maxConsumersSet = true
+		}
 		if slices.Contains(own, f.Name) && !slices.Contains(takes, f.Name) && badFlag == nil {
 			badFlag = usagef("%s does not take --%s\n%s", sub, f.Name, synopsis)
 		}
@@ -155,6 +166,8 @@ func (s bucketSettings) check() error {
 		return usagef("--replicas %d is outside 1..5", s.replicas)
 	case s.storage != "file" && s.storage != "memory":
 		return usagef("--storage %q is not file or memory", s.storage)
+	case s.maxConsumers < -1 || s.maxConsumers == 0:
+		return usagef("--max-consumers %d: give a positive limit, or -1 to leave it to the server", s.maxConsumers)
 	}
 	return nil
 }
@@ -207,6 +220,17 @@ func (c *BucketCommand) add(ctx context.Context, js jetstream.JetStream, name st
 		if d := s.differences(st.Config()); len(d) > 0 {
 			return fmt.Errorf("bucket %s exists with other settings: %s", name, strings.Join(d, ", "))
 		}
+		have := maxConsumers(st)
+		switch {
+		case s.maxConsumersSet && have != s.maxConsumers:
+			if err := agent.SetMaxConsumers(ctx, js, name, s.maxConsumers); err != nil {
+				return bucketError(name, err)
+			}
+			fmt.Fprintf(c.io.out, "bucket %s exists; max consumers changed from %s to %s\n", name, consumersLimit(have), consumersLimit(s.maxConsumers))
+			return nil
+		case !s.maxConsumersSet && have < 0:
+			fmt.Fprintf(c.io.err, "note: bucket %s has no max consumers of its own: the server's default (1,000 unless configured) caps how many agents can watch it; raise it with --max-consumers N\n", name)
+		}
 		fmt.Fprintf(c.io.out, "bucket %s exists with the same settings\n", name)
 		return nil
 	}
@@ -217,7 +241,15 @@ func (c *BucketCommand) add(ctx context.Context, js jetstream.JetStream, name st
 	if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return bucketError(name, err)
 	}
-	_, err = js.CreateKeyValue(ctx, s.config(name))
+	mc := s.maxConsumers
+	_, err = agent.CreateBucket(ctx, js, s.config(name), mc)
+	if errors.Is(err, jetstream.ErrMaximumConsumersLimit) && !s.maxConsumersSet {
+		// The account caps consumers below kvsync's default: its limit is
+		// the one that counts.
+		fmt.Fprintf(c.io.err, "note: the account allows fewer consumers than %d: bucket %s gets no max consumers of its own\n", mc, name)
+		mc = -1
+		_, err = agent.CreateBucket(ctx, js, s.config(name), mc)
+	}
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		// Someone else created it meanwhile.
 		if kv, err = js.KeyValue(ctx, name); err != nil {
@@ -230,6 +262,23 @@ func (c *BucketCommand) add(ctx context.Context, js jetstream.JetStream, name st
 	}
 	fmt.Fprintf(c.io.out, "bucket %s created\n", name)
 	return nil
+}
+
+// maxConsumers is the max_consumers of a bucket's stream, -1 when it has none
+// of its own.
+func maxConsumers(st jetstream.KeyValueStatus) int {
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil && bs.StreamInfo().Config.MaxConsumers > 0 {
+		return bs.StreamInfo().Config.MaxConsumers
+	}
+	return -1
+}
+
+// consumersLimit shows a max_consumers value.
+func consumersLimit(n int) string {
+	if n <= 0 {
+		return "none (the server's default)"
+	}
+	return fmt.Sprint(n)
 }
 
 // bucketInfo is the JSON form of `bucket info`.
@@ -247,6 +296,10 @@ type bucketInfo struct {
 	Compressed     bool   `json:"compressed"`
 	LimitMarkerTTL string `json:"limit_marker_ttl"`
 	Stream         string `json:"stream"`
+	// MaxConsumers is the stream's consumer limit, -1 when it has none of
+	// its own (the server's default applies); Consumers how many it has.
+	MaxConsumers int `json:"max_consumers"`
+	Consumers    int `json:"consumers"`
 }
 
 func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name string, asJSON bool) error {
@@ -273,6 +326,10 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 		Compressed:     cfg.Compression,
 		LimitMarkerTTL: cfg.LimitMarkerTTL.String(),
 		Stream:         "KV_" + name,
+		MaxConsumers:   maxConsumers(st),
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
+		bi.Consumers = bs.StreamInfo().State.Consumers
 	}
 	if asJSON {
 		return writeJSON(c.io.out, bi)
@@ -298,6 +355,8 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 		{"compressed", fmt.Sprint(bi.Compressed)},
 		{"limit marker ttl", none(bi.LimitMarkerTTL, cfg.LimitMarkerTTL == 0)},
 		{"stream", bi.Stream},
+		{"max consumers", consumersLimit(bi.MaxConsumers)},
+		{"consumers", fmt.Sprint(bi.Consumers)},
 	} {
 		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])
 	}

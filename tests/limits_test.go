@@ -1,0 +1,229 @@
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// bucketLimitStatus is the part of a bucket's GET /status this file reads.
+type bucketLimitStatus struct {
+	Buckets []struct {
+		Name          string `json:"name"`
+		Synced        bool   `json:"synced"`
+		ConsumerLimit bool   `json:"consumer_limit_reached"`
+		Error         string `json:"error"`
+	} `json:"buckets"`
+}
+
+// TestConsumerLimit: a bucket whose stream allows 3 consumers, 5 agents.
+// Three follow it; the two refused say so once at ERROR with the fix, in
+// /status, in a metric and in the /readyz body, keep retrying, and become
+// ready soon after the limit is raised.
+func TestConsumerLimit(t *testing.T) {
+	s := startServer(t)
+	url := s.ClientURL()
+	mustKvsync(t, "bucket", "add", "app", "--max-consumers", "3", "-s", url)
+	mustKvsync(t, "kv", "put", "app", "k", "v1", "-s", url)
+
+	agents := make([]*agentProc, 5)
+	dirs := make([]string, 5)
+	for i := range agents {
+		dirs[i] = t.TempDir()
+		agents[i] = startAgent(t, url, fmt.Sprintf("log: {level: debug}\nfiles:\n  - {name: f, bucket: app, dir: %q}\n", dirs[i]))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, a := range agents {
+				t.Logf("agent %d stderr:\n%s", i, a.stderr.String())
+			}
+		}
+	})
+
+	// Settle: three ready, two refused for the limit.
+	var ready, refused []*agentProc
+	pollFor(t, 20*time.Second, func() error {
+		ready, refused = nil, nil
+		for _, a := range agents {
+			a.alive(t)
+			code, body, err := a.get("/readyz")
+			if err != nil {
+				return err
+			}
+			switch {
+			case code == http.StatusOK:
+				ready = append(ready, a)
+			case strings.Contains(body, "maximum consumers limit reached"):
+				refused = append(refused, a)
+			}
+		}
+		if len(ready) != 3 || len(refused) != 2 {
+			return fmt.Errorf("%d ready, %d refused, want 3 and 2", len(ready), len(refused))
+		}
+		return nil
+	})
+	for _, a := range refused {
+		_, body, _ := a.get("/readyz")
+		for _, want := range []string{"bucket app:", "has 3 consumers and its max_consumers is 3",
+			"kvsync bucket add app --max-consumers N", "nats stream edit KV_app --max-consumers N",
+			"jetstream { limits { default_max_consumers: N } }"} {
+			if !strings.Contains(body, want) {
+				t.Errorf("/readyz body lacks %q:\n%s", want, body)
+			}
+		}
+		st := limitStatus(t, a)
+		if len(st.Buckets) != 1 || !st.Buckets[0].ConsumerLimit || !strings.Contains(st.Buckets[0].Error, "--max-consumers") {
+			t.Errorf("/status buckets=%+v, want app with consumer_limit_reached and the fix", st.Buckets)
+		}
+		if got := a.metric(t, "kvsync_consumer_limit_reached", `bucket="app"`); got != 1 {
+			t.Errorf("kvsync_consumer_limit_reached=%v, want 1", got)
+		}
+		// It keeps trying (a DEBUG line each time), and says so at ERROR once.
+		pollFor(t, 10*time.Second, func() error {
+			n := 0
+			for _, l := range strings.Split(a.stderr.String(), "\n") {
+				if strings.Contains(l, "level=DEBUG") && strings.Contains(l, "maximum consumers limit reached") {
+					n++
+				}
+			}
+			if n < 3 {
+				return fmt.Errorf("%d refusals logged, want 3 or more", n)
+			}
+			return nil
+		})
+		if n := strings.Count(a.stderr.String(), "level=ERROR"); n != 1 {
+			t.Errorf("%d ERROR lines, want 1:\n%s", n, a.stderr.String())
+		}
+	}
+	for _, a := range ready {
+		if got := a.metric(t, "kvsync_consumer_limit_reached", `bucket="app"`); got != 0 {
+			t.Errorf("a ready agent: kvsync_consumer_limit_reached=%v, want 0", got)
+		}
+	}
+
+	// The fix the message names: every agent follows the bucket soon after.
+	out := mustKvsync(t, "bucket", "add", "app", "--max-consumers", "10", "-s", url)
+	if want := "bucket app exists; max consumers changed from 3 to 10\n"; out != want {
+		t.Fatalf("bucket add=%q, want %q", out, want)
+	}
+	for _, a := range agents {
+		a.waitReady(t, 15*time.Second)
+	}
+	mustKvsync(t, "kv", "put", "app", "k", "v2", "-s", url)
+	for i, a := range agents {
+		waitFile(t, filepath.Join(dirs[i], "k"), []byte("v2"), time.Now(), 10*time.Second)
+		if got := a.metric(t, "kvsync_consumer_limit_reached", `bucket="app"`); got != 0 {
+			t.Errorf("after the fix: kvsync_consumer_limit_reached=%v, want 0", got)
+		}
+		if st := limitStatus(t, a); st.Buckets[0].ConsumerLimit || st.Buckets[0].Error != "" {
+			t.Errorf("after the fix: /status buckets=%+v", st.Buckets)
+		}
+	}
+	for _, a := range refused {
+		if !strings.Contains(a.stderr.String(), "consumer limit no longer blocks the bucket") {
+			t.Errorf("the recovery is not logged:\n%s", a.stderr.String())
+		}
+	}
+}
+
+func limitStatus(t *testing.T, a *agentProc) bucketLimitStatus {
+	t.Helper()
+	_, body, err := a.get("/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st bucketLimitStatus
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatalf("/status: %v\n%s", err, body)
+	}
+	return st
+}
+
+// TestBucketMaxConsumers: `bucket add` sets max_consumers (kvsync's default
+// without the flag), `bucket info` shows it, an existing bucket's limit
+// changes only when the flag is given, and a bad value is a usage error.
+func TestBucketMaxConsumers(t *testing.T) {
+	s := startServer(t)
+	url := s.ClientURL()
+	js := jetStream(t, s)
+	ctx := context.Background()
+	maxc := func(bucket string) int {
+		t.Helper()
+		st, err := js.Stream(ctx, "KV_"+bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.CachedInfo().Config.MaxConsumers
+	}
+
+	mustKvsync(t, "bucket", "add", "dflt", "-s", url)
+	if got, want := maxc("dflt"), 10000; got != want {
+		t.Fatalf("default max_consumers=%d, want %d", got, want)
+	}
+	mustKvsync(t, "bucket", "add", "set", "--max-consumers", "250", "-s", url)
+	if got, want := maxc("set"), 250; got != want {
+		t.Fatalf("max_consumers=%d, want %d", got, want)
+	}
+	mustKvsync(t, "bucket", "add", "none", "--max-consumers", "-1", "-s", url)
+	if got, want := maxc("none"), -1; got != want {
+		t.Fatalf("--max-consumers -1: max_consumers=%d, want %d", got, want)
+	}
+
+	info := mustKvsync(t, "bucket", "info", "set", "-s", url)
+	if !strings.Contains(info, "max consumers:") || !strings.Contains(info, "250") {
+		t.Fatalf("info=%q, want max consumers 250", info)
+	}
+	var bi struct {
+		MaxConsumers int `json:"max_consumers"`
+		Consumers    int `json:"consumers"`
+	}
+	if err := json.Unmarshal([]byte(mustKvsync(t, "bucket", "info", "none", "--json", "-s", url)), &bi); err != nil {
+		t.Fatal(err)
+	}
+	if bi.MaxConsumers != -1 || bi.Consumers != 0 {
+		t.Fatalf("info --json: max_consumers=%d consumers=%d, want -1 and 0", bi.MaxConsumers, bi.Consumers)
+	}
+
+	// Existing bucket without the flag: unchanged, with a note when it has
+	// no limit of its own.
+	out, errs, code := runKvsync(t, "bucket", "add", "none", "-s", url)
+	if code != 0 || out != "bucket none exists with the same settings\n" || !strings.Contains(errs, "--max-consumers") {
+		t.Fatalf("add on a bucket without a limit: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if got := maxc("none"); got != -1 {
+		t.Fatalf("max_consumers changed to %d without the flag", got)
+	}
+	// With the flag: changed and said.
+	if got, want := mustKvsync(t, "bucket", "add", "none", "--max-consumers", "2000", "-s", url),
+		"bucket none exists; max consumers changed from none (the server's default) to 2000\n"; got != want {
+		t.Fatalf("add --max-consumers on an existing bucket=%q, want %q", got, want)
+	}
+	if got := maxc("none"); got != 2000 {
+		t.Fatalf("max_consumers=%d, want 2000", got)
+	}
+	// With the flag and another difference: refused, nothing changed.
+	if _, errs, code := runKvsync(t, "bucket", "add", "none", "--history", "3", "--max-consumers", "5", "-s", url); code != 1 || !strings.Contains(errs, "history 1 (asked 3)") {
+		t.Fatalf("add with other settings: exit %d, stderr %q", code, errs)
+	}
+	if got := maxc("none"); got != 2000 {
+		t.Fatalf("max_consumers=%d after a refused add, want 2000", got)
+	}
+
+	for _, bad := range []string{"0", "-2", "x"} {
+		_, errs, code := runKvsync(t, "bucket", "add", "b", "--max-consumers", bad, "-s", url)
+		if code != 2 || !strings.Contains(errs, "max-consumers") {
+			t.Errorf("--max-consumers %s: exit %d, stderr %q; want 2 naming the flag", bad, code, errs)
+		}
+	}
+	if _, errs, code := runKvsync(t, "bucket", "info", "set", "--max-consumers", "5", "-s", url); code != 2 || !strings.Contains(errs, "does not take --max-consumers") {
+		t.Errorf("info --max-consumers: exit %d, stderr %q", code, errs)
+	}
+	if _, err := js.Stream(ctx, "KV_b"); err == nil {
+		t.Errorf("a refused add created the bucket")
+	}
+}
