@@ -64,6 +64,7 @@ type natsProc struct {
 	cmd   *exec.Cmd
 	done  chan struct{}
 	log   *lockedBuffer
+	args  []string // the server's arguments when not the default ones (a config file)
 }
 
 // startNATSProc starts a nats-server child on a free port with its store in a
@@ -87,7 +88,11 @@ func (n *natsProc) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.po
 func (n *natsProc) start(t testing.TB) {
 	t.Helper()
 	n.log = &lockedBuffer{}
-	n.cmd = exec.Command(n.bin, "-js", "-sd", n.store, "-p", strconv.Itoa(n.port), "-a", "127.0.0.1")
+	args := n.args
+	if args == nil {
+		args = []string{"-js", "-sd", n.store, "-p", strconv.Itoa(n.port), "-a", "127.0.0.1"}
+	}
+	n.cmd = exec.Command(n.bin, args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
 		t.Fatalf("start nats-server: %v", err)

@@ -22,10 +22,12 @@ type BucketCommand struct{ io ioStreams }
 const bucketUsage = `Usage:
   kvsync bucket add  BUCKET [--history N] [--ttl D] [--max-bytes N] [--max-value-size N]
                             [--replicas N] [--storage file|memory] [--description S]
-                            [--max-consumers N]
+                            [--max-consumers N] [--mirror ORIGIN [--mirror-domain D]]
                      create BUCKET; an existing bucket with the same settings is fine,
                      one with other settings is an error that names them; a
-                     --max-consumers given is applied to an existing bucket
+                     --max-consumers given is applied to an existing bucket;
+                     --mirror makes BUCKET a mirror of bucket ORIGIN (in JetStream
+                     domain D), as on the leaf node of an edge site
   kvsync bucket info BUCKET [--json]    settings and status
   kvsync bucket ls   [--json]           bucket names, sorted
   kvsync bucket rm   BUCKET             delete BUCKET and every key in it
@@ -46,6 +48,8 @@ type bucketSettings struct {
 	// maxConsumersSet: --max-consumers was given (it is then applied to an
 	// existing bucket, and never dropped for the account's limit).
 	maxConsumersSet bool
+	mirror          string // origin bucket of a mirror
+	mirrorDomain    string // JetStream domain of that origin
 }
 
 // Run implements command.
@@ -67,6 +71,8 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	fs.IntVar(&s.replicas, "replicas", 1, "add: copies kept in a cluster, 1..5")
 	fs.StringVar(&s.storage, "storage", "file", "add: file or memory")
 	fs.StringVar(&s.description, "description", "", "add: description of the bucket")
+	fs.StringVar(&s.mirror, "mirror", "", "add: make the bucket a mirror of this bucket")
+	fs.StringVar(&s.mirrorDomain, "mirror-domain", "", "add: JetStream domain of the --mirror bucket")
 	fs.IntVar(&s.maxConsumers, "max-consumers", agent.DefaultMaxConsumers,
 		"add: consumers the bucket's stream allows, one per watching agent; -1 leaves it to the server (1,000 by default)")
 	fs.BoolVar(&asJSON, "json", false, "info, ls: JSON output")
@@ -83,8 +89,8 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	var takes []string
 	switch sub {
 	case "add":
-		synopsis = "usage: kvsync bucket add BUCKET [--history N --ttl D --max-bytes N --max-value-size N --replicas N --storage file|memory --max-consumers N]"
-		takes = []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "max-consumers"}
+		synopsis = "usage: kvsync bucket add BUCKET [--history N --ttl D --max-bytes N --max-value-size N --replicas N --storage file|memory --max-consumers N --mirror B --mirror-domain D]"
+		takes = []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "max-consumers", "mirror", "mirror-domain"}
 	case "info":
 		synopsis, takes = "usage: kvsync bucket info BUCKET [--json]", []string{"json"}
 	case "ls":
@@ -103,7 +109,7 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	}
 	var badFlag error
 	fs.Visit(func(f *flag.Flag) {
-		own := []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "max-consumers", "json"}
+		own := []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "max-consumers", "mirror", "mirror-domain", "json"}
 		if f.Name == "max-consumers" {
 			s.maxConsumersSet = true
 		}
@@ -168,6 +174,12 @@ func (s bucketSettings) check() error {
 		return usagef("--storage %q is not file or memory", s.storage)
 	case s.maxConsumers < -1 || s.maxConsumers == 0:
 		return usagef("--max-consumers %d: give a positive limit, or -1 to leave it to the server", s.maxConsumers)
+	case s.mirrorDomain != "" && s.mirror == "":
+		return usagef("--mirror-domain goes with --mirror")
+	case s.mirror != "" && kvkey.ValidBucket(s.mirror) != nil:
+		return usagef("--mirror: %v", kvkey.ValidBucket(s.mirror))
+	case strings.ContainsAny(s.mirrorDomain, ". *>"):
+		return usagef("--mirror-domain %q is not a domain name", s.mirrorDomain)
 	}
 	return nil
 }
@@ -177,7 +189,7 @@ func (s bucketSettings) config(name string) jetstream.KeyValueConfig {
 	if s.storage == "memory" {
 		st = jetstream.MemoryStorage
 	}
-	return jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket:       name,
 		Description:  s.description,
 		History:      uint8(s.history),
@@ -187,6 +199,10 @@ func (s bucketSettings) config(name string) jetstream.KeyValueConfig {
 		Replicas:     s.replicas,
 		Storage:      st,
 	}
+	if s.mirror != "" {
+		cfg.Mirror = &jetstream.StreamSource{Name: s.mirror, Domain: s.mirrorDomain}
+	}
+	return cfg
 }
 
 // differences lists the settings of have that differ from s, as
@@ -260,7 +276,14 @@ func (c *BucketCommand) add(ctx context.Context, js jetstream.JetStream, name st
 	if err != nil {
 		return fmt.Errorf("create bucket %s: %w", name, err)
 	}
-	fmt.Fprintf(c.io.out, "bucket %s created\n", name)
+	switch {
+	case s.mirror != "" && s.mirrorDomain != "":
+		fmt.Fprintf(c.io.out, "bucket %s created (a mirror of %s in domain %s)\n", name, s.mirror, s.mirrorDomain)
+	case s.mirror != "":
+		fmt.Fprintf(c.io.out, "bucket %s created (a mirror of %s)\n", name, s.mirror)
+	default:
+		fmt.Fprintf(c.io.out, "bucket %s created\n", name)
+	}
 	return nil
 }
 
@@ -300,6 +323,11 @@ type bucketInfo struct {
 	// its own (the server's default applies); Consumers how many it has.
 	MaxConsumers int `json:"max_consumers"`
 	Consumers    int `json:"consumers"`
+	// Mirror is the origin of a mirror bucket, MirrorDomain its domain,
+	// MirrorLag how many messages the mirror is behind it.
+	Mirror       string `json:"mirror,omitempty"`
+	MirrorDomain string `json:"mirror_domain,omitempty"`
+	MirrorLag    uint64 `json:"mirror_lag,omitempty"`
 }
 
 func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name string, asJSON bool) error {
@@ -329,7 +357,17 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 		MaxConsumers:   maxConsumers(st),
 	}
 	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
-		bi.Consumers = bs.StreamInfo().State.Consumers
+		si := bs.StreamInfo()
+		bi.Consumers = si.State.Consumers
+		if m := si.Config.Mirror; m != nil {
+			bi.Mirror = strings.TrimPrefix(m.Name, "KV_")
+			if m.External != nil {
+				bi.MirrorDomain = strings.TrimSuffix(strings.TrimPrefix(m.External.APIPrefix, "$JS."), ".API")
+			}
+		}
+		if si.Mirror != nil {
+			bi.MirrorLag = si.Mirror.Lag
+		}
 	}
 	if asJSON {
 		return writeJSON(c.io.out, bi)
@@ -358,6 +396,10 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 		{"max consumers", consumersLimit(bi.MaxConsumers)},
 		{"consumers", fmt.Sprint(bi.Consumers)},
 	} {
+		if row[0] == "stream" && bi.Mirror != "" {
+			fmt.Fprintf(tw, "mirror of:\t%s\n", strings.TrimSuffix(bi.Mirror+" (domain "+bi.MirrorDomain+")", " (domain )"))
+			fmt.Fprintf(tw, "mirror lag:\t%d\n", bi.MirrorLag)
+		}
 		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])
 	}
 	return tw.Flush()
