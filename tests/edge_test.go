@@ -36,7 +36,7 @@ func startEdgeSite(t *testing.T) *edgeSite {
 		"127.0.0.1:4222", fmt.Sprintf("127.0.0.1:%d", hubPort),
 		"127.0.0.1:4223", fmt.Sprintf("127.0.0.1:%d", leafPort),
 		"127.0.0.1:7422", fmt.Sprintf("127.0.0.1:%d", linkPort),
-		"127.0.0.1:9335", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"127.0.0.1:9336", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		"./data/hub", filepath.Join(t.TempDir(), "hub"),
 		"./data/edge", filepath.Join(t.TempDir(), "edge"),
 	)
