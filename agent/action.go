@@ -342,7 +342,7 @@ func (r *actionRunner) webhook(ctx context.Context) (string, error) {
 	attempts := 0
 	for attempts <= retries {
 		if attempts > 0 {
-			t := time.NewTimer(backoff)
+			t := time.NewTimer(equalJitter(backoff, nil))
 			select {
 			case <-t.C:
 			case <-ctx.Done():
