@@ -3,8 +3,11 @@ package agent
 import (
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // spread draws n delays from next and checks that each lies in [lo, hi] and
@@ -96,5 +99,61 @@ func TestEqualJitterBounds(t *testing.T) {
 				t.Fatalf("equalJitter(%v)=%v, want in [%v, %v]", d, got, d/2, d)
 			}
 		}
+	}
+}
+
+// TestMirrorStatus: the mirror part of /status from a stream's info.
+func TestMirrorStatus(t *testing.T) {
+	if m := mirrorStatus(&jetstream.StreamInfo{}); m != nil {
+		t.Fatalf("not a mirror: %+v, want nil", m)
+	}
+	for _, tc := range []struct {
+		src                  jetstream.StreamSource
+		origin, domain, pref string
+	}{
+		{jetstream.StreamSource{Name: "KV_app"}, "app", "", ""},
+		{jetstream.StreamSource{Name: "KV_app", External: &jetstream.ExternalStream{APIPrefix: "$JS.hub.API"}}, "app", "hub", ""},
+		{jetstream.StreamSource{Name: "KV_app", External: &jetstream.ExternalStream{APIPrefix: "$JS.a.b.API"}}, "app", "", "$JS.a.b.API"},
+		{jetstream.StreamSource{Name: "KV_app", External: &jetstream.ExternalStream{APIPrefix: "other.API"}}, "app", "", "other.API"},
+	} {
+		info := &jetstream.StreamInfo{
+			Config: jetstream.StreamConfig{Mirror: &tc.src},
+			Mirror: &jetstream.StreamSourceInfo{Lag: 7, Active: 1500 * time.Millisecond,
+				Error: &jetstream.APIError{Code: 503, Description: "no route"}},
+		}
+		m := mirrorStatus(info)
+		if m.Origin != tc.origin || m.Domain != tc.domain || m.APIPrefix != tc.pref {
+			t.Errorf("%+v: origin %q domain %q prefix %q, want %q %q %q", tc.src, m.Origin, m.Domain, m.APIPrefix, tc.origin, tc.domain, tc.pref)
+		}
+		if m.Lag != 7 || m.LastContact != "1.5s" || !strings.Contains(m.Error, "no route") {
+			t.Errorf("lag %d, last contact %q, error %q", m.Lag, m.LastContact, m.Error)
+		}
+	}
+	never := mirrorStatus(&jetstream.StreamInfo{
+		Config: jetstream.StreamConfig{Mirror: &jetstream.StreamSource{Name: "KV_app"}},
+		Mirror: &jetstream.StreamSourceInfo{Active: -1},
+	})
+	if never.LastContact != "" {
+		t.Errorf("never in contact: last contact %q, want none", never.LastContact)
+	}
+}
+
+// TestNotReadyBody: /readyz names every reason, the refused buckets first.
+func TestNotReadyBody(t *testing.T) {
+	body := notReady(&Status{
+		Buckets: []BucketStatus{{Name: "a", Missing: true}, {Name: "b", ConsumerLimit: true, Error: "refused: raise it"}},
+		Projections: []ProjectionStatus{{Name: "p", Synced: true}, {Name: "q"}},
+	})
+	want := []string{"bucket b: refused: raise it", "bucket a: missing", "projection q: initial sync not done"}
+	last := -1
+	for _, w := range want {
+		i := strings.Index(body, w)
+		if i < 0 || i < last {
+			t.Fatalf("body=%q, want %q in this order: %q", body, w, want)
+		}
+		last = i
+	}
+	if strings.Contains(body, "projection p") {
+		t.Fatalf("body=%q names a synced projection", body)
 	}
 }
