@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvsync/kvsync/agent"
 	"github.com/kvsync/kvsync/internal/bench"
 )
 
@@ -33,6 +34,7 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	pacing := fs.String("pacing", "", "gap between a sample being seen and the next put, e.g. 20ms or 0 (default: both 20ms and 0)")
 	fsync := fs.Bool("fsync", true, "files projections fsync every write")
 	agents := fs.Int("agents", 200, "agents of the fanout scenario")
+	maxConsumers := fs.Int("max-consumers", agent.DefaultMaxConsumers, "consumer limit of the buckets the bench makes, as bucket add takes it; -1: none of their own (the server's default, 1,000 unless configured)")
 	idle := fs.Duration("idle", 10*time.Second, "how long the idle scenario leaves the agent alone")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	dir := fs.String("dir", "", "where each run makes its work folder (projected files, embedded store); removed at the end (default: the temp folder)")
@@ -48,10 +50,13 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	}
 	o := bench.Options{
 		Keys: *keys, Count: *count, Fsync: *fsync, Agents: *agents, IdleFor: *idle, Dir: *dir,
-		Child: c.child,
+		Child: c.child, MaxConsumers: *maxConsumers,
 	}
 	if *keys < 0 || *count < 0 || *agents < 1 || *idle <= 0 {
 		return usagef("--keys and --count must not be negative, --agents and --idle must be positive")
+	}
+	if *maxConsumers < -1 || *maxConsumers == 0 {
+		return usagef("--max-consumers %d: give a positive limit, or -1 to leave it to the server", *maxConsumers)
 	}
 	for _, s := range strings.Split(*scenario, ",") {
 		s = strings.TrimSpace(s)

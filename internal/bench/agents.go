@@ -81,6 +81,13 @@ func (r *running) waitReady(ctx context.Context, timeout time.Duration) error {
 		default:
 		}
 		if !r.a.Ready() {
+			// A bucket the server refuses the agent is not a matter of
+			// time: say why.
+			for _, b := range r.a.Status().Buckets {
+				if b.ConsumerLimit {
+					return fmt.Errorf("agent not ready: %s", b.Error)
+				}
+			}
 			return errors.New("agent not ready")
 		}
 		return nil

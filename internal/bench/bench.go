@@ -76,6 +76,11 @@ type Options struct {
 	// Terminal, else one log line per step.
 	Progress io.Writer
 	Terminal bool
+	// MaxConsumers is the consumer limit of the buckets the bench makes, as
+	// `kvsync bucket add --max-consumers` takes it: 0 is kvsync's default,
+	// -1 none of the bucket's own (the server's default: 1,000 on
+	// nats-server 2.15).
+	MaxConsumers int
 }
 
 // Report is everything one Run measured.
@@ -281,7 +286,12 @@ func (e *env) bucket(ctx context.Context, name string) (jetstream.KeyValue, func
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	full := "kvsync_bench_" + strings.ReplaceAll(name, "-", "_") + "_" + hex.EncodeToString(b[:])
-	kv, err := e.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: full, Storage: jetstream.FileStorage})
+	mc := e.o.MaxConsumers
+	if mc == 0 {
+		mc = agent.DefaultMaxConsumers
+	}
+	// Made as kvsync makes buckets (`bucket add`, `buckets:`).
+	kv, err := agent.CreateBucket(ctx, e.js, jetstream.KeyValueConfig{Bucket: full, Storage: jetstream.FileStorage}, mc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create bucket %s: %w", full, err)
 	}
