@@ -141,7 +141,7 @@ func TestMirrorStatus(t *testing.T) {
 // TestNotReadyBody: /readyz names every reason, the refused buckets first.
 func TestNotReadyBody(t *testing.T) {
 	body := notReady(&Status{
-		Buckets: []BucketStatus{{Name: "a", Missing: true}, {Name: "b", ConsumerLimit: true, Error: "refused: raise it"}},
+		Buckets:     []BucketStatus{{Name: "a", Missing: true}, {Name: "b", ConsumerLimit: true, Error: "refused: raise it"}},
 		Projections: []ProjectionStatus{{Name: "p", Synced: true}, {Name: "q"}},
 	})
 	want := []string{"bucket b: refused: raise it", "bucket a: missing", "projection q: initial sync not done"}
