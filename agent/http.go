@@ -38,7 +38,11 @@ func (a *Agent) Handler() http.Handler {
 		s := *a.Status()
 		s.Connected = a.conn.Load()
 		s.Connection = a.connStatus()
-		s.Buckets = a.mirrors.annotate(r.Context(), a.jetStream(), s.Buckets)
+		js := a.jetStream()
+		if !s.Connected {
+			js = nil // a request would wait for the connection: show what is known
+		}
+		s.Buckets = a.mirrors.annotate(r.Context(), js, s.Buckets)
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")

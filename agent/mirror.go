@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -36,52 +37,70 @@ type MirrorStatus struct {
 
 // mirrorCache reads the mirror state of the watched buckets when /status is
 // asked for (an idle agent asks nothing), and keeps the last answer for the
-// times the server cannot be asked.
+// times the server cannot be asked. A bucket found not to be a mirror is not
+// asked about again.
 type mirrorCache struct {
-	mu   sync.Mutex
-	last map[string]*MirrorStatus // bucket -> last known; nil: not a mirror
+	mu     sync.Mutex
+	last   map[string]*MirrorStatus // bucket -> last known state of a mirror
+	plain  map[string]bool          // buckets known not to be mirrors
+	asking sync.Mutex               // one /status asks at a time
 }
 
 // mirrorTimeout bounds the stream info requests of one /status.
 const mirrorTimeout = time.Second
 
 // annotate returns buckets with Mirror set for every bucket whose stream is
-// a mirror. js may be nil (not connected yet): the last known state is used.
+// a mirror. js is nil when the agent has no JetStream handle or no
+// connection: the last known state is shown then.
 func (c *mirrorCache) annotate(ctx context.Context, js jetstream.JetStream, buckets []BucketStatus) []BucketStatus {
 	if len(buckets) == 0 {
 		return buckets
 	}
+	c.asking.Lock()
+	defer c.asking.Unlock()
 	out := make([]BucketStatus, len(buckets))
 	copy(out, buckets)
 	ctx, cancel := context.WithTimeout(ctx, mirrorTimeout)
 	defer cancel()
 	for i := range out {
+		name := out[i].Name
+		c.mu.Lock()
+		plain := c.plain[name]
+		c.mu.Unlock()
+		if plain {
+			continue
+		}
 		var (
 			st  jetstream.Stream
-			err error
+			err = errNotAsked
 		)
-		if js != nil {
-			st, err = js.Stream(ctx, "KV_"+out[i].Name)
+		if js != nil && ctx.Err() == nil {
+			st, err = js.Stream(ctx, "KV_"+name)
 		}
 		c.mu.Lock()
 		if c.last == nil {
-			c.last = map[string]*MirrorStatus{}
+			c.last, c.plain = map[string]*MirrorStatus{}, map[string]bool{}
 		}
 		switch {
-		case js != nil && err == nil:
-			c.last[out[i].Name] = mirrorStatus(st.CachedInfo())
-			out[i].Mirror = c.last[out[i].Name]
-		case c.last[out[i].Name] != nil:
-			m := *c.last[out[i].Name]
-			if err != nil {
-				m.Error = "stream info: " + err.Error()
+		case err == nil:
+			if m := mirrorStatus(st.CachedInfo()); m != nil {
+				c.last[name] = m
+				out[i].Mirror = m
+			} else {
+				c.plain[name] = true
 			}
+		case c.last[name] != nil:
+			m := *c.last[name]
+			m.Error = "stream info: " + err.Error()
 			out[i].Mirror = &m
 		}
 		c.mu.Unlock()
 	}
 	return out
 }
+
+// errNotAsked: the server was not asked (no connection, time is up).
+var errNotAsked = errors.New("not asked: no connection, or no time left")
 
 // mirrorStatus is the mirror part of a stream's info; nil when the stream is
 // not a mirror.
