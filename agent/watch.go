@@ -301,9 +301,11 @@ func (w *watcher) run(ctx context.Context) error {
 			bo.reset()
 			continue
 		}
-		wait := bo.next()
+		var wait time.Duration
 		if limited {
 			wait = limitBo.next()
+		} else {
+			wait = bo.next()
 		}
 		select {
 		case <-ctx.Done():
