@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -167,5 +168,45 @@ func TestProvisionMaxConsumers(t *testing.T) {
 	bad.Default()
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "buckets[0].max_consumers") {
 		t.Errorf("max_consumers -2: %v, want an error naming buckets[0].max_consumers", err)
+	}
+}
+
+// TestProvisionUnderAccountLimit: an account that allows fewer consumers than
+// kvsync's default gets buckets without a limit of their own (said at WARN);
+// a configured limit above the account's is an error naming the bucket.
+func TestProvisionUnderAccountLimit(t *testing.T) {
+	s := testServer(t)
+	if err := s.GlobalAccount().UpdateJetStreamLimits(map[string]server.JetStreamAccountLimits{
+		"": {MaxConsumers: 50, MaxMemory: -1, MaxStore: -1, MaxStreams: -1, MaxAckPending: -1},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	nc, js := testJS(t, s.ClientURL())
+	defer nc.Close()
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
+	ctx := context.Background()
+	cfg := Config{Buckets: []BucketConfig{{Name: "dflt"}}}
+	cfg.Default()
+	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "KV_dflt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.CachedInfo().Config.MaxConsumers; got != -1 {
+		t.Errorf("max_consumers=%d, want -1 (the account's limit counts)", got)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "account's consumer limit") {
+		t.Errorf("not said at WARN; log:\n%s", logs)
+	}
+	cfg.Buckets = []BucketConfig{{Name: "big", MaxConsumers: 100}}
+	err = provision(ctx, js, cfg.Buckets, logger)
+	if err == nil || !strings.Contains(err.Error(), "create bucket big") {
+		t.Errorf("max_consumers over the account's limit: %v, want an error naming the bucket", err)
+	}
+	if _, err := js.Stream(ctx, "KV_big"); err == nil {
+		t.Errorf("bucket big was created")
 	}
 }
