@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 // bucketLimitStatus is the part of a bucket's GET /status this file reads.
@@ -225,5 +227,33 @@ func TestBucketMaxConsumers(t *testing.T) {
 	}
 	if _, err := js.Stream(ctx, "KV_b"); err == nil {
 		t.Errorf("a refused add created the bucket")
+	}
+}
+
+// TestBucketAddUnderAccountLimit: without --max-consumers, an account that
+// allows fewer consumers than kvsync's default gets a bucket without a limit
+// of its own, with a note; with the flag over the account's limit, an error.
+func TestBucketAddUnderAccountLimit(t *testing.T) {
+	s := startServer(t)
+	if err := s.GlobalAccount().UpdateJetStreamLimits(map[string]server.JetStreamAccountLimits{
+		"": {MaxConsumers: 50, MaxMemory: -1, MaxStore: -1, MaxStreams: -1, MaxAckPending: -1},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	url := s.ClientURL()
+	out, errs, code := runKvsync(t, "bucket", "add", "app", "-s", url)
+	if code != 0 || out != "bucket app created\n" || !strings.Contains(errs, "the account allows fewer consumers than 10000") {
+		t.Fatalf("add: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	st, err := jetStream(t, s).Stream(context.Background(), "KV_app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.CachedInfo().Config.MaxConsumers; got != -1 {
+		t.Fatalf("max_consumers=%d, want -1", got)
+	}
+	_, errs, code = runKvsync(t, "bucket", "add", "big", "--max-consumers", "100", "-s", url)
+	if code != 1 || !strings.Contains(errs, "create bucket big") || !strings.Contains(errs, "maximum consumers limit reached") {
+		t.Fatalf("add --max-consumers over the account's limit: exit %d, stderr %q", code, errs)
 	}
 }
