@@ -257,3 +257,46 @@ func TestBucketAddUnderAccountLimit(t *testing.T) {
 		t.Fatalf("add --max-consumers over the account's limit: exit %d, stderr %q", code, errs)
 	}
 }
+
+// TestBucketAddMirrorUsage: bad --mirror flags are usage errors and create
+// nothing; a mirror in the same domain is made and shown by bucket info.
+func TestBucketAddMirrorUsage(t *testing.T) {
+	s := startServer(t)
+	url := s.ClientURL()
+	for _, args := range [][]string{
+		{"--mirror-domain", "hub"},
+		{"--mirror", "bad name"},
+		{"--mirror", "app", "--mirror-domain", "a.b"},
+		{"--mirror", "app", "--mirror-domain", "*"},
+	} {
+		_, errs, code := runKvsync(t, append([]string{"bucket", "add", "copy", "-s", url}, args...)...)
+		if code != 2 || !strings.Contains(errs, "mirror") {
+			t.Errorf("%v: exit %d, stderr %q; want 2 naming the flag", args, code, errs)
+		}
+	}
+	if _, err := jetStream(t, s).Stream(context.Background(), "KV_copy"); err == nil {
+		t.Fatalf("a refused add created the bucket")
+	}
+	mustKvsync(t, "bucket", "add", "app", "-s", url)
+	mustKvsync(t, "kv", "put", "app", "k", "v", "-s", url)
+	if got, want := mustKvsync(t, "bucket", "add", "copy", "--mirror", "app", "-s", url), "bucket copy created (a mirror of app)\n"; got != want {
+		t.Fatalf("add --mirror=%q, want %q", got, want)
+	}
+	pollFor(t, 10*time.Second, func() error {
+		var bi struct {
+			Mirror    string `json:"mirror"`
+			Values    uint64 `json:"values"`
+			MirrorLag uint64 `json:"mirror_lag"`
+		}
+		if err := json.Unmarshal([]byte(mustKvsync(t, "bucket", "info", "copy", "--json", "-s", url)), &bi); err != nil {
+			return err
+		}
+		if bi.Mirror != "app" || bi.Values != 1 || bi.MirrorLag != 0 {
+			return fmt.Errorf("info --json: %+v, want a mirror of app with its 1 value", bi)
+		}
+		return nil
+	})
+	if info := mustKvsync(t, "bucket", "info", "copy", "-s", url); !strings.Contains(info, "mirror of:") || !strings.Contains(info, "app") {
+		t.Fatalf("info=%q, want the mirror's origin", info)
+	}
+}
