@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // bucketLimitStatus is the part of a bucket's GET /status this file reads.
@@ -299,4 +300,59 @@ func TestBucketAddMirrorUsage(t *testing.T) {
 	if info := mustKvsync(t, "bucket", "info", "copy", "-s", url); !strings.Contains(info, "mirror of:") || !strings.Contains(info, "app") {
 		t.Fatalf("info=%q, want the mirror's origin", info)
 	}
+}
+
+// TestConsumerLimitServerDefault: the default server (1,000 consumers per
+// stream unless configured). On a bucket made without a limit of its own and
+// already holding 1,000 durable consumers (standing in for 1,000 agents: a
+// real fleet of that size is the bench's job), the next
+// agent is refused with a message that names the server's default and the
+// fix, and follows the bucket once `bucket add --max-consumers` raised it. On
+// a bucket kvsync made, 1,100 consumers and the agent all fit.
+func TestConsumerLimitServerDefault(t *testing.T) {
+	s := startServer(t)
+	url := s.ClientURL()
+	js := jetStream(t, s)
+	ctx := context.Background()
+	fill := func(bucket string, n int) {
+		t.Helper()
+		for i := range n {
+			if _, err := js.CreateConsumer(ctx, "KV_"+bucket, jetstream.ConsumerConfig{
+				Durable: fmt.Sprintf("c%d", i), AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true,
+			}); err != nil {
+				t.Fatalf("consumer %d of %s: %v", i, bucket, err)
+			}
+		}
+	}
+
+	createBucket(t, js, "plain", 1) // as the library makes it: no limit of its own
+	mustKvsync(t, "kv", "put", "plain", "k", "v", "-s", url)
+	fill("plain", 1000)
+	dir := t.TempDir()
+	a := startAgent(t, url, fmt.Sprintf("files:\n  - {name: f, bucket: plain, dir: %q}\n", dir))
+	pollFor(t, 10*time.Second, func() error {
+		a.alive(t)
+		code, body, err := a.get("/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "no max_consumers of its own, so the server's default applies") {
+			return fmt.Errorf("/readyz %d %q, want 503 naming the server's default", code, body)
+		}
+		return nil
+	})
+	if n := strings.Count(a.stderr.String(), "level=ERROR"); n != 1 {
+		t.Fatalf("%d ERROR lines, want 1:\n%s", n, a.stderr.String())
+	}
+	mustKvsync(t, "bucket", "add", "plain", "--max-consumers", "1100", "-s", url)
+	a.waitReady(t, 15*time.Second)
+	waitFile(t, filepath.Join(dir, "k"), []byte("v"), time.Now(), 5*time.Second)
+
+	mustKvsync(t, "bucket", "add", "made", "-s", url)
+	mustKvsync(t, "kv", "put", "made", "k", "v", "-s", url)
+	fill("made", 1100)
+	dir2 := t.TempDir()
+	b := startAgent(t, url, fmt.Sprintf("files:\n  - {name: f, bucket: made, dir: %q}\n", dir2))
+	b.waitReady(t, 10*time.Second)
+	waitFile(t, filepath.Join(dir2, "k"), []byte("v"), time.Now(), 5*time.Second)
 }
