@@ -305,10 +305,10 @@ func TestBucketAddMirrorUsage(t *testing.T) {
 // TestConsumerLimitServerDefault: the default server (1,000 consumers per
 // stream unless configured). On a bucket made without a limit of its own and
 // already holding 1,000 durable consumers (standing in for 1,000 agents: a
-// real fleet of that size is the bench's job), the next
-// agent is refused with a message that names the server's default and the
-// fix, and follows the bucket once `bucket add --max-consumers` raised it. On
-// a bucket kvsync made, 1,100 consumers and the agent all fit.
+// real fleet of that size is the bench's job), the next agent is refused with
+// a message that names the server's default and the fix, and follows the
+// bucket once `bucket add --max-consumers` raised it. On a bucket kvsync
+// made, 1,100 consumers and the agent all fit.
 func TestConsumerLimitServerDefault(t *testing.T) {
 	s := startServer(t)
 	url := s.ClientURL()
