@@ -138,13 +138,17 @@ func TestMirrorStatus(t *testing.T) {
 	}
 }
 
-// TestNotReadyBody: /readyz names every reason, the refused buckets first.
+// TestNotReadyBody: /readyz names a bucket refused for the consumer limit
+// with its fix, once, before buckets and projections that are not done.
 func TestNotReadyBody(t *testing.T) {
 	body := notReady(&Status{
-		Buckets:     []BucketStatus{{Name: "a", Missing: true}, {Name: "b", ConsumerLimit: true, Error: "refused: raise it"}},
-		Projections: []ProjectionStatus{{Name: "p", Synced: true}, {Name: "q"}},
+		Buckets: []BucketStatus{
+			{Name: "a", Missing: true},
+			{Name: "b", ConsumerLimit: true, Error: "refused: raise it"},
+		},
+		Projections: []ProjectionStatus{{Name: "p", Kind: "files", Synced: true}, {Name: "q", Kind: "files"}},
 	})
-	want := []string{"bucket b: refused: raise it", "bucket a: missing", "projection q: initial sync not done"}
+	want := []string{"- bucket b: refused: raise it", "- bucket a: not found", "- files q: not written yet"}
 	last := -1
 	for _, w := range want {
 		i := strings.Index(body, w)
@@ -153,7 +157,7 @@ func TestNotReadyBody(t *testing.T) {
 		}
 		last = i
 	}
-	if strings.Contains(body, "projection p") {
-		t.Fatalf("body=%q names a synced projection", body)
+	if strings.Count(body, "bucket b") != 1 || strings.Contains(body, "files p") {
+		t.Fatalf("body=%q: bucket b said twice, or a synced projection named", body)
 	}
 }
