@@ -62,23 +62,50 @@ func (w *watcher) limitError(ctx context.Context, err error) error {
 		w.bucket, err, have, w.bucket, w.stream())
 }
 
+// limitLogEvery is how often an agent whose consumer keeps being refused and
+// admitted again (a fleet larger than the limit, where slots change hands as
+// consumers are re-created) repeats the ERROR line with the fix.
+const limitLogEvery = 10 * time.Minute
+
+// limitState is what the owner knows of the buckets refused for the consumer
+// limit.
+type limitState struct {
+	why  map[string]string    // bucket -> the refusal and its fix, while refused
+	said map[string]time.Time // bucket -> when the refusal was last logged at ERROR
+	loud map[string]bool      // bucket -> the current refusal was logged at ERROR
+}
+
 // noteConsumerLimit records that a bucket's consumer is refused for the
-// consumer limit, or no longer is. It logs once per change: at ERROR with the
-// fix when the refusals start, at INFO when they end.
+// consumer limit, or no longer is. A refusal is logged at ERROR with the fix
+// (again only limitLogEvery later), the end of a refusal so logged at INFO,
+// every other change at DEBUG; /status, /readyz and the metric show every
+// change.
 func (o *owner) noteConsumerLimit(m consumerLimit) {
+	l := &o.limited
+	if l.why == nil {
+		l.why, l.said, l.loud = map[string]string{}, map[string]time.Time{}, map[string]bool{}
+	}
 	g := o.a.metrics.consumerLimit.WithLabelValues(m.bucket)
 	if m.err == nil {
-		if _, ok := o.limited[m.bucket]; ok {
-			o.logger.Info("consumer limit no longer blocks the bucket: following it", "bucket", m.bucket)
-			delete(o.limited, m.bucket)
-		}
 		g.Set(0)
+		if _, ok := l.why[m.bucket]; !ok {
+			return
+		}
+		delete(l.why, m.bucket)
+		if l.loud[m.bucket] {
+			o.logger.Info("consumer limit no longer blocks the bucket: following it", "bucket", m.bucket)
+		} else {
+			o.logger.Debug("consumer limit no longer blocks the bucket", "bucket", m.bucket)
+		}
+		delete(l.loud, m.bucket)
 		return
 	}
-	if o.limited == nil {
-		o.limited = map[string]string{}
-	}
-	o.limited[m.bucket] = m.err.Error()
+	l.why[m.bucket] = m.err.Error()
 	g.Set(1)
+	if at, ok := l.said[m.bucket]; ok && time.Since(at) < limitLogEvery {
+		o.logger.Debug("consumer limit reached again", "bucket", m.bucket, "err", m.err)
+		return
+	}
+	l.said[m.bucket], l.loud[m.bucket] = time.Now(), true
 	o.logger.Error("consumer limit reached: this agent cannot follow the bucket until the limit is raised", "bucket", m.bucket, "err", m.err)
 }

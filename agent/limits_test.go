@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -159,5 +161,39 @@ func TestNotReadyBody(t *testing.T) {
 	}
 	if strings.Count(body, "bucket b") != 1 || strings.Contains(body, "files p") {
 		t.Fatalf("body=%q: bucket b said twice, or a synced projection named", body)
+	}
+}
+
+// TestConsumerLimitLoggedOnce: an agent refused, admitted and refused again
+// (slots changing hands in a fleet larger than the limit) says it at ERROR
+// once, and again only after limitLogEvery; /status follows every change.
+func TestConsumerLimitLoggedOnce(t *testing.T) {
+	logs := &syncBuffer{}
+	o := &owner{a: &Agent{metrics: newMetrics()}, logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	refuse := consumerLimit{bucket: "app", err: errors.New("refused: raise it")}
+	count := func(level string) int { return strings.Count(logs.String(), "level="+level+" msg=\"consumer limit") }
+	for range 3 {
+		o.noteConsumerLimit(refuse)
+		if _, ok := o.limited.why["app"]; !ok {
+			t.Fatalf("refusal not recorded")
+		}
+		o.noteConsumerLimit(consumerLimit{bucket: "app"})
+		if _, ok := o.limited.why["app"]; ok {
+			t.Fatalf("end of refusal not recorded")
+		}
+	}
+	if got, want := count("ERROR"), 1; got != want {
+		t.Fatalf("%d ERROR lines, want %d:\n%s", got, want, logs)
+	}
+	if got, want := count("INFO"), 1; got != want {
+		t.Fatalf("%d INFO lines, want %d:\n%s", got, want, logs)
+	}
+	if got, want := count("DEBUG"), 4; got != want {
+		t.Fatalf("%d DEBUG lines, want %d:\n%s", got, want, logs)
+	}
+	o.limited.said["app"] = time.Now().Add(-limitLogEvery - time.Second)
+	o.noteConsumerLimit(refuse)
+	if got, want := count("ERROR"), 2; got != want {
+		t.Fatalf("after %v: %d ERROR lines, want %d:\n%s", limitLogEvery, got, want, logs)
 	}
 }

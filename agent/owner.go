@@ -105,7 +105,7 @@ type owner struct {
 	exec    *execLoop
 	execFed bool // the exec loop has an environment (the child runs)
 
-	limited map[string]string // bucket -> why its consumer is refused (the consumer limit)
+	limited limitState // buckets whose consumer the server refuses for the consumer limit
 
 	ctx     context.Context
 	wg      sync.WaitGroup
@@ -640,7 +640,7 @@ func (o *owner) publishStatus() {
 	for _, name := range slices.Sorted(maps.Keys(o.st.buckets)) {
 		b := o.st.buckets[name]
 		bs := BucketStatus{Name: name, Synced: b.synced, Missing: b.gone, Keys: len(b.entries), LastRevision: b.lastRev}
-		if why, ok := o.limited[name]; ok {
+		if why, ok := o.limited.why[name]; ok {
 			bs.ConsumerLimit, bs.Error = true, why
 			ready = false
 		}
