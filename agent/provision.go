@@ -79,8 +79,8 @@ func bucketDiff(want jetstream.KeyValueConfig, st jetstream.KeyValueStatus) stri
 	if cfg.Storage != want.Storage {
 		d = append(d, fmt.Sprintf("storage %v (config %v)", cfg.Storage, want.Storage))
 	}
-	if want.RePublish != nil && !republishes(want.Bucket, cfg.RePublish) {
-		d = append(d, fmt.Sprintf("republish %s (config %s)", republishName(cfg.RePublish), want.RePublish.Destination))
+	if want.RePublish != nil && !Republishes(want.Bucket, cfg.RePublish) {
+		d = append(d, fmt.Sprintf("republish %s (config %s)", RepublishName(cfg.RePublish), want.RePublish.Destination))
 	}
 	return strings.Join(d, ", ")
 }

@@ -35,11 +35,11 @@ func RePublish(bucket string) *jetstream.RePublish {
 	return &jetstream.RePublish{Source: "$KV." + bucket + ".>", Destination: RepublishSubject(bucket)}
 }
 
-// republishes reports whether a stream with the setting rp republishes every
+// Republishes reports whether a stream with the setting rp republishes every
 // entry of bucket, with its value, to RepublishSubject(bucket). Only then is
 // the stream sequence of the republished copies consecutive, which is how
 // the republish watcher sees what it missed.
-func republishes(bucket string, rp *jetstream.RePublish) bool {
+func Republishes(bucket string, rp *jetstream.RePublish) bool {
 	if rp == nil || rp.HeadersOnly || rp.Destination != RepublishSubject(bucket) {
 		return false
 	}
@@ -50,8 +50,9 @@ func republishes(bucket string, rp *jetstream.RePublish) bool {
 	return false
 }
 
-// republishName describes a stream's republish setting in messages.
-func republishName(rp *jetstream.RePublish) string {
+// RepublishName describes a stream's republish setting: "none", or
+// "src -> dest", with " (headers only)" when the values are left out.
+func RepublishName(rp *jetstream.RePublish) string {
 	switch {
 	case rp == nil:
 		return "none"
@@ -261,7 +262,7 @@ func (w *republishWatcher) follow(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if !republishes(w.bucket, info.Config.RePublish) {
+	if !Republishes(w.bucket, info.Config.RePublish) {
 		if w.mode == WatchAuto {
 			return errUseConsumer
 		}
@@ -424,9 +425,9 @@ func (w *republishWatcher) catchUp(ctx context.Context, list bool) error {
 	switch {
 	case !info.Created.Equal(w.created):
 		return errRecreated
-	case !republishes(w.bucket, info.Config.RePublish) && w.mode == WatchAuto:
+	case !Republishes(w.bucket, info.Config.RePublish) && w.mode == WatchAuto:
 		return errUseConsumer
-	case !republishes(w.bucket, info.Config.RePublish):
+	case !Republishes(w.bucket, info.Config.RePublish):
 		return errNotRepublishing
 	}
 	last := info.State.LastSeq

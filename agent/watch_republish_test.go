@@ -400,8 +400,8 @@ func TestRepublishes(t *testing.T) {
 		{&jetstream.RePublish{Source: "$KV.app.a.>", Destination: "$KVR.app.>"}, false},
 		{&jetstream.RePublish{Source: "$KV.app.>", Destination: "$KVR.other.>"}, false},
 	} {
-		if got := republishes("app", tc.rp); got != tc.want {
-			t.Errorf("republishes(app, %s) = %v, want %v", republishName(tc.rp), got, tc.want)
+		if got := Republishes("app", tc.rp); got != tc.want {
+			t.Errorf("Republishes(app, %s) = %v, want %v", RepublishName(tc.rp), got, tc.want)
 		}
 	}
 	if got := RepublishSubject("app"); got != "$KVR.app.>" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -22,8 +23,11 @@ type BucketCommand struct{ io ioStreams }
 const bucketUsage = `Usage:
   kvsync bucket add  BUCKET [--history N] [--ttl D] [--max-bytes N] [--max-value-size N]
                             [--replicas N] [--storage file|memory] [--description S]
+                            [--republish]
                      create BUCKET; an existing bucket with the same settings is fine,
-                     one with other settings is an error that names them
+                     one with other settings is an error that names them;
+                     --republish: republish every entry to $KVR.BUCKET.>, for
+                     agents in the republish watch mode (no consumer each)
   kvsync bucket info BUCKET [--json]    settings and status
   kvsync bucket ls   [--json]           bucket names, sorted
   kvsync bucket rm   BUCKET             delete BUCKET and every key in it
@@ -40,6 +44,7 @@ type bucketSettings struct {
 	replicas     int
 	storage      string
 	description  string
+	republish    bool
 }
 
 // Run implements command.
@@ -61,6 +66,7 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	fs.IntVar(&s.replicas, "replicas", 1, "add: copies kept in a cluster, 1..5")
 	fs.StringVar(&s.storage, "storage", "file", "add: file or memory")
 	fs.StringVar(&s.description, "description", "", "add: description of the bucket")
+	fs.BoolVar(&s.republish, "republish", false, "add: republish every entry to $KVR.BUCKET.> (watch mode republish)")
 	fs.BoolVar(&asJSON, "json", false, "info, ls: JSON output")
 	fs.DurationVar(&timeout, "timeout", defaultTimeout, "time allowed to connect and for each request")
 	pos, err := parseArgs(fs, args)
@@ -75,8 +81,8 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	var takes []string
 	switch sub {
 	case "add":
-		synopsis = "usage: kvsync bucket add BUCKET [--history N --ttl D --max-bytes N --max-value-size N --replicas N --storage file|memory]"
-		takes = []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description"}
+		synopsis = "usage: kvsync bucket add BUCKET [--history N --ttl D --max-bytes N --max-value-size N --replicas N --storage file|memory --republish]"
+		takes = []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "republish"}
 	case "info":
 		synopsis, takes = "usage: kvsync bucket info BUCKET [--json]", []string{"json"}
 	case "ls":
@@ -95,7 +101,7 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	}
 	var badFlag error
 	fs.Visit(func(f *flag.Flag) {
-		own := []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "json"}
+		own := []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "republish", "json"}
 		if slices.Contains(own, f.Name) && !slices.Contains(takes, f.Name) && badFlag == nil {
 			badFlag = usagef("%s does not take --%s\n%s", sub, f.Name, synopsis)
 		}
@@ -164,7 +170,7 @@ func (s bucketSettings) config(name string) jetstream.KeyValueConfig {
 	if s.storage == "memory" {
 		st = jetstream.MemoryStorage
 	}
-	return jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket:       name,
 		Description:  s.description,
 		History:      uint8(s.history),
@@ -174,6 +180,10 @@ func (s bucketSettings) config(name string) jetstream.KeyValueConfig {
 		Replicas:     s.replicas,
 		Storage:      st,
 	}
+	if s.republish {
+		cfg.RePublish = agent.RePublish(name)
+	}
+	return cfg
 }
 
 // differences lists the settings of have that differ from s, as
@@ -193,6 +203,9 @@ func (s bucketSettings) differences(have jetstream.KeyValueConfig) []string {
 	diff("storage", storageName(have.Storage), s.storage)
 	if s.description != "" {
 		diff("description", fmt.Sprintf("%q", have.Description), fmt.Sprintf("%q", s.description))
+	}
+	if s.republish && !agent.Republishes(have.Bucket, have.RePublish) {
+		d = append(d, fmt.Sprintf("republish %s (asked %s)", agent.RepublishName(have.RePublish), agent.RepublishName(agent.RePublish(have.Bucket))))
 	}
 	return d
 }
@@ -247,6 +260,7 @@ type bucketInfo struct {
 	Compressed     bool   `json:"compressed"`
 	LimitMarkerTTL string `json:"limit_marker_ttl"`
 	Stream         string `json:"stream"`
+	Republish      string `json:"republish"` // "src -> dest", "" for none
 }
 
 func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name string, asJSON bool) error {
@@ -274,6 +288,9 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 		LimitMarkerTTL: cfg.LimitMarkerTTL.String(),
 		Stream:         "KV_" + name,
 	}
+	if cfg.RePublish != nil {
+		bi.Republish = agent.RepublishName(cfg.RePublish)
+	}
 	if asJSON {
 		return writeJSON(c.io.out, bi)
 	}
@@ -298,6 +315,7 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 		{"compressed", fmt.Sprint(bi.Compressed)},
 		{"limit marker ttl", none(bi.LimitMarkerTTL, cfg.LimitMarkerTTL == 0)},
 		{"stream", bi.Stream},
+		{"republish", cmp.Or(bi.Republish, "none")},
 	} {
 		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])
 	}
