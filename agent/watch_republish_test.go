@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -450,4 +451,76 @@ func TestRepublishWatchCheckFindsSilentLoss(t *testing.T) {
 	if !strings.Contains(ag.logs.String(), "catching up") {
 		t.Fatal("the entry arrived without a catch-up: the copy was not lost, the test proves nothing")
 	}
+}
+
+// TestRepublishWatchPermissions: the republish mode works with the
+// documented permissions of a watch-only user and no more.
+func TestRepublishWatchPermissions(t *testing.T) {
+	opts := natstest.DefaultTestOptions
+	opts.Port = -1
+	opts.JetStream = true
+	opts.StoreDir = t.TempDir()
+	opts.Users = []*server.User{
+		{Username: "admin", Password: "admin"},
+		{Username: "watch", Password: "watch", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{
+				"$JS.API.INFO",
+				"$JS.API.STREAM.INFO.KV_app",
+				"$JS.API.CONSUMER.CREATE.KV_app.>",
+				"$JS.API.CONSUMER.DELETE.KV_app.>",
+				"$JS.API.CONSUMER.MSG.NEXT.KV_app.>",
+			}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", "$KVR.app.>", "$JS.EVENT.ADVISORY.STREAM.*.KV_app"}},
+		}},
+	}
+	s := natstest.RunServer(&opts)
+	t.Cleanup(s.Shutdown)
+	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo("admin", "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, kv, "a", "1")
+	put(t, kv, "gone", "x")
+	dir := t.TempDir()
+	cfg := republishCfg(s.ClientURL(), "app", dir)
+	cfg.NATS.User, cfg.NATS.Password = "watch", "watch"
+	ag := startAgent(t, cfg, Options{})
+	waitFor(t, 5*time.Second, dirMatches(kv, dir))
+	put(t, kv, "a", "2")
+	if err := kv.Delete(context.Background(), "gone"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, dirMatches(kv, dir))
+	// A reconnect: a catch-up and a key listing, which drops a key removed
+	// without a marker.
+	st, err := js.Stream(context.Background(), "KV_app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Purge(context.Background(), jetstream.WithPurgeSubject("$KV.app.a")); err != nil {
+		t.Fatal(err)
+	}
+	opts.Port = s.Addr().(*net.TCPAddr).Port
+	s.Shutdown()
+	s.WaitForShutdown()
+	s = natstest.RunServer(&opts)
+	t.Cleanup(s.Shutdown)
+	waitFor(t, 10*time.Second, func() error {
+		_, err := kv.PutString(context.Background(), "b", "3")
+		return err
+	})
+	waitFor(t, 10*time.Second, dirMatches(kv, dir))
+	if err := fileGone(filepath.Join(dir, "a"))(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(ag.logs.String(), "reconciled after reconnect") {
+		t.Fatal("no key listing after the reconnect")
+	}
+	noConsumers(t, js, "app")
 }
