@@ -33,6 +33,7 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	pacing := fs.String("pacing", "", "gap between a sample being seen and the next put, e.g. 20ms or 0 (default: both 20ms and 0)")
 	fsync := fs.Bool("fsync", true, "files projections fsync every write")
 	agents := fs.Int("agents", 200, "agents of the fanout scenario")
+	watch := fs.String("watch", bench.WatchConsumer, "watch mode of the fanout agents: consumer|republish")
 	idle := fs.Duration("idle", 10*time.Second, "how long the idle scenario leaves the agent alone")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	dir := fs.String("dir", "", "where each run makes its work folder (projected files, embedded store); removed at the end (default: the temp folder)")
@@ -47,11 +48,14 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 		return usagef("unexpected argument %q", pos[0])
 	}
 	o := bench.Options{
-		Keys: *keys, Count: *count, Fsync: *fsync, Agents: *agents, IdleFor: *idle, Dir: *dir,
+		Keys: *keys, Count: *count, Fsync: *fsync, Agents: *agents, Watch: *watch, IdleFor: *idle, Dir: *dir,
 		Child: c.child,
 	}
 	if *keys < 0 || *count < 0 || *agents < 1 || *idle <= 0 {
 		return usagef("--keys and --count must not be negative, --agents and --idle must be positive")
+	}
+	if *watch != bench.WatchConsumer && *watch != bench.WatchRepublish {
+		return usagef("--watch %q: want consumer or republish", *watch)
 	}
 	for _, s := range strings.Split(*scenario, ",") {
 		s = strings.TrimSpace(s)
