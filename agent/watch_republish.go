@@ -230,6 +230,9 @@ func (w *republishWatcher) run(ctx context.Context) error {
 		if time.Since(started) > 2*time.Second {
 			bo.reset()
 		}
+		// Half of the wait is random, so a fleet whose server refused
+		// them all does not come back in step.
+		wait = wait/2 + rand.N(wait/2+1)
 		select {
 		case <-ctx.Done():
 		case <-w.nudge:
