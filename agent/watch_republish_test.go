@@ -524,3 +524,43 @@ func TestRepublishWatchPermissions(t *testing.T) {
 	}
 	noConsumers(t, js, "app")
 }
+
+// TestRepublishWatchBucketDeletedAndRecreated: a deleted bucket keeps the
+// files and turns /readyz red; the recreated one is followed from its start.
+func TestRepublishWatchBucketDeletedAndRecreated(t *testing.T) {
+	s := testServer(t)
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	put(t, kv, "a", "1")
+	dir := t.TempDir()
+	ag := startAgent(t, republishCfg(s.ClientURL(), "app", dir), Options{})
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteKeyValue(context.Background(), "app"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if code, _, _ := httpGet(ag.url + "/readyz"); code != http.StatusServiceUnavailable {
+			return fmt.Errorf("readyz %d, want 503", code)
+		}
+		return nil
+	})
+	if err := fileIs(filepath.Join(dir, "a"), "1")(); err != nil {
+		t.Fatalf("file not kept: %v", err)
+	}
+	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, kv, "b", "new")
+	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "b"), "new"))
+	// The new bucket has no "a": its complete view removes it.
+	waitFor(t, 5*time.Second, fileGone(filepath.Join(dir, "a")))
+	waitFor(t, 5*time.Second, func() error {
+		if code, _, _ := httpGet(ag.url + "/readyz"); code != http.StatusOK {
+			return fmt.Errorf("readyz %d", code)
+		}
+		return nil
+	})
+	put(t, kv, "b", "newer")
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "b"), "newer"))
+}
