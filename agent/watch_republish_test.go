@@ -532,7 +532,11 @@ func TestRepublishWatchBucketDeletedAndRecreated(t *testing.T) {
 	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
 	put(t, kv, "a", "1")
 	dir := t.TempDir()
-	ag := startAgent(t, republishCfg(s.ClientURL(), "app", dir), Options{})
+	cfg := republishCfg(s.ClientURL(), "app", dir)
+	// The server's delete advisory is sent on a best-effort path (it is
+	// sometimes lost as the stream stops): the check interval bounds it.
+	cfg.Watch.CheckInterval = 500 * time.Millisecond
+	ag := startAgent(t, cfg, Options{})
 	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
 	js, _ := jetstream.New(nc)
 	if err := js.DeleteKeyValue(context.Background(), "app"); err != nil {
