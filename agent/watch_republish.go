@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -103,11 +104,13 @@ var (
 //     When that range has holes (entries removed since, such as a delete
 //     marker compacted away), the keys are listed too.
 //  4. A lost copy with nothing after it shows no gap, so the watcher also
-//     asks the stream for its last sequence (one stream info): about a
-//     second after its own client dropped a copy (a slow consumer), at once
-//     after a reconnect (then it lists the keys as well), when the stream
-//     reports news, and at a random point of every check interval
-//     otherwise. That interval bounds how long a lost last entry stays unseen.
+//     asks the stream for its last sequence: about a second after its own
+//     client dropped a copy (a slow consumer), at once after a reconnect
+//     (then it lists the keys as well), when the stream reports news, and at
+//     a random point of every check interval otherwise. That interval bounds
+//     how long a lost last entry stays unseen. A periodic check is a direct
+//     get of the stream's last message; every tenth is a stream info, which
+//     also shows a recreated bucket or a changed republish.
 //
 // When the bucket is recreated a new epoch starts; when it is deleted the
 // owner is told, as by the consumer watcher.
@@ -119,7 +122,7 @@ type republishWatcher struct {
 	base    *slog.Logger // the owner's, for a consumer watcher taking over
 	logger  *slog.Logger
 	mode    string        // WatchRepublish or WatchAuto
-	check   time.Duration // check interval
+	every   time.Duration // check interval
 	buffer  int           // capacity of the subscription's channel; beyond it the client drops copies
 
 	resumed  chan struct{} // a reconnect happened
@@ -136,7 +139,13 @@ type republishWatcher struct {
 	seen    uint64    // every entry up to this stream sequence was handed on or is superseded
 	dropped int       // the subscription's drop count when last looked at
 	told    error     // what the owner was last told is wrong with the bucket
+	checks  int       // checks made; every fullCheck-th asks for the stream info
 }
+
+// fullCheck: every so many checks the watcher asks for the stream info (which
+// also shows a recreated bucket or a changed republish) instead of the last
+// message only.
+const fullCheck = 10
 
 // defaultRepublishBuffer is how many republished copies wait for the watcher
 // (during a catch-up, say) before the client drops them: 8 KiB of pointers,
@@ -147,7 +156,7 @@ func newRepublishWatcher(js jetstream.JetStream, bucket string, filters []string
 	return &republishWatcher{
 		js: js, bucket: bucket, filters: filters, out: out, base: logger,
 		logger: logger.With("bucket", bucket, "watch", "republish"),
-		mode:   mode, check: check, buffer: defaultRepublishBuffer,
+		mode:   mode, every: check, buffer: defaultRepublishBuffer,
 		resumed: make(chan struct{}, 1),
 		nudge:   make(chan struct{}, 1),
 		lister:  newWatcher(js, bucket, filters, out, logger),
@@ -219,7 +228,7 @@ func (w *republishWatcher) run(ctx context.Context) error {
 		case errors.Is(err, errNotRepublishing):
 			w.tell(fmt.Errorf("%w to %s (watch mode republish): give it one (kvsync bucket add %s --republish, or nats stream edit %s --republish-source '$KV.%s.>' --republish-destination '%s'), or set watch mode auto",
 				errNotRepublishing, RepublishSubject(w.bucket), w.bucket, w.stream(), w.bucket, RepublishSubject(w.bucket)))
-			wait = w.check // or until the stream reports an update
+			wait = w.every // or until the stream reports an update
 		case errors.Is(err, errRecreated):
 			w.logger.Warn("bucket was recreated: following the new one from its start")
 			w.synced = false
@@ -464,6 +473,45 @@ func (w *republishWatcher) catchUp(ctx context.Context, list bool) error {
 	return nil
 }
 
+// check makes sure nothing was missed: when the stream's last sequence is
+// the last one handed on, there is nothing to do; otherwise catchUp looks. The
+// last sequence comes from a direct get of the stream's last message, which
+// the stream answers itself, without the JetStream API queue and the stream
+// info's JSON; every fullCheck-th check, and whenever the direct get cannot
+// answer, catchUp asks for the stream info instead.
+func (w *republishWatcher) check(ctx context.Context) error {
+	w.drain()
+	w.checks++
+	if w.checks%fullCheck != 0 {
+		if last, ok := w.lastSeq(ctx); ok && last == w.seen {
+			return nil
+		}
+	}
+	return w.catchUp(ctx, false)
+}
+
+// lastSeq is the stream's last sequence, read from its last message with a
+// direct get. ok is false when that cannot answer: no direct get on the
+// stream, no permission, the last message removed, no server.
+func (w *republishWatcher) lastSeq(ctx context.Context) (uint64, bool) {
+	o := w.js.Options()
+	prefix := "$JS.API."
+	switch {
+	case o.Domain != "":
+		prefix = "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		prefix = strings.TrimSuffix(o.APIPrefix, ".") + "."
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	m, err := w.js.Conn().RequestWithContext(rctx, prefix+"DIRECT.GET."+w.stream(), []byte(`{"last_by_subj":">"}`))
+	if err != nil || m.Header.Get("Status") != "" {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(last(m.Header, jetstream.SequenceHeader), 10, 64)
+	return seq, err == nil && last(m.Header, jetstream.StreamHeader) == w.stream()
+}
+
 // drain hands on the queued copies that follow seen, up to the first gap.
 func (w *republishWatcher) drain() {
 	for {
@@ -527,10 +575,10 @@ func (w *republishWatcher) live(ctx context.Context, cfg jetstream.StreamConfig)
 			if d, _ := w.sub.Dropped(); d != w.dropped {
 				w.dropped = d
 				w.logger.Debug("client dropped republished entries", "dropped", d)
-				err = w.catchUp(ctx, false)
+				err = w.check(ctx)
 			}
 		case <-check.C:
-			err = w.catchUp(ctx, false)
+			err = w.check(ctx)
 			check.Reset(w.nextCheck())
 		case <-w.nudge:
 			err = w.catchUp(ctx, false)
@@ -550,7 +598,7 @@ func (w *republishWatcher) live(ctx context.Context, cfg jetstream.StreamConfig)
 // nextCheck is when an idle watcher next asks the stream: a random point of
 // the check interval, so a fleet's agents do not ask at once.
 func (w *republishWatcher) nextCheck() time.Duration {
-	return w.check/2 + rand.N(w.check/2+1)
+	return w.every/2 + rand.N(w.every/2+1)
 }
 
 // sequence returns the stream sequence of a republished copy of this

@@ -469,6 +469,7 @@ func TestRepublishWatchPermissions(t *testing.T) {
 				"$JS.API.CONSUMER.CREATE.KV_app.>",
 				"$JS.API.CONSUMER.DELETE.KV_app.>",
 				"$JS.API.CONSUMER.MSG.NEXT.KV_app.>",
+				"$JS.API.DIRECT.GET.KV_app",
 			}},
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", "$KVR.app.>", "$JS.EVENT.ADVISORY.STREAM.*.KV_app"}},
 		}},
@@ -567,4 +568,25 @@ func TestRepublishWatchBucketDeletedAndRecreated(t *testing.T) {
 	})
 	put(t, kv, "b", "newer")
 	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "b"), "newer"))
+}
+
+// TestRepublishLastSeq: the periodic check's direct get reads the stream's
+// last sequence; on an empty stream it cannot answer, and stream info does.
+func TestRepublishLastSeq(t *testing.T) {
+	s := testServer(t)
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	js, _ := jetstream.New(nc)
+	w := newRepublishWatcher(js, "app", []string{">"}, newInbox(), slog.New(slog.DiscardHandler), WatchRepublish, time.Second)
+	if _, ok := w.lastSeq(context.Background()); ok {
+		t.Fatal("lastSeq answered on an empty stream")
+	}
+	put(t, kv, "a", "1")
+	rev := put(t, kv, "b", "2")
+	if got, ok := w.lastSeq(context.Background()); !ok || got != rev {
+		t.Fatalf("lastSeq = %d, %v; want %d, true", got, ok, rev)
+	}
+	other := newRepublishWatcher(js, "nope", []string{">"}, newInbox(), slog.New(slog.DiscardHandler), WatchRepublish, time.Second)
+	if _, ok := other.lastSeq(context.Background()); ok {
+		t.Fatal("lastSeq answered for a missing stream")
+	}
 }
