@@ -552,10 +552,12 @@ func TestRepublishWatchBucketDeletedAndRecreated(t *testing.T) {
 	if err := fileIs(filepath.Join(dir, "a"), "1")(); err != nil {
 		t.Fatalf("file not kept: %v", err)
 	}
-	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Right after a delete the server can refuse to create the stream's
+	// store again for a moment.
+	waitFor(t, 5*time.Second, func() (err error) {
+		kv, err = js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+		return err
+	})
 	put(t, kv, "b", "new")
 	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "b"), "new"))
 	// The new bucket has no "a": its complete view removes it.
