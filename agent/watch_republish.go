@@ -186,6 +186,9 @@ func (w *republishWatcher) poke() {
 
 // run follows the bucket until ctx is done.
 func (w *republishWatcher) run(ctx context.Context) error {
+	if w.mode == WatchAuto && !w.decide(ctx) {
+		return w.handOver(ctx)
+	}
 	nc := w.js.Conn()
 	w.msgs = make(chan *nats.Msg, w.buffer)
 	sub, err := nc.ChanSubscribe(RepublishSubject(w.bucket), w.msgs)
@@ -219,10 +222,7 @@ func (w *republishWatcher) run(ctx context.Context) error {
 		switch {
 		case errors.Is(err, errUseConsumer):
 			unsubscribe()
-			w.logger.Info("bucket does not republish to " + RepublishSubject(w.bucket) + ": following it with a consumer")
-			fb := newWatcher(w.js, w.bucket, w.filters, w.out, w.base)
-			w.fallback.Store(fb)
-			return fb.run(ctx)
+			return w.handOver(ctx)
 		case errors.Is(err, jetstream.ErrStreamNotFound):
 			w.tell(fmt.Errorf("bucket %s not found", w.bucket))
 		case errors.Is(err, errNotRepublishing):
@@ -250,6 +250,44 @@ func (w *republishWatcher) run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// decide says, in the auto mode, whether the bucket republishes as the
+// republish watcher needs, asking until the server answers: before anything
+// is subscribed to, so a user without the republish mode's permissions
+// never asks for them. A bucket that does not exist yet is followed by a
+// consumer.
+func (w *republishWatcher) decide(ctx context.Context) bool {
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		info, err := w.streamInfo(ctx)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			return false
+		case err == nil:
+			return Republishes(w.bucket, info.Config.RePublish)
+		}
+		w.logger.Debug("watch mode auto: stream info", "err", err)
+		wait := bo.next()
+		select {
+		case <-ctx.Done():
+		case <-w.nudge:
+		case <-w.resumed:
+		case <-time.After(wait/2 + rand.N(wait/2+1)):
+		}
+	}
+	return false
+}
+
+// handOver follows the bucket with a consumer watcher from now on.
+func (w *republishWatcher) handOver(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	w.logger.Info("bucket does not republish to " + RepublishSubject(w.bucket) + ": following it with a consumer")
+	fb := newWatcher(w.js, w.bucket, w.filters, w.out, w.base)
+	w.fallback.Store(fb)
+	return fb.run(ctx)
 }
 
 // tell tells the owner, once, that the bucket cannot be followed: the files
