@@ -29,6 +29,7 @@ type Config struct {
 	Env       []EnvConfig       `koanf:"env"`
 	Exec      *ExecConfig       `koanf:"exec"`
 	Wait      WaitConfig        `koanf:"wait"`
+	Watch     WatchConfig       `koanf:"watch"`
 	HTTP      HTTPConfig        `koanf:"http"`
 	Log       LogConfig         `koanf:"log"`
 }
@@ -75,6 +76,9 @@ type BucketConfig struct {
 	// (the server's default applies). Set, it is applied to an existing
 	// bucket too.
 	MaxConsumers int `koanf:"max_consumers"`
+	// Republish makes the bucket republish every entry to $KVR.<name>.>,
+	// for agents that follow it in the republish watch mode.
+	Republish bool `koanf:"republish"`
 }
 
 // Layout values of FilesConfig.Layout.
@@ -260,6 +264,27 @@ type WaitConfig struct {
 	Max time.Duration `koanf:"max"`
 }
 
+// WatchConfig says how the agent follows each bucket: through a JetStream
+// consumer of its own (consumer), through a plain subscription to what the
+// bucket republishes (republish), or the latter when the bucket republishes
+// and the former otherwise (auto).
+type WatchConfig struct {
+	Mode    string            `koanf:"mode"`    // for every bucket not in Buckets
+	Buckets map[string]string `koanf:"buckets"` // bucket name -> mode
+	// CheckInterval: in the republish mode, how often an agent that heard
+	// nothing asks the stream for its last sequence, to notice an entry
+	// whose republished copy was lost.
+	CheckInterval time.Duration `koanf:"check_interval"`
+}
+
+// ModeOf is the watch mode of bucket.
+func (w WatchConfig) ModeOf(bucket string) string {
+	if m, ok := w.Buckets[bucket]; ok {
+		return m
+	}
+	return w.Mode
+}
+
 // HTTPConfig is the health, metrics and status listener.
 type HTTPConfig struct {
 	Listen string `koanf:"listen"`
@@ -402,6 +427,12 @@ func (c *Config) Default() {
 		if ch != nil && ch.Timeout == 0 {
 			ch.Timeout = defaultCheckTimeout
 		}
+	}
+	if c.Watch.Mode == "" {
+		c.Watch.Mode = WatchAuto
+	}
+	if c.Watch.CheckInterval == 0 {
+		c.Watch.CheckInterval = 30 * time.Second
 	}
 	if c.NATS.Name == "" {
 		c.NATS.Name = "kvsync"
@@ -682,6 +713,21 @@ func (c *Config) Validate() error {
 		}
 	}
 	wait("wait", &c.Wait)
+	watchMode := func(path, m string) {
+		switch m {
+		case WatchConsumer, WatchRepublish, WatchAuto:
+		default:
+			add(path, "%q is not consumer, republish or auto", m)
+		}
+	}
+	watchMode("watch.mode", c.Watch.Mode)
+	for _, b := range slices.Sorted(maps.Keys(c.Watch.Buckets)) {
+		bucket("watch.buckets."+b, b)
+		watchMode("watch.buckets."+b, c.Watch.Buckets[b])
+	}
+	if c.Watch.CheckInterval < 100*time.Millisecond {
+		add("watch.check_interval", "%v is less than 100ms", c.Watch.CheckInterval)
+	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "warning", "error":
 	default:

@@ -97,7 +97,7 @@ type owner struct {
 	st      *state
 	in      *inbox
 	projs   []projection
-	watched map[string]*watcher
+	watched map[string]bucketWatcher
 	results chan actionDone
 	slots   []*actionSlot          // every action, own and named, each with a loop
 	named   map[string]*actionSlot // the named actions in use
@@ -122,7 +122,7 @@ type actionDone struct {
 func newOwner(cfg *Config, a *Agent, js jetstream.JetStream, exec *execLoop) (*owner, error) {
 	o := &owner{
 		a: a, cfg: cfg, js: js, logger: a.logger,
-		st: newState(js), in: newInbox(), watched: map[string]*watcher{},
+		st: newState(js), in: newInbox(), watched: map[string]bucketWatcher{},
 		results: make(chan actionDone, 16), exec: exec, started: time.Now(),
 		named: map[string]*actionSlot{}, fired: map[*actionSlot][]batchMember{},
 	}
@@ -223,12 +223,21 @@ func (o *owner) closeAll() {
 	}
 }
 
+// bucketWatcher follows one bucket and feeds the inbox: a consumer of its
+// own (watch.go) or a subscription to what the bucket republishes
+// (watch_republish.go), as the bucket's watch mode says.
+type bucketWatcher interface {
+	run(ctx context.Context) error
+	// reconnected tells the watcher the connection came back.
+	reconnected()
+}
+
 // watch starts the watcher of a bucket, once.
 func (o *owner) watch(bucket string, filters []string) {
 	if _, ok := o.watched[bucket]; ok {
 		return
 	}
-	w := newWatcher(o.js, bucket, filters, o.in, o.logger)
+	w := o.newBucketWatcher(bucket, filters)
 	o.watched[bucket] = w
 	o.st.bucket(bucket)
 	o.wg.Add(1)

@@ -219,10 +219,14 @@ func (b BucketConfig) kvConfig() jetstream.KeyValueConfig {
 	if b.Storage == "memory" {
 		st = jetstream.MemoryStorage
 	}
-	return jetstream.KeyValueConfig{
+	kv := jetstream.KeyValueConfig{
 		Bucket: b.Name, Description: b.Description, History: uint8(b.History), TTL: b.TTL,
 		MaxBytes: b.MaxBytes, MaxValueSize: b.MaxValueSize, Replicas: b.Replicas, Storage: st,
 	}
+	if b.Republish {
+		kv.RePublish = RePublish(b.Name)
+	}
+	return kv
 }
 
 // bucketDiff names the settings in which st differs from want.
@@ -250,6 +254,9 @@ func bucketDiff(want jetstream.KeyValueConfig, st jetstream.KeyValueStatus) stri
 	}
 	if cfg.Storage != want.Storage {
 		d = append(d, fmt.Sprintf("storage %v (config %v)", cfg.Storage, want.Storage))
+	}
+	if want.RePublish != nil && !Republishes(want.Bucket, cfg.RePublish) {
+		d = append(d, fmt.Sprintf("republish %s (config %s)", RepublishName(cfg.RePublish), want.RePublish.Destination))
 	}
 	return strings.Join(d, ", ")
 }

@@ -210,3 +210,33 @@ func TestProvisionUnderAccountLimit(t *testing.T) {
 		t.Errorf("bucket big was created")
 	}
 }
+func TestProvisionRepublish(t *testing.T) {
+	s := testServer(t)
+	nc, js := testJS(t, s.ClientURL())
+	defer nc.Close()
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
+	ctx := context.Background()
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "plain"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Buckets: []BucketConfig{{Name: "flags", Republish: true}, {Name: "plain", Republish: true}}}
+	cfg.Default()
+	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "KV_flags")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rp := st.CachedInfo().Config.RePublish; !Republishes("flags", rp) {
+		t.Fatalf("created bucket republishes %s, want $KV.flags.> -> $KVR.flags.>", RepublishName(rp))
+	}
+	// An existing bucket without it is reported and left as it is.
+	if !strings.Contains(logs.String(), "republish none (config $KVR.plain.>)") {
+		t.Errorf("missing republish not reported; log:\n%s", logs)
+	}
+	if st, _ := js.Stream(ctx, "KV_plain"); st.CachedInfo().Config.RePublish != nil {
+		t.Error("existing bucket was changed")
+	}
+}

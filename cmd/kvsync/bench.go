@@ -35,6 +35,7 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	fsync := fs.Bool("fsync", true, "files projections fsync every write")
 	agents := fs.Int("agents", 200, "agents of the fanout scenario")
 	maxConsumers := fs.Int("max-consumers", agent.DefaultMaxConsumers, "consumer limit of the buckets the bench makes, as bucket add takes it; -1: none of their own (the server's default, 1,000 unless configured)")
+	watch := fs.String("watch", bench.WatchConsumer, "watch mode of the fanout agents: consumer|republish")
 	idle := fs.Duration("idle", 10*time.Second, "how long the idle scenario leaves the agent alone")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	dir := fs.String("dir", "", "where each run makes its work folder (projected files, embedded store); removed at the end (default: the temp folder)")
@@ -49,7 +50,7 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 		return usagef("unexpected argument %q", pos[0])
 	}
 	o := bench.Options{
-		Keys: *keys, Count: *count, Fsync: *fsync, Agents: *agents, IdleFor: *idle, Dir: *dir,
+		Keys: *keys, Count: *count, Fsync: *fsync, Agents: *agents, Watch: *watch, IdleFor: *idle, Dir: *dir,
 		Child: c.child, MaxConsumers: *maxConsumers,
 	}
 	if *keys < 0 || *count < 0 || *agents < 1 || *idle <= 0 {
@@ -57,6 +58,9 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	}
 	if *maxConsumers < -1 || *maxConsumers == 0 {
 		return usagef("--max-consumers %d: give a positive limit, or -1 to leave it to the server", *maxConsumers)
+	}
+	if *watch != bench.WatchConsumer && *watch != bench.WatchRepublish {
+		return usagef("--watch %q: want consumer or republish", *watch)
 	}
 	for _, s := range strings.Split(*scenario, ",") {
 		s = strings.TrimSpace(s)

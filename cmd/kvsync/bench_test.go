@@ -184,22 +184,40 @@ func TestBenchBurstRunsOneAction(t *testing.T) {
 }
 
 func TestBenchFanout(t *testing.T) {
-	rep := runBench(t, "--scenario", "fanout", "--agents", "3", "--count", "4", "--pacing", "0")
-	r := rep.Results[0]
-	checkSummary(t, "per agent", r.Latency, 3*4)
-	checkSummary(t, "all agents", r.All, 4)
-	checkSummary(t, "raw", r.Raw, 4)
-	if got, want := r.All.Max, r.Latency.Max; got != want {
-		t.Fatalf("All.Max=%v, want the slowest agent %v", got, want)
+	for _, watch := range []string{"consumer", "republish"} {
+		t.Run(watch, func(t *testing.T) {
+			rep := runBench(t, "--scenario", "fanout", "--agents", "3", "--count", "4", "--pacing", "0", "--watch", watch)
+			r := rep.Results[0]
+			checkSummary(t, "per agent", r.Latency, 3*4)
+			checkSummary(t, "all agents", r.All, 4)
+			checkSummary(t, "raw", r.Raw, 4)
+			if got, want := r.All.Max, r.Latency.Max; got != want {
+				t.Fatalf("All.Max=%v, want the slowest agent %v", got, want)
+			}
+			if !strings.Contains(r.Case, "watch "+watch) {
+				t.Fatalf("case %q does not name the watch mode %s", r.Case, watch)
+			}
+			// The republish mode leaves no consumer; the consumer mode one per agent.
+			consumers := map[string]string{"consumer": "consumers on the stream 3;", "republish": "consumers on the stream 0;"}[watch]
+			if !strings.Contains(r.Note, consumers) || !strings.Contains(r.Note, "idle process CPU") {
+				t.Fatalf("note %q lacks %q and the idle CPU", r.Note, consumers)
+			}
+			if len(rep.Results) != 3 {
+				t.Fatalf("%d results, want 3 (the agents, raw core subscriptions, the disk alone)", len(rep.Results))
+			}
+			raw := rep.Results[1]
+			if !strings.Contains(raw.Case, "3 core subscriptions") {
+				t.Fatalf("second result %+v, want the raw core subscriptions", raw)
+			}
+			checkSummary(t, "raw fanout", raw.Latency, 3*4)
+			checkSummary(t, "raw fanout, all", raw.All, 4)
+			disk := rep.Results[2]
+			if !strings.HasSuffix(disk.Case, "disk alone") || disk.Latency != nil {
+				t.Fatalf("third result %+v, want the disk alone", disk)
+			}
+			checkSummary(t, "disk alone", disk.All, 4)
+		})
 	}
-	if len(rep.Results) != 2 {
-		t.Fatalf("%d results, want 2 (the agents, the disk alone)", len(rep.Results))
-	}
-	disk := rep.Results[1]
-	if !strings.HasSuffix(disk.Case, "disk alone") || disk.Latency != nil {
-		t.Fatalf("second result %+v, want the disk alone", disk)
-	}
-	checkSummary(t, "disk alone", disk.All, 4)
 }
 
 func TestBenchTable(t *testing.T) {
@@ -224,6 +242,7 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--scenario", "nope"},
 		{"bench", "--pacing", "fast"},
 		{"bench", "--agents", "0"},
+		{"bench", "--watch", "pull"},
 		{"bench", "extra"},
 	} {
 		var out, errOut bytes.Buffer

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -22,10 +23,13 @@ type BucketCommand struct{ io ioStreams }
 const bucketUsage = `Usage:
   kvsync bucket add  BUCKET [--history N] [--ttl D] [--max-bytes N] [--max-value-size N]
                             [--replicas N] [--storage file|memory] [--description S]
-                            [--max-consumers N] [--mirror ORIGIN [--mirror-domain D]]
+                            [--max-consumers N] [--republish]
+                            [--mirror ORIGIN [--mirror-domain D]]
                      create BUCKET; an existing bucket with the same settings is fine,
                      one with other settings is an error that names them; a
                      --max-consumers given is applied to an existing bucket;
+                     --republish: republish every entry to $KVR.BUCKET.>, for
+                     agents in the republish watch mode (no consumer each);
                      --mirror makes BUCKET a mirror of bucket ORIGIN (in JetStream
                      domain D), as on the leaf node of an edge site
   kvsync bucket info BUCKET [--json]    settings and status
@@ -50,6 +54,7 @@ type bucketSettings struct {
 	maxConsumersSet bool
 	mirror          string // origin bucket of a mirror
 	mirrorDomain    string // JetStream domain of that origin
+	republish       bool
 }
 
 // Run implements command.
@@ -75,6 +80,7 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	fs.StringVar(&s.mirrorDomain, "mirror-domain", "", "add: JetStream domain of the --mirror bucket")
 	fs.IntVar(&s.maxConsumers, "max-consumers", agent.DefaultMaxConsumers,
 		"add: consumers the bucket's stream allows, one per watching agent; -1 leaves it to the server (1,000 by default)")
+	fs.BoolVar(&s.republish, "republish", false, "add: republish every entry to $KVR.BUCKET.> (watch mode republish)")
 	fs.BoolVar(&asJSON, "json", false, "info, ls: JSON output")
 	fs.DurationVar(&timeout, "timeout", defaultTimeout, "time allowed to connect and for each request")
 	pos, err := parseArgs(fs, args)
@@ -89,8 +95,8 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	var takes []string
 	switch sub {
 	case "add":
-		synopsis = "usage: kvsync bucket add BUCKET [--history N --ttl D --max-bytes N --max-value-size N --replicas N --storage file|memory --max-consumers N --mirror B --mirror-domain D]"
-		takes = []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "max-consumers", "mirror", "mirror-domain"}
+		synopsis = "usage: kvsync bucket add BUCKET [--history N --ttl D --max-bytes N --max-value-size N --replicas N --storage file|memory --max-consumers N --republish --mirror B --mirror-domain D]"
+		takes = []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "max-consumers", "republish", "mirror", "mirror-domain"}
 	case "info":
 		synopsis, takes = "usage: kvsync bucket info BUCKET [--json]", []string{"json"}
 	case "ls":
@@ -109,7 +115,7 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 	}
 	var badFlag error
 	fs.Visit(func(f *flag.Flag) {
-		own := []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "max-consumers", "mirror", "mirror-domain", "json"}
+		own := []string{"history", "ttl", "max-bytes", "max-value-size", "replicas", "storage", "description", "max-consumers", "republish", "mirror", "mirror-domain", "json"}
 		if f.Name == "max-consumers" {
 			s.maxConsumersSet = true
 		}
@@ -202,6 +208,9 @@ func (s bucketSettings) config(name string) jetstream.KeyValueConfig {
 	if s.mirror != "" {
 		cfg.Mirror = &jetstream.StreamSource{Name: s.mirror, Domain: s.mirrorDomain}
 	}
+	if s.republish {
+		cfg.RePublish = agent.RePublish(name)
+	}
 	return cfg
 }
 
@@ -222,6 +231,9 @@ func (s bucketSettings) differences(have jetstream.KeyValueConfig) []string {
 	diff("storage", storageName(have.Storage), s.storage)
 	if s.description != "" {
 		diff("description", fmt.Sprintf("%q", have.Description), fmt.Sprintf("%q", s.description))
+	}
+	if s.republish && !agent.Republishes(have.Bucket, have.RePublish) {
+		d = append(d, fmt.Sprintf("republish %s (asked %s)", agent.RepublishName(have.RePublish), agent.RepublishName(agent.RePublish(have.Bucket))))
 	}
 	return d
 }
@@ -328,6 +340,7 @@ type bucketInfo struct {
 	Mirror       string `json:"mirror,omitempty"`
 	MirrorDomain string `json:"mirror_domain,omitempty"`
 	MirrorLag    uint64 `json:"mirror_lag,omitempty"`
+	Republish    string `json:"republish"` // "src -> dest", "" for none
 }
 
 func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name string, asJSON bool) error {
@@ -369,6 +382,9 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 			bi.MirrorLag = si.Mirror.Lag
 		}
 	}
+	if cfg.RePublish != nil {
+		bi.Republish = agent.RepublishName(cfg.RePublish)
+	}
 	if asJSON {
 		return writeJSON(c.io.out, bi)
 	}
@@ -395,6 +411,7 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 		{"stream", bi.Stream},
 		{"max consumers", consumersLimit(bi.MaxConsumers)},
 		{"consumers", fmt.Sprint(bi.Consumers)},
+		{"republish", cmp.Or(bi.Republish, "none")},
 	} {
 		if row[0] == "stream" && bi.Mirror != "" {
 			fmt.Fprintf(tw, "mirror of:\t%s\n", strings.TrimSuffix(bi.Mirror+" (domain "+bi.MirrorDomain+")", " (domain )"))

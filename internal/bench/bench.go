@@ -60,6 +60,9 @@ type Options struct {
 	Fsync bool
 	// Agents is the number of agents of the fanout scenario (200).
 	Agents int
+	// Watch is the fanout agents' watch mode: WatchConsumer (default) or
+	// WatchRepublish (the bucket is made to republish).
+	Watch string
 	// IdleFor is how long the idle scenario leaves the agent alone (10 s).
 	IdleFor time.Duration
 	// Dir is where the run's work folder (projected files, the embedded

@@ -30,8 +30,8 @@ func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 	count := orDefault(e.o.Count, 100)
 	warm := min(2, count/10)
 	pacing := e.o.Pacings[0]
-	res := Result{Scenario: Fanout, Case: fmt.Sprintf("%d agents, 1 key", n), Pacing: pacing.String()}
-	kv, drop, err := e.bucket(ctx, "fanout")
+	res := Result{Scenario: Fanout, Case: fmt.Sprintf("%d agents, 1 key, watch %s", n, e.watchMode()), Pacing: pacing.String()}
+	kv, drop, err := e.fanoutBucket(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -71,8 +71,11 @@ func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 	agents := make([]*running, 0, n)
 	defer func() { stopAll(agents) }()
 	fsync := e.o.Fsync
+	var cost fleetCost
+	cost.before()
 	for i := 0; i < n; i++ {
 		cfg := e.baseConfig()
+		cfg.Watch.Mode = e.watchMode()
 		cfg.Files = []agent.FilesConfig{{Name: "files", Bucket: kv.Bucket(), Keys: []string{"fan"}, Dir: dirs[i], Fsync: &fsync}}
 		r, err := e.startAgent(ctx, cfg)
 		if err != nil {
@@ -88,6 +91,9 @@ func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 			return nil, fmt.Errorf("agent %d: %w", i, err)
 		}
 	}
+	step.done()
+	step = e.prog.start("fanout: idle agents", 0)
+	cost.after(ctx, e, kv.Bucket(), n, 3*time.Second)
 	step.done()
 
 	rawHits, stopRaw, err := rawWatch(ctx, kv, "fan")
@@ -147,7 +153,7 @@ func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 	if st, err := procStatus(os.Getpid()); err == nil {
 		res.RSS = st.rss
 	}
-	res.Note = fmt.Sprintf("%d agents as goroutines of one process, one connection each; latency over every agent and put, all = until the last agent had it; fsync=%v; RSS is the whole bench process (server included when embedded)", n, e.o.Fsync)
+	res.Note = fmt.Sprintf("%d agents as goroutines of one process, one connection each; latency over every agent and put, all = until the last agent had it; fsync=%v; RSS is the whole bench process (server included when embedded); %s (3 s idle after 2 s of settling, server and agents together when embedded)", n, e.o.Fsync, &cost)
 	return []Result{res}, nil
 }
 
@@ -159,6 +165,11 @@ func (e *env) fanout(ctx context.Context) ([]Result, error) {
 		return nil, err
 	}
 	n := orDefault(e.o.Agents, 200)
+	raw, err := e.rawFanout(ctx, n, orDefault(e.o.Count, 100), e.o.Pacings[0])
+	if err != nil {
+		return out, fmt.Errorf("raw fanout: %w", err)
+	}
+	out = append(out, raw)
 	rounds := min(orDefault(e.o.Count, 100), 30)
 	step := e.prog.start(fmt.Sprintf("fanout: %d files replaced at once by plain goroutines (the disk alone)", n), 0)
 	walls, err := diskFanout(e.path("fanout", "disk"), n, rounds, e.o.Fsync)

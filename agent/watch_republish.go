@@ -1,0 +1,683 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/kvkey"
+)
+
+// Watch modes of WatchConfig.
+const (
+	WatchConsumer  = "consumer"
+	WatchRepublish = "republish"
+	WatchAuto      = "auto"
+)
+
+// RepublishSubject is the subject pattern a bucket republishes its entries
+// to for agents in the republish watch mode: $KVR.<bucket>.>. It does not
+// overlap the bucket's own subjects ($KV.<bucket>.>), as the server requires.
+func RepublishSubject(bucket string) string { return "$KVR." + bucket + ".>" }
+
+// RePublish is the stream setting that republishes every entry of bucket,
+// headers and value, to RepublishSubject(bucket).
+func RePublish(bucket string) *jetstream.RePublish {
+	return &jetstream.RePublish{Source: "$KV." + bucket + ".>", Destination: RepublishSubject(bucket)}
+}
+
+// Republishes reports whether a stream with the setting rp republishes every
+// entry of bucket, with its value, to RepublishSubject(bucket). Only then is
+// the stream sequence of the republished copies consecutive, which is how
+// the republish watcher sees what it missed.
+func Republishes(bucket string, rp *jetstream.RePublish) bool {
+	if rp == nil || rp.HeadersOnly || rp.Destination != RepublishSubject(bucket) {
+		return false
+	}
+	switch rp.Source {
+	case "", ">", "$KV." + bucket + ".>":
+		return true
+	}
+	return false
+}
+
+// RepublishName describes a stream's republish setting: "none", or
+// "src -> dest", with " (headers only)" when the values are left out.
+func RepublishName(rp *jetstream.RePublish) string {
+	switch {
+	case rp == nil:
+		return "none"
+	case rp.HeadersOnly:
+		return fmt.Sprintf("%s -> %s (headers only)", rp.Source, rp.Destination)
+	}
+	return fmt.Sprintf("%s -> %s", rp.Source, rp.Destination)
+}
+
+// newBucketWatcher returns the watcher of bucket for the configured watch
+// mode: the consumer watcher, or the republish watcher (which in the auto
+// mode hands over to a consumer watcher when the bucket does not republish).
+func (o *owner) newBucketWatcher(bucket string, filters []string) bucketWatcher {
+	mode := o.cfg.Watch.ModeOf(bucket)
+	if mode == WatchConsumer || o.js == nil {
+		return newWatcher(o.js, bucket, filters, o.in, o.logger)
+	}
+	return newRepublishWatcher(o.js, bucket, filters, o.in, o.logger, mode, o.cfg.Watch.CheckInterval)
+}
+
+// Errors of the republish watcher's epochs, which run turns into what the
+// owner is told.
+var (
+	errUseConsumer     = errors.New("bucket does not republish: follow it with a consumer")
+	errNotRepublishing = errors.New("bucket does not republish")
+	errRecreated       = errors.New("bucket was recreated")
+)
+
+// republishWatcher follows one bucket without a consumer of its own: a plain
+// subscription receives what the stream republishes, and the agent costs the
+// server a subscription instead of a consumer. It feeds the owner exactly
+// what the consumer watcher does: events in stream order, an epoch per full
+// view, listings after a reconnect.
+//
+// Republished copies are sent at most once, so the watcher checks what it
+// gets. The republish covers every subject of the stream, so the stream
+// sequences it sees are consecutive; the algorithm:
+//
+//  1. Subscribe first: what is stored from then on is queued in the
+//     subscription's channel.
+//  2. Initial sync (a new epoch): a short-lived consumer (last value per key)
+//     reads the bucket to its end, and is deleted; the epoch is done at the
+//     larger of the last sequence delivered and the stream's last sequence
+//     read before the consumer was made.
+//  3. Live: a copy of sequence seen+1 is handed on; an older one was handed
+//     on already; a newer one shows a gap, and the watcher catches up: a
+//     short-lived consumer reads every entry after seen to the stream's end.
+//     When that range has holes (entries removed since, such as a delete
+//     marker compacted away), the keys are listed too.
+//  4. A lost copy with nothing after it shows no gap, so the watcher also
+//     asks the stream for its last sequence: about a second after its own
+//     client dropped a copy (a slow consumer), at once after a reconnect
+//     (then it lists the keys as well), when the stream reports news, and at
+//     a random point of every check interval otherwise. That interval bounds
+//     how long a lost last entry stays unseen. A periodic check is a direct
+//     get of the stream's last message; every tenth is a stream info, which
+//     also shows a recreated bucket or a changed republish.
+//
+// When the bucket is recreated a new epoch starts; when it is deleted the
+// owner is told, as by the consumer watcher.
+type republishWatcher struct {
+	js      jetstream.JetStream
+	bucket  string
+	filters []string
+	out     *inbox
+	base    *slog.Logger // the owner's, for a consumer watcher taking over
+	logger  *slog.Logger
+	mode    string        // WatchRepublish or WatchAuto
+	every   time.Duration // check interval
+	buffer  int           // capacity of the subscription's channel; beyond it the client drops copies
+
+	resumed  chan struct{} // a reconnect happened
+	nudge    chan struct{} // a stream advisory (leader elected, updated, deleted, created)
+	fallback atomic.Pointer[watcher]
+
+	// Owned by run.
+	msgs    chan *nats.Msg
+	sub     *nats.Subscription
+	lister  *watcher // lists the keys (its list method)
+	epoch   uint64
+	created time.Time // the stream's creation time: a new stream is a new epoch
+	synced  bool      // the epoch's initial sync is done
+	seen    uint64    // every entry up to this stream sequence was handed on or is superseded
+	dropped int       // the subscription's drop count when last looked at
+	told    error     // what the owner was last told is wrong with the bucket
+	checks  int       // checks made; every fullCheck-th asks for the stream info
+}
+
+// fullCheck: every so many checks the watcher asks for the stream info (which
+// also shows a recreated bucket or a changed republish) instead of the last
+// message only.
+const fullCheck = 10
+
+// defaultRepublishBuffer is how many republished copies wait for the watcher
+// (during a catch-up, say) before the client drops them: 8 KiB of pointers,
+// and a drop costs only a catch-up.
+const defaultRepublishBuffer = 1024
+
+func newRepublishWatcher(js jetstream.JetStream, bucket string, filters []string, out *inbox, logger *slog.Logger, mode string, check time.Duration) *republishWatcher {
+	return &republishWatcher{
+		js: js, bucket: bucket, filters: filters, out: out, base: logger,
+		logger: logger.With("bucket", bucket, "watch", "republish"),
+		mode:   mode, every: check, buffer: defaultRepublishBuffer,
+		resumed: make(chan struct{}, 1),
+		nudge:   make(chan struct{}, 1),
+		lister:  newWatcher(js, bucket, filters, out, logger),
+	}
+}
+
+func (w *republishWatcher) stream() string { return "KV_" + w.bucket }
+
+// reconnected tells the watcher the connection came back.
+func (w *republishWatcher) reconnected() {
+	if fb := w.fallback.Load(); fb != nil {
+		fb.reconnected()
+		return
+	}
+	select {
+	case w.resumed <- struct{}{}:
+	default:
+	}
+}
+
+func (w *republishWatcher) poke() {
+	select {
+	case w.nudge <- struct{}{}:
+	default:
+	}
+}
+
+// run follows the bucket until ctx is done.
+func (w *republishWatcher) run(ctx context.Context) error {
+	if w.mode == WatchAuto && !w.decide(ctx) {
+		return w.handOver(ctx)
+	}
+	nc := w.js.Conn()
+	w.msgs = make(chan *nats.Msg, w.buffer)
+	sub, err := nc.ChanSubscribe(RepublishSubject(w.bucket), w.msgs)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", RepublishSubject(w.bucket), err)
+	}
+	w.sub = sub
+	subs := []*nats.Subscription{sub}
+	adv, err := nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.*."+w.stream(), func(*nats.Msg) { w.poke() })
+	if err != nil {
+		w.logger.Debug("no stream advisories", "err", err)
+	} else {
+		subs = append(subs, adv)
+	}
+	unsubscribe := func() {
+		for _, s := range subs {
+			_ = s.Unsubscribe()
+		}
+		subs = nil
+	}
+	defer func() { unsubscribe() }()
+
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		started := time.Now()
+		err := w.follow(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := bo.next()
+		switch {
+		case errors.Is(err, errUseConsumer):
+			unsubscribe()
+			return w.handOver(ctx)
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			w.tell(fmt.Errorf("bucket %s not found", w.bucket))
+		case errors.Is(err, errNotRepublishing):
+			w.tell(fmt.Errorf("%w to %s (watch mode republish): give it one (kvsync bucket add %s --republish, or nats stream edit %s --republish-source '$KV.%s.>' --republish-destination '%s'), or set watch mode auto",
+				errNotRepublishing, RepublishSubject(w.bucket), w.bucket, w.stream(), w.bucket, RepublishSubject(w.bucket)))
+			wait = w.every // or until the stream reports an update
+		case errors.Is(err, errRecreated):
+			w.logger.Warn("bucket was recreated: following the new one from its start")
+			w.synced = false
+			continue
+		case err != nil:
+			w.logger.Warn("watcher restarts", "err", err)
+		}
+		if time.Since(started) > 2*time.Second {
+			bo.reset()
+		}
+		// Half of the wait is random, so a fleet whose server refused
+		// them all does not come back in step.
+		wait = wait/2 + rand.N(wait/2+1)
+		select {
+		case <-ctx.Done():
+		case <-w.nudge:
+		case <-w.resumed: // follow resumes with a listing anyway
+		case <-time.After(wait):
+		}
+	}
+	return nil
+}
+
+// decide says, in the auto mode, whether the bucket republishes as the
+// republish watcher needs, asking until the server answers: before anything
+// is subscribed to, so a user without the republish mode's permissions
+// never asks for them. A bucket that does not exist yet is followed by a
+// consumer.
+func (w *republishWatcher) decide(ctx context.Context) bool {
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		info, err := w.streamInfo(ctx)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			return false
+		case err == nil:
+			return Republishes(w.bucket, info.Config.RePublish)
+		}
+		w.logger.Debug("watch mode auto: stream info", "err", err)
+		wait := bo.next()
+		select {
+		case <-ctx.Done():
+		case <-w.nudge:
+		case <-w.resumed:
+		case <-time.After(wait/2 + rand.N(wait/2+1)):
+		}
+	}
+	return false
+}
+
+// handOver follows the bucket with a consumer watcher from now on.
+func (w *republishWatcher) handOver(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	w.logger.Info("bucket does not republish to " + RepublishSubject(w.bucket) + ": following it with a consumer")
+	fb := newWatcher(w.js, w.bucket, w.filters, w.out, w.base)
+	w.fallback.Store(fb)
+	return fb.run(ctx)
+}
+
+// tell tells the owner, once, that the bucket cannot be followed: the files
+// stay as they are and the bucket counts as missing until a new epoch's
+// initial sync is done, so the next follow starts one.
+func (w *republishWatcher) tell(err error) {
+	w.synced = false
+	if w.told != nil && w.told.Error() == err.Error() {
+		return
+	}
+	w.told = err
+	w.out.push(bucketGone{bucket: w.bucket, err: err})
+}
+
+// follow runs one epoch, or resumes the current one, until ctx is done or
+// the bucket must be looked at afresh (the error says why).
+func (w *republishWatcher) follow(ctx context.Context) error {
+	info, err := w.streamInfo(ctx)
+	if errors.Is(err, jetstream.ErrStreamNotFound) && w.epoch == 0 && w.mode == WatchAuto {
+		return errUseConsumer // the consumer watcher waits for the bucket
+	}
+	if err != nil {
+		return err
+	}
+	if !Republishes(w.bucket, info.Config.RePublish) {
+		if w.mode == WatchAuto {
+			return errUseConsumer
+		}
+		return errNotRepublishing
+	}
+	select {
+	case <-w.resumed: // follow lists below when resuming; a new epoch needs no listing
+	default:
+	}
+	if w.synced && info.Created.Equal(w.created) {
+		if err := w.catchUp(ctx, true); err != nil {
+			return err
+		}
+	} else if err := w.sync(ctx, info); err != nil {
+		return err
+	}
+	return w.live(ctx, info.Config)
+}
+
+// streamInfo asks for the stream's state, bounded.
+func (w *republishWatcher) streamInfo(ctx context.Context) (*jetstream.StreamInfo, error) {
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := w.js.Stream(ictx, w.stream())
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("stream info: %w", err)
+	}
+	return st.CachedInfo(), nil
+}
+
+// sync starts a new epoch and sends the bucket's full view.
+func (w *republishWatcher) sync(ctx context.Context, info *jetstream.StreamInfo) error {
+	w.epoch++
+	w.synced, w.seen, w.created = false, 0, info.Created
+	size := 0
+	if slices.Contains(w.filters, ">") {
+		size = int(min(info.State.NumSubjects, maxSizeHint))
+	}
+	w.out.push(epochStart{bucket: w.bucket, epoch: w.epoch, size: size})
+	cfg := ephemeral(w.bucket, jetstream.DeliverLastPerSubjectPolicy)
+	if f := subjects(w.bucket, w.filters); len(f) == 1 {
+		cfg.FilterSubject = f[0]
+	} else {
+		cfg.FilterSubjects = f
+	}
+	last := uint64(0)
+	if _, err := w.read(ctx, cfg, func(m jetstream.Msg, md *jetstream.MsgMetadata) {
+		w.emit(m, md)
+		last = md.Sequence.Stream
+	}); err != nil {
+		return fmt.Errorf("initial sync: %w", err)
+	}
+	// Every entry up to the stream's last sequence before the consumer was
+	// made was delivered or superseded, and so was every one up to the last
+	// one delivered.
+	w.seen = max(last, info.State.LastSeq)
+	w.synced, w.told = true, nil
+	w.out.push(syncDone{bucket: w.bucket, epoch: w.epoch})
+	w.logger.Debug("initial sync done", "revision", w.seen)
+	return nil
+}
+
+// ephemeral is the configuration of the watcher's short-lived consumers: in
+// memory, one replica, no acks, removed by the server soon if left behind.
+func ephemeral(bucket string, policy jetstream.DeliverPolicy) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Name:              fmt.Sprintf("kvsync_%s_%x", bucket, rand.Uint64()),
+		DeliverPolicy:     policy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: 10 * time.Second,
+		Replicas:          1,
+		MemoryStorage:     true,
+	}
+}
+
+// errLost: a message of a short-lived consumer did not arrive.
+var errLost = errors.New("a consumer message was lost")
+
+// read creates a consumer with cfg, hands every message it delivers to fn
+// until it has delivered everything, deletes it, and returns how many it
+// delivered. The end is the message that says nothing is pending, or a
+// pull that stays empty for a second (the pending count can stall when
+// entries expire while it runs).
+func (w *republishWatcher) read(ctx context.Context, cfg jetstream.ConsumerConfig, fn func(jetstream.Msg, *jetstream.MsgMetadata)) (int, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	cons, err := w.js.CreateConsumer(cctx, w.stream(), cfg)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("create consumer: %w", err)
+	}
+	defer func() {
+		// Best effort: the inactive threshold removes it anyway.
+		go func() {
+			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = w.js.DeleteConsumer(dctx, w.stream(), cfg.Name)
+		}()
+	}()
+	if cons.CachedInfo().NumPending == 0 {
+		return 0, nil
+	}
+	var delivered uint64
+	for ctx.Err() == nil {
+		// The byte cap bounds the client's buffer for large values; it is
+		// above the largest message a server takes.
+		batch, err := cons.Fetch(1024, jetstream.FetchMaxBytes(64<<20), jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return int(delivered), fmt.Errorf("fetch: %w", err)
+		}
+		n, done := 0, false
+		for m := range batch.Messages() {
+			md, err := m.Metadata()
+			if err != nil {
+				return int(delivered), fmt.Errorf("message metadata: %w", err)
+			}
+			if md.Sequence.Consumer != delivered+1 {
+				return int(delivered), errLost
+			}
+			delivered++
+			n++
+			fn(m, md)
+			if md.NumPending == 0 {
+				done = true
+				break
+			}
+		}
+		if done {
+			return int(delivered), nil
+		}
+		if err := batch.Error(); err != nil {
+			return int(delivered), fmt.Errorf("fetch: %w", err)
+		}
+		if n == 0 {
+			return int(delivered), nil
+		}
+	}
+	return int(delivered), ctx.Err()
+}
+
+// emit hands an entry read by a consumer on, when the filters take it.
+func (w *republishWatcher) emit(m jetstream.Msg, md *jetstream.MsgMetadata) {
+	ev, ok := parseMsg(m, "$KV."+w.bucket+".", w.bucket, md)
+	if ok && kvkey.MatchAny(w.filters, ev.key) {
+		w.out.push(ev)
+	}
+}
+
+// catchUp reads every entry after seen to the stream's end with a
+// short-lived consumer; it lists the keys when list is set or when entries
+// of that range are gone (a delete marker among them may have been removed).
+// It also notices a deleted, recreated or no longer republishing bucket.
+func (w *republishWatcher) catchUp(ctx context.Context, list bool) error {
+	info, err := w.streamInfo(ctx)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !info.Created.Equal(w.created):
+		return errRecreated
+	case !Republishes(w.bucket, info.Config.RePublish) && w.mode == WatchAuto:
+		return errUseConsumer
+	case !Republishes(w.bucket, info.Config.RePublish):
+		return errNotRepublishing
+	}
+	last := info.State.LastSeq
+	// Copies queued already may take the watcher there without a consumer.
+	w.drain()
+	if last > w.seen {
+		from := w.seen + 1
+		w.logger.Debug("catching up", "from", from, "to", last)
+		cfg := ephemeral(w.bucket, jetstream.DeliverByStartSequencePolicy)
+		cfg.OptStartSeq = from
+		n, err := w.read(ctx, cfg, func(m jetstream.Msg, md *jetstream.MsgMetadata) {
+			if md.Sequence.Stream > w.seen {
+				w.emit(m, md)
+				w.seen = md.Sequence.Stream
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("catch up from %d: %w", from, err)
+		}
+		end := max(w.seen, last)
+		if uint64(n) < end-from+1 {
+			list = true
+		}
+		w.seen = end
+	}
+	if list {
+		if err := w.lister.list(ctx); err != nil {
+			return fmt.Errorf("list keys: %w", err)
+		}
+	}
+	return nil
+}
+
+// check makes sure nothing was missed: when the stream's last sequence is
+// the last one handed on, there is nothing to do; otherwise catchUp looks. The
+// last sequence comes from a direct get of the stream's last message, which
+// the stream answers itself, without the JetStream API queue and the stream
+// info's JSON; every fullCheck-th check, and whenever the direct get cannot
+// answer, catchUp asks for the stream info instead.
+func (w *republishWatcher) check(ctx context.Context) error {
+	w.drain()
+	w.checks++
+	if w.checks%fullCheck != 0 {
+		if last, ok := w.lastSeq(ctx); ok && last == w.seen {
+			return nil
+		}
+	}
+	return w.catchUp(ctx, false)
+}
+
+// lastSeq is the stream's last sequence, read from its last message with a
+// direct get. ok is false when that cannot answer: no direct get on the
+// stream, no permission, the last message removed, no server.
+func (w *republishWatcher) lastSeq(ctx context.Context) (uint64, bool) {
+	o := w.js.Options()
+	prefix := "$JS.API."
+	switch {
+	case o.Domain != "":
+		prefix = "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		prefix = strings.TrimSuffix(o.APIPrefix, ".") + "."
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	m, err := w.js.Conn().RequestWithContext(rctx, prefix+"DIRECT.GET."+w.stream(), []byte(`{"last_by_subj":">"}`))
+	if err != nil || m.Header.Get("Status") != "" {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(last(m.Header, jetstream.SequenceHeader), 10, 64)
+	return seq, err == nil && last(m.Header, jetstream.StreamHeader) == w.stream()
+}
+
+// drain hands on the queued copies that follow seen, up to the first gap.
+func (w *republishWatcher) drain() {
+	for {
+		select {
+		case m := <-w.msgs:
+			seq, ok := w.sequence(m)
+			if !ok || seq <= w.seen {
+				continue
+			}
+			if seq != w.seen+1 {
+				return // a gap: the catch-up that follows reads it
+			}
+			w.handOn(m, seq)
+		default:
+			return
+		}
+	}
+}
+
+// live hands on republished copies until something needs a new look at the
+// stream.
+func (w *republishWatcher) live(ctx context.Context, cfg jetstream.StreamConfig) error {
+	// A bucket-wide TTL without limit markers removes keys with no message at
+	// all: only a listing notices. Such buckets, and only they, are listed
+	// every quarter of their TTL (at least every second).
+	var expiry <-chan time.Time
+	if cfg.MaxAge > 0 && cfg.SubjectDeleteMarkerTTL == 0 {
+		t := time.NewTicker(max(cfg.MaxAge/4, time.Second))
+		defer t.Stop()
+		expiry = t.C
+	}
+	check := time.NewTimer(w.nextCheck())
+	defer check.Stop()
+	// After copies arrive, the drop count is looked at a second later: a copy
+	// the client dropped at the end of a burst shows no gap.
+	dropT := time.NewTimer(time.Hour)
+	dropT.Stop()
+	defer dropT.Stop()
+	dropArmed := false
+	for {
+		var err error
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-w.msgs:
+			seq, ok := w.sequence(m)
+			switch {
+			case !ok || seq <= w.seen:
+			case seq == w.seen+1:
+				w.handOn(m, seq)
+			default:
+				w.logger.Debug("missed republished entries", "from", w.seen+1, "to", seq-1)
+				err = w.catchUp(ctx, false)
+			}
+			if !dropArmed {
+				dropArmed = true
+				dropT.Reset(time.Second)
+			}
+		case <-dropT.C:
+			dropArmed = false
+			if d, _ := w.sub.Dropped(); d != w.dropped {
+				w.dropped = d
+				w.logger.Debug("client dropped republished entries", "dropped", d)
+				err = w.check(ctx)
+			}
+		case <-check.C:
+			err = w.check(ctx)
+			check.Reset(w.nextCheck())
+		case <-w.nudge:
+			err = w.catchUp(ctx, false)
+		case <-w.resumed:
+			err = w.catchUp(ctx, true)
+		case <-expiry:
+			if err := w.lister.list(ctx); err != nil {
+				w.logger.Warn("list keys for TTL expiry", "err", err)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// nextCheck is when an idle watcher next asks the stream: a random point of
+// the check interval, so a fleet's agents do not ask at once.
+func (w *republishWatcher) nextCheck() time.Duration {
+	return w.every/2 + rand.N(w.every/2+1)
+}
+
+// sequence returns the stream sequence of a republished copy of this
+// bucket's stream. The server appends its headers after the entry's own, so
+// the last value counts: a raw publisher's header of the same name is not
+// believed.
+func (w *republishWatcher) sequence(m *nats.Msg) (uint64, bool) {
+	if last(m.Header, jetstream.StreamHeader) != w.stream() {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(last(m.Header, jetstream.SequenceHeader), 10, 64)
+	return seq, err == nil && seq > 0
+}
+
+// handOn hands a republished copy on as an event and moves seen to it.
+func (w *republishWatcher) handOn(m *nats.Msg, seq uint64) {
+	w.seen = seq
+	ts, err := time.Parse(time.RFC3339Nano, last(m.Header, jetstream.TimeStampHeaer))
+	if err != nil {
+		ts = time.Now()
+	}
+	md := &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, Timestamp: ts, Stream: w.stream()}
+	w.emit(republished{msg: m, subject: last(m.Header, jetstream.SubjectHeader)}, md)
+}
+
+func last(h nats.Header, key string) string {
+	v := h.Values(key)
+	if len(v) == 0 {
+		return ""
+	}
+	return v[len(v)-1]
+}
+
+// republished is a republished copy as parseMsg reads it: the subject is the
+// entry's own. parseMsg calls only the methods defined here.
+type republished struct {
+	jetstream.Msg
+	msg     *nats.Msg
+	subject string
+}
+
+func (r republished) Subject() string      { return r.subject }
+func (r republished) Data() []byte         { return r.msg.Data }
+func (r republished) Headers() nats.Header { return r.msg.Header }

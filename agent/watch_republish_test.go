@@ -1,0 +1,594 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	natstest "github.com/nats-io/nats-server/v2/test"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// republishCfg is filesCfg in the republish watch mode.
+func republishCfg(url, bucket, dir string) *Config {
+	cfg := filesCfg(url, bucket, dir)
+	cfg.Watch.Mode = WatchRepublish
+	return cfg
+}
+
+// consumers is how many consumers the bucket's stream has.
+func consumers(t *testing.T, js jetstream.JetStream, bucket string) int {
+	t.Helper()
+	st, err := js.Stream(context.Background(), "KV_"+bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.CachedInfo().State.Consumers
+}
+
+// noConsumers waits until the bucket's stream has no consumer left: the
+// short-lived ones of the initial sync and catch-ups are gone.
+func noConsumers(t *testing.T, js jetstream.JetStream, bucket string) {
+	t.Helper()
+	waitFor(t, 15*time.Second, func() error {
+		if n := consumers(t, js, bucket); n != 0 {
+			return fmt.Errorf("%d consumers on KV_%s", n, bucket)
+		}
+		return nil
+	})
+}
+
+// dirMatches returns a check that dir holds exactly the keys of kv, with
+// their values (keys are plain file names here).
+func dirMatches(kv jetstream.KeyValue, dir string) func() error {
+	return func() error {
+		ctx := context.Background()
+		want := map[string]string{}
+		lister, err := kv.ListKeys(ctx)
+		if err != nil {
+			return err
+		}
+		for k := range lister.Keys() {
+			e, err := kv.Get(ctx, k)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			want[k] = string(e.Value())
+		}
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return err
+		}
+		got := map[string]string{}
+		for _, e := range ents {
+			if e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+			if err != nil {
+				return err
+			}
+			got[e.Name()] = string(b)
+		}
+		for k, v := range want {
+			if got[k] != v {
+				return fmt.Errorf("%s: file holds %q, bucket %q", k, got[k], v)
+			}
+		}
+		for k := range got {
+			if _, ok := want[k]; !ok {
+				return fmt.Errorf("%s: file left, key gone", k)
+			}
+		}
+		return nil
+	}
+}
+
+func TestRepublishWatchFollowsBucket(t *testing.T) {
+	s := testServer(t)
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 3, RePublish: RePublish("app")})
+	js, _ := jetstream.New(nc)
+	put(t, kv, "a", "1")
+	put(t, kv, "b", "2")
+	put(t, kv, "gone", "x")
+	if err := kv.Delete(context.Background(), "gone"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ag := startAgent(t, republishCfg(s.ClientURL(), "app", dir), Options{})
+	waitFor(t, 5*time.Second, dirMatches(kv, dir))
+	waitFor(t, 5*time.Second, func() error {
+		if code, _, _ := httpGet(ag.url + "/readyz"); code != http.StatusOK {
+			return fmt.Errorf("readyz %d", code)
+		}
+		return nil
+	})
+	// The initial sync's consumer is gone: the agent costs the server a
+	// subscription only.
+	noConsumers(t, js, "app")
+
+	put(t, kv, "c", "3")
+	put(t, kv, "a", "1b")
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "c"), "3"))
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1b"))
+	if err := kv.Delete(context.Background(), "b"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, fileGone(filepath.Join(dir, "b")))
+	if err := kv.Purge(context.Background(), "c"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, fileGone(filepath.Join(dir, "c")))
+	waitFor(t, 5*time.Second, dirMatches(kv, dir))
+	if n := consumers(t, js, "app"); n != 0 {
+		t.Fatalf("%d consumers while following live updates, want 0", n)
+	}
+}
+
+func TestRepublishWatchTTLExpiry(t *testing.T) {
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "ttl", LimitMarkerTTL: time.Second, RePublish: RePublish("ttl")})
+	dir := t.TempDir()
+	startAgent(t, republishCfg(s.ClientURL(), "ttl", dir), Options{})
+	put(t, kv, "stays", "1")
+	if _, err := kv.Create(context.Background(), "short", []byte("lived"), jetstream.KeyTTL(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "short"), "lived"))
+	// The expiry marker is republished like any entry.
+	waitFor(t, 10*time.Second, fileGone(filepath.Join(dir, "short")))
+	if err := fileIs(filepath.Join(dir, "stays"), "1")(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRepublishWatchConvergesDespiteDrops: the subscription's channel holds
+// one copy, so the client drops most republished copies of a stream of puts
+// and deletes. The files still end up exactly as the bucket, and the log
+// shows the watcher noticed.
+func TestRepublishWatchConvergesDespiteDrops(t *testing.T) {
+	s := testServer(t)
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 1, RePublish: RePublish("app")})
+	js, _ := jetstream.New(nc)
+	for i := range 20 {
+		put(t, kv, fmt.Sprintf("k%02d", i), "init")
+	}
+	dir := t.TempDir()
+	cfg := republishCfg(s.ClientURL(), "app", dir)
+	cfg.Default()
+	logs := &syncBuffer{}
+	o, stop := runOwner(t, cfg, logs, func(w *republishWatcher) { w.buffer = 1 })
+	defer stop()
+	waitFor(t, 5*time.Second, dirMatches(kv, dir))
+
+	ctx := context.Background()
+	for i := range 2000 {
+		k := fmt.Sprintf("k%02d", i%23)
+		var err error
+		if i%7 == 3 {
+			err = kv.Delete(ctx, k)
+		} else {
+			_, err = kv.PutString(ctx, k, fmt.Sprintf("v%d", i))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The bound: a copy dropped by the client is found at the next copy or
+	// a second after the drop; nothing else is needed here.
+	waitFor(t, 10*time.Second, dirMatches(kv, dir))
+	if !strings.Contains(logs.String(), "missed republished entries") && !strings.Contains(logs.String(), "client dropped") {
+		t.Fatalf("no copy was dropped: the test proves nothing; log:\n%s", logs)
+	}
+	t.Logf("gaps seen: %d, catch-ups after client drops: %d, listings: %d",
+		strings.Count(logs.String(), "missed republished entries"), strings.Count(logs.String(), "client dropped"), strings.Count(logs.String(), "reconciled"))
+	noConsumers(t, js, "app")
+	_ = o
+}
+
+// runOwner runs an owner for cfg whose republish watchers are adjusted by
+// tune before they start, logging to logs. stop ends it.
+func runOwner(t *testing.T, cfg *Config, logs *syncBuffer, tune func(*republishWatcher)) (*owner, func()) {
+	t.Helper()
+	nc, err := nats.Connect(cfg.NATS.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := newOwner(cfg, a, js, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	// The watchers are started here, tuned; the owner starts none of its own
+	// for a bucket it finds watched.
+	for b, f := range o.bucketFilters() {
+		w := o.newBucketWatcher(b, f)
+		if rw, ok := w.(*republishWatcher); ok {
+			tune(rw)
+		}
+		o.watched[b] = w
+		o.st.bucket(b)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = w.run(ctx)
+		}()
+	}
+	reconnects := make(chan struct{}, 1)
+	nc.SetReconnectHandler(func(*nats.Conn) {
+		select {
+		case reconnects <- struct{}{}:
+		default:
+		}
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = o.run(ctx, reconnects)
+	}()
+	return o, func() { cancel(); wg.Wait() }
+}
+
+func TestRepublishWatchServerRestart(t *testing.T) {
+	s := testServer(t)
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 2, RePublish: RePublish("app")})
+	put(t, kv, "a", "1")
+	put(t, kv, "x", "doomed")
+	dir := t.TempDir()
+	ag := startAgent(t, republishCfg(s.ClientURL(), "app", dir), Options{})
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "x"), "doomed"))
+	// Remove x without a marker, as compaction or a raw purge does.
+	js, _ := jetstream.New(nc)
+	st, err := js.Stream(context.Background(), "KV_app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Purge(context.Background(), jetstream.WithPurgeSubject("$KV.app.x")); err != nil {
+		t.Fatal(err)
+	}
+
+	s = restartServer(t, s)
+	_, kv2 := reopenKV(t, s, "app")
+	put(t, kv2, "a", "after restart")
+	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "after restart"))
+	// The reconnect lists the keys: x goes.
+	waitFor(t, 10*time.Second, fileGone(filepath.Join(dir, "x")))
+	waitFor(t, 5*time.Second, dirMatches(kv2, dir))
+	if !strings.Contains(ag.logs.String(), "watch=republish") {
+		t.Fatal("the agent did not follow the bucket in the republish mode")
+	}
+}
+
+// TestWatchModeAuto: auto follows a bucket that republishes without a
+// consumer and one that does not with a consumer.
+func TestWatchModeAuto(t *testing.T) {
+	s := testServer(t)
+	nc, rkv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "rep", RePublish: RePublish("rep")})
+	js, _ := jetstream.New(nc)
+	// Republishing elsewhere is not what the agent listens to.
+	other, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "other", RePublish: &jetstream.RePublish{Source: "$KV.other.>", Destination: "elsewhere.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, rkv, "r", "1")
+	put(t, other, "o", "1")
+	rdir, odir := t.TempDir(), t.TempDir()
+	cfg := filesCfg(s.ClientURL(), "rep", rdir)
+	f := false
+	cfg.Files = append(cfg.Files, FilesConfig{Name: "other", Bucket: "other", Dir: odir, Fsync: &f})
+	ag := startAgent(t, cfg, Options{})
+	if cfg.Watch.Mode != WatchAuto {
+		t.Fatalf("default watch mode %q, want auto", cfg.Watch.Mode)
+	}
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(rdir, "r"), "1"))
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(odir, "o"), "1"))
+	put(t, rkv, "r", "2")
+	put(t, other, "o", "2")
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(rdir, "r"), "2"))
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(odir, "o"), "2"))
+	noConsumers(t, js, "rep")
+	if n := consumers(t, js, "other"); n != 1 {
+		t.Fatalf("bucket other has %d consumers, want the agent's one", n)
+	}
+	if !strings.Contains(ag.logs.String(), "bucket does not republish to $KVR.other.>: following it with a consumer") {
+		t.Fatal("the fallback to a consumer was not logged")
+	}
+}
+
+// TestWatchModeRepublishNeedsRepublish: the republish mode on a bucket that
+// does not republish keeps the files, says what to change and is not ready;
+// once the bucket republishes, the agent follows it.
+func TestWatchModeRepublishNeedsRepublish(t *testing.T) {
+	s := testServer(t)
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
+	js, _ := jetstream.New(nc)
+	put(t, kv, "a", "1")
+	dir := t.TempDir()
+	cfg := republishCfg(s.ClientURL(), "app", dir)
+	cfg.Watch.CheckInterval = 200 * time.Millisecond
+	ag := startAgent(t, cfg, Options{})
+	waitFor(t, 5*time.Second, func() error {
+		if !strings.Contains(ag.logs.String(), "does not republish to $KVR.app.>") {
+			return errors.New("no error naming the missing republish")
+		}
+		return nil
+	})
+	if code, _, _ := httpGet(ag.url + "/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("readyz %d, want 503", code)
+	}
+	if err := fileGone(filepath.Join(dir, "a"))(); err != nil {
+		t.Fatal(err)
+	}
+	if n := consumers(t, js, "app"); n != 0 {
+		t.Fatalf("%d consumers, want none in the republish mode", n)
+	}
+
+	st, err := js.Stream(context.Background(), "KV_app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := st.CachedInfo().Config
+	sc.RePublish = RePublish("app")
+	if _, err := js.UpdateStream(context.Background(), sc); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+	put(t, kv, "b", "2")
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "b"), "2"))
+	waitFor(t, 5*time.Second, func() error {
+		if code, _, _ := httpGet(ag.url + "/readyz"); code != http.StatusOK {
+			return fmt.Errorf("readyz %d", code)
+		}
+		return nil
+	})
+}
+
+// TestRepublishWatchIgnoresForgedHeaders: an entry published raw with its own
+// Nats-Sequence header does not move the watcher's position.
+func TestRepublishWatchIgnoresForgedHeaders(t *testing.T) {
+	s := testServer(t)
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	dir := t.TempDir()
+	startAgent(t, republishCfg(s.ClientURL(), "app", dir), Options{})
+	put(t, kv, "a", "1")
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+	m := nats.NewMsg("$KV.app.forged")
+	m.Header.Set(jetstream.SequenceHeader, "999999")
+	m.Header.Set(jetstream.StreamHeader, "KV_app")
+	m.Data = []byte("raw")
+	if _, err := nc.RequestMsg(m, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "forged"), "raw"))
+	put(t, kv, "a", "2")
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "2"))
+}
+
+func TestRepublishes(t *testing.T) {
+	for _, tc := range []struct {
+		rp   *jetstream.RePublish
+		want bool
+	}{
+		{nil, false},
+		{RePublish("app"), true},
+		{&jetstream.RePublish{Destination: "$KVR.app.>"}, true},
+		{&jetstream.RePublish{Source: ">", Destination: "$KVR.app.>"}, true},
+		{&jetstream.RePublish{Source: "$KV.app.>", Destination: "$KVR.app.>", HeadersOnly: true}, false},
+		{&jetstream.RePublish{Source: "$KV.app.a.>", Destination: "$KVR.app.>"}, false},
+		{&jetstream.RePublish{Source: "$KV.app.>", Destination: "$KVR.other.>"}, false},
+	} {
+		if got := Republishes("app", tc.rp); got != tc.want {
+			t.Errorf("Republishes(app, %s) = %v, want %v", RepublishName(tc.rp), got, tc.want)
+		}
+	}
+	if got := RepublishSubject("app"); got != "$KVR.app.>" {
+		t.Fatalf("RepublishSubject = %q", got)
+	}
+}
+
+// TestRepublishWatchCheckFindsSilentLoss: the agent's user may not receive
+// the republished copies of key "tail", so the server never delivers them
+// and the client counts no drop: a copy lost on the way, with nothing after
+// it. The periodic check finds it within the check interval.
+func TestRepublishWatchCheckFindsSilentLoss(t *testing.T) {
+	opts := natstest.DefaultTestOptions
+	opts.Port = -1
+	opts.JetStream = true
+	opts.StoreDir = t.TempDir()
+	opts.Users = []*server.User{
+		{Username: "admin", Password: "admin"},
+		{Username: "agent", Password: "agent", Permissions: &server.Permissions{
+			Subscribe: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$KVR.app.tail"}},
+		}},
+	}
+	s := natstest.RunServer(&opts)
+	t.Cleanup(s.Shutdown)
+	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo("admin", "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, kv, "a", "1")
+	dir := t.TempDir()
+	cfg := republishCfg(s.ClientURL(), "app", dir)
+	cfg.NATS.User, cfg.NATS.Password = "agent", "agent"
+	cfg.Watch.CheckInterval = 300 * time.Millisecond
+	ag := startAgent(t, cfg, Options{})
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+
+	put(t, kv, "tail", "late")
+	// The bound: the check interval (300 ms here), plus one catch-up.
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "tail"), "late"))
+	if !strings.Contains(ag.logs.String(), "catching up") {
+		t.Fatal("the entry arrived without a catch-up: the copy was not lost, the test proves nothing")
+	}
+}
+
+// TestRepublishWatchPermissions: the republish mode works with the
+// documented permissions of a watch-only user and no more.
+func TestRepublishWatchPermissions(t *testing.T) {
+	opts := natstest.DefaultTestOptions
+	opts.Port = -1
+	opts.JetStream = true
+	opts.StoreDir = t.TempDir()
+	opts.Users = []*server.User{
+		{Username: "admin", Password: "admin"},
+		{Username: "watch", Password: "watch", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{
+				"$JS.API.INFO",
+				"$JS.API.STREAM.INFO.KV_app",
+				"$JS.API.CONSUMER.CREATE.KV_app.>",
+				"$JS.API.CONSUMER.DELETE.KV_app.>",
+				"$JS.API.CONSUMER.MSG.NEXT.KV_app.>",
+				"$JS.API.DIRECT.GET.KV_app",
+			}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", "$KVR.app.>", "$JS.EVENT.ADVISORY.STREAM.*.KV_app"}},
+		}},
+	}
+	s := natstest.RunServer(&opts)
+	t.Cleanup(s.Shutdown)
+	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo("admin", "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, kv, "a", "1")
+	put(t, kv, "gone", "x")
+	dir := t.TempDir()
+	cfg := republishCfg(s.ClientURL(), "app", dir)
+	cfg.NATS.User, cfg.NATS.Password = "watch", "watch"
+	ag := startAgent(t, cfg, Options{})
+	waitFor(t, 5*time.Second, dirMatches(kv, dir))
+	put(t, kv, "a", "2")
+	if err := kv.Delete(context.Background(), "gone"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, dirMatches(kv, dir))
+	// A reconnect: a catch-up and a key listing, which drops a key removed
+	// without a marker.
+	st, err := js.Stream(context.Background(), "KV_app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Purge(context.Background(), jetstream.WithPurgeSubject("$KV.app.a")); err != nil {
+		t.Fatal(err)
+	}
+	opts.Port = s.Addr().(*net.TCPAddr).Port
+	s.Shutdown()
+	s.WaitForShutdown()
+	s = natstest.RunServer(&opts)
+	t.Cleanup(s.Shutdown)
+	waitFor(t, 10*time.Second, func() error {
+		_, err := kv.PutString(context.Background(), "b", "3")
+		return err
+	})
+	waitFor(t, 10*time.Second, dirMatches(kv, dir))
+	if err := fileGone(filepath.Join(dir, "a"))(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(ag.logs.String(), "reconciled after reconnect") {
+		t.Fatal("no key listing after the reconnect")
+	}
+	noConsumers(t, js, "app")
+}
+
+// TestRepublishWatchBucketDeletedAndRecreated: a deleted bucket keeps the
+// files and turns /readyz red; the recreated one is followed from its start.
+func TestRepublishWatchBucketDeletedAndRecreated(t *testing.T) {
+	s := testServer(t)
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	put(t, kv, "a", "1")
+	dir := t.TempDir()
+	cfg := republishCfg(s.ClientURL(), "app", dir)
+	// The server's delete advisory is sent on a best-effort path (it is
+	// sometimes lost as the stream stops): the check interval bounds it.
+	cfg.Watch.CheckInterval = 500 * time.Millisecond
+	ag := startAgent(t, cfg, Options{})
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteKeyValue(context.Background(), "app"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if code, _, _ := httpGet(ag.url + "/readyz"); code != http.StatusServiceUnavailable {
+			return fmt.Errorf("readyz %d, want 503", code)
+		}
+		return nil
+	})
+	if err := fileIs(filepath.Join(dir, "a"), "1")(); err != nil {
+		t.Fatalf("file not kept: %v", err)
+	}
+	// Right after a delete the server can refuse to create the stream's
+	// store again for a moment.
+	waitFor(t, 5*time.Second, func() (err error) {
+		kv, err = js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+		return err
+	})
+	put(t, kv, "b", "new")
+	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "b"), "new"))
+	// The new bucket has no "a": its complete view removes it.
+	waitFor(t, 5*time.Second, fileGone(filepath.Join(dir, "a")))
+	waitFor(t, 5*time.Second, func() error {
+		if code, _, _ := httpGet(ag.url + "/readyz"); code != http.StatusOK {
+			return fmt.Errorf("readyz %d", code)
+		}
+		return nil
+	})
+	put(t, kv, "b", "newer")
+	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "b"), "newer"))
+}
+
+// TestRepublishLastSeq: the periodic check's direct get reads the stream's
+// last sequence; on an empty stream it cannot answer, and stream info does.
+func TestRepublishLastSeq(t *testing.T) {
+	s := testServer(t)
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	js, _ := jetstream.New(nc)
+	w := newRepublishWatcher(js, "app", []string{">"}, newInbox(), slog.New(slog.DiscardHandler), WatchRepublish, time.Second)
+	if _, ok := w.lastSeq(context.Background()); ok {
+		t.Fatal("lastSeq answered on an empty stream")
+	}
+	put(t, kv, "a", "1")
+	rev := put(t, kv, "b", "2")
+	if got, ok := w.lastSeq(context.Background()); !ok || got != rev {
+		t.Fatalf("lastSeq = %d, %v; want %d, true", got, ok, rev)
+	}
+	other := newRepublishWatcher(js, "nope", []string{">"}, newInbox(), slog.New(slog.DiscardHandler), WatchRepublish, time.Second)
+	if _, ok := other.lastSeq(context.Background()); ok {
+		t.Fatal("lastSeq answered for a missing stream")
+	}
+}
