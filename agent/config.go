@@ -6,6 +6,7 @@ import (
 	"os"
 	pathpkg "path"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,7 +33,35 @@ type Config struct {
 	Watch     WatchConfig       `koanf:"watch"`
 	HTTP      HTTPConfig        `koanf:"http"`
 	Log       LogConfig         `koanf:"log"`
+	Agent     AgentConfig       `koanf:"agent"`
+	Report    *ReportConfig     `koanf:"report"`
 }
+
+// AgentConfig says who this agent is in a fleet.
+type AgentConfig struct {
+	// ID names the agent in the status bucket, in /status and in the NATS
+	// connection name. Default: the host name. It must be a valid key.
+	ID string `koanf:"id"`
+	// Labels describe the agent (role, region); `kvsync fleet` selects
+	// agents by them. Keys and values follow ValidLabel.
+	Labels map[string]string `koanf:"labels"`
+}
+
+// ReportConfig publishes what this agent applied into a status bucket: one
+// key per agent id. Reporting is off when the block is absent.
+type ReportConfig struct {
+	Bucket   string        `koanf:"bucket"`   // default kvsync_status; created if missing
+	Interval time.Duration `koanf:"interval"` // refresh; a record not refreshed for 3 intervals expires
+}
+
+// Report defaults.
+const (
+	DefaultReportBucket   = "kvsync_status"
+	DefaultReportInterval = 30 * time.Second
+	// MinReportInterval is the shortest refresh: the server's per-key TTL
+	// counts in whole seconds.
+	MinReportInterval = time.Second
+)
 
 // NATSConfig says how to reach the NATS server.
 type NATSConfig struct {
@@ -134,7 +163,7 @@ type PushConfig struct {
 type TemplateConfig struct {
 	Name          string      `koanf:"name"`
 	Source        string      `koanf:"source"`
-	Text          string      `koanf:"text"`
+	Text          string      `koanf:"text" expand:"-"` // template text: ${...} is left to it
 	Dest          string      `koanf:"dest"`
 	Bucket        string      `koanf:"bucket"`
 	Mode          string      `koanf:"mode"`
@@ -437,6 +466,19 @@ func (c *Config) Default() {
 	if c.NATS.Name == "" {
 		c.NATS.Name = "kvsync"
 	}
+	if c.Agent.ID == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.Agent.ID = h
+		}
+	}
+	if r := c.Report; r != nil {
+		if r.Bucket == "" {
+			r.Bucket = DefaultReportBucket
+		}
+		if r.Interval == 0 {
+			r.Interval = DefaultReportInterval
+		}
+	}
 	// The default URL only when nothing else says where to connect: a
 	// context's URL must not be shadowed by it.
 	if c.NATS.URL == "" && c.NATS.Context == "" && c.Embedded == nil {
@@ -736,6 +778,22 @@ func (c *Config) Validate() error {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		add("log.format", "%q is not text or json", c.Log.Format)
 	}
+	if c.Agent.ID == "" {
+		add("agent.id", "required (the host name is unknown)")
+	} else if err := kvkey.Valid(c.Agent.ID); err != nil {
+		add("agent.id", "%v", err)
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.Agent.Labels)) {
+		if err := ValidLabel(k, c.Agent.Labels[k]); err != nil {
+			add("agent.labels."+k, "%v", err)
+		}
+	}
+	if r := c.Report; r != nil {
+		bucket("report.bucket", r.Bucket)
+		if r.Interval < MinReportInterval {
+			add("report.interval", "%v is less than %v", r.Interval, MinReportInterval)
+		}
+	}
 	if len(c.Files)+len(c.Templates)+len(c.Env) == 0 {
 		add("files", "no projection configured: give at least one of files, templates, env")
 	}
@@ -821,4 +879,210 @@ func ParseSignal(s string) (syscall.Signal, error) {
 		return sig, nil
 	}
 	return 0, fmt.Errorf("%q is not a signal name like SIGHUP", s)
+}
+
+// Expand replaces ${VAR} and ${VAR:-default} in every string of the config
+// (fields, lists and map values) with the value of VAR from lookup; $$ is a
+// literal $. A $ followed by anything else stays as it is, so $HOME and a
+// shell's $1 pass through. An unset VAR without a default is reported with the
+// string's path (`templates[1].dest: ${MYHOST} is not set`), every problem at
+// once; the string is then left as it was. ${HOSTNAME} falls back to the
+// kernel's host name when lookup does not know it.
+//
+// The body of an inline template (templates[].text) is not expanded: it is
+// template text, rendered with its own syntax, and the file a template's
+// source names is never touched either.
+func (c *Config) Expand(lookup func(string) (string, bool)) error {
+	var errs *multierror.Error
+	expandValue(reflect.ValueOf(c).Elem(), "", withHostname(lookup), &errs)
+	return errs.ErrorOrNil()
+}
+
+// withHostname makes lookup answer HOSTNAME with the kernel's host name when
+// it has no value of its own: shells set $HOSTNAME but do not export it, so a
+// service or a container often runs without it.
+func withHostname(lookup func(string) (string, bool)) func(string) (string, bool) {
+	return func(name string) (string, bool) {
+		if v, ok := lookup(name); ok {
+			return v, true
+		}
+		if name == "HOSTNAME" {
+			if h, err := os.Hostname(); err == nil && h != "" {
+				return h, true
+			}
+		}
+		return "", false
+	}
+}
+
+// expandValue walks v, expanding every string it can set. path is the
+// config path of v (koanf names, [i] for list items, .key for map values).
+func expandValue(v reflect.Value, path string, lookup func(string) (string, bool), errs **multierror.Error) {
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if !v.IsNil() {
+			expandValue(v.Elem(), path, lookup, errs)
+		}
+	case reflect.Struct:
+		t := v.Type()
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if !f.IsExported() || f.Tag.Get("expand") == "-" {
+				continue
+			}
+			name := f.Tag.Get("koanf")
+			if name == "" {
+				name = strings.ToLower(f.Name)
+			}
+			p := name
+			switch {
+			case name == "-": // not a key of its own (an on_change given as a string)
+				p = path
+			case path != "":
+				p = path + "." + name
+			}
+			expandValue(v.Field(i), p, lookup, errs)
+		}
+	case reflect.Slice, reflect.Array:
+		for i := range v.Len() {
+			expandValue(v.Index(i), fmt.Sprintf("%s[%d]", path, i), lookup, errs)
+		}
+	case reflect.Map:
+		// Map values are not addressable: each is expanded in a copy,
+		// which is stored back.
+		iter := v.MapRange()
+		type kv struct{ k, v reflect.Value }
+		var set []kv
+		for iter.Next() {
+			cp := reflect.New(v.Type().Elem()).Elem()
+			cp.Set(iter.Value())
+			expandValue(cp, fmt.Sprintf("%s.%v", path, iter.Key()), lookup, errs)
+			set = append(set, kv{iter.Key(), cp})
+		}
+		for _, e := range set {
+			v.SetMapIndex(e.k, e.v)
+		}
+	case reflect.String:
+		s, err := ExpandString(v.String(), lookup)
+		if err != nil {
+			*errs = multierror.Append(*errs, fmt.Errorf("%s: %w", path, err))
+			return
+		}
+		if v.CanSet() {
+			v.SetString(s)
+		}
+	}
+}
+
+// ExpandString replaces ${VAR} and ${VAR:-default} in s with values from
+// lookup; $$ is a literal $; a $ followed by anything else is kept. VAR is
+// [A-Za-z_][A-Za-z0-9_]*. The default is taken literally up to the first }
+// (it is not expanded again). An unset VAR without a default, an empty or
+// malformed name and an unclosed ${ are errors.
+func ExpandString(s string, lookup func(string) (string, bool)) (string, error) {
+	if !strings.Contains(s, "$") {
+		return s, nil
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c != '$' || i+1 == len(s) {
+			b.WriteByte(c)
+			i++
+			continue
+		}
+		switch s[i+1] {
+		case '$':
+			b.WriteByte('$')
+			i += 2
+			continue
+		case '{':
+		default:
+			b.WriteByte(c)
+			i++
+			continue
+		}
+		end := strings.IndexByte(s[i+2:], '}')
+		if end < 0 {
+			return s, fmt.Errorf("%q: ${ without a closing }", s)
+		}
+		ref := s[i : i+2+end+1] // ${...}
+		body := s[i+2 : i+2+end]
+		name, def, hasDef := strings.Cut(body, ":-")
+		if !envNameRE(name) {
+			return s, fmt.Errorf("%s: %q is not a variable name (write $$ for a literal $)", ref, name)
+		}
+		v, ok := lookup(name)
+		switch {
+		case ok:
+			b.WriteString(v)
+		case hasDef:
+			b.WriteString(def)
+		default:
+			return s, fmt.Errorf("%s is not set", ref)
+		}
+		i += 2 + end + 1
+	}
+	return b.String(), nil
+}
+
+// ValidLabel checks one agent label. A key is 1 to 63 characters of
+// [a-z0-9], '-', '_' and '.', starting and ending with a letter or digit; a
+// value is 0 to 63 characters of [A-Za-z0-9], '-', '_' and '.'. Neither may
+// hold '=' or ',' (the separators of a selector like role=web,region=eu).
+func ValidLabel(key, value string) error {
+	if key == "" || len(key) > 63 {
+		return fmt.Errorf("label key %q must be 1 to 63 characters", key)
+	}
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		alnum := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || i == len(key)-1 || c != '-' && c != '_' && c != '.') {
+			return fmt.Errorf("label key %q: only a-z, 0-9, '-', '_', '.', starting and ending with a letter or digit", key)
+		}
+	}
+	if len(value) > 63 {
+		return fmt.Errorf("label %s: value is over 63 characters", key)
+	}
+	for i := 0; i < len(value); i++ {
+		c := value[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("label %s: value %q: only A-Z, a-z, 0-9, '-', '_', '.'", key, value)
+		}
+	}
+	return nil
+}
+
+// ParseSelector parses a label selector "k=v,k2=v2" (the -l of kvsync fleet).
+// An empty string selects every agent.
+func ParseSelector(s string) (map[string]string, error) {
+	sel := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return sel, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok {
+			return nil, fmt.Errorf("label selector %q: %q is not key=value", s, part)
+		}
+		if err := ValidLabel(k, v); err != nil {
+			return nil, fmt.Errorf("label selector %q: %w", s, err)
+		}
+		if prev, dup := sel[k]; dup && prev != v {
+			return nil, fmt.Errorf("label selector %q: %s given twice", s, k)
+		}
+		sel[k] = v
+	}
+	return sel, nil
+}
+
+// MatchLabels reports whether labels has every key=value of sel.
+func MatchLabels(sel, labels map[string]string) bool {
+	for k, v := range sel {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/go-viper/mapstructure/v2"
+	"github.com/hashicorp/go-multierror"
 	"github.com/knadh/koanf/parsers/json"
 	"github.com/knadh/koanf/parsers/toml/v2"
 	"github.com/knadh/koanf/parsers/yaml"
@@ -87,9 +88,12 @@ func parseConfig(path string, data []byte) (*agent.Config, error) {
 	if err != nil {
 		return nil, usageError{fmt.Errorf("%s: %w", path, err)}
 	}
+	// ${VAR} expansion comes before defaults and validation: an expanded
+	// value is checked like one written out, and defaults are not expanded.
+	expErr := cfg.Expand(os.LookupEnv)
 	cfg.Default()
 	resolvePaths(&cfg, filepath.Dir(path))
-	if err := cfg.Validate(); err != nil {
+	if err := multierror.Append(nil, expErr, cfg.Validate()).ErrorOrNil(); err != nil {
 		return &cfg, usageError{err}
 	}
 	return &cfg, nil

@@ -105,3 +105,62 @@ func TestLoadConfigErrors(t *testing.T) {
 		t.Fatalf("missing file: %v, want errNoConfigFile", err)
 	}
 }
+
+func TestLoadConfigExpandsVariables(t *testing.T) {
+	t.Setenv("MYHOST", "web-1")
+	t.Setenv("POD_NAME", "pod-7")
+	path := writeConfig(t, "k.yaml", `nats: {url: "nats://h:${NATS_PORT:-4222}"}
+agent: {id: "${POD_NAME}", labels: {host: "${MYHOST}"}}
+files: [{bucket: app, dir: "/srv/o-${MYHOST}", on_change: {command: [sh, -c, "echo $${X}"]}}]
+templates: [{text: "{{ key \"a\" }} ${SHELL_VAR}", dest: "/srv/t-${MYHOST}.conf"}]
+`)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatalf("loadConfig: %v", err)
+	}
+	for _, tt := range []struct{ name, got, want string }{
+		{"nats.url", cfg.NATS.URL, "nats://h:4222"},
+		{"agent.id", cfg.Agent.ID, "pod-7"},
+		{"agent.labels.host", cfg.Agent.Labels["host"], "web-1"},
+		{"files[0].dir", cfg.Files[0].Dir, "/srv/o-web-1"},
+		{"files[0].on_change.command[2]", cfg.Files[0].OnChange.Command[2], "echo ${X}"},
+		{"templates[0].dest", cfg.Templates[0].Dest, "/srv/t-web-1.conf"},
+		{"templates[0].text", cfg.Templates[0].Text, "{{ key \"a\" }} ${SHELL_VAR}"},
+	} {
+		if tt.got != tt.want {
+			t.Errorf("%s=%q, want %q", tt.name, tt.got, tt.want)
+		}
+	}
+
+	// Loading again (what SIGHUP does) expands with the environment of then.
+	t.Setenv("MYHOST", "web-2")
+	cfg, err = loadConfig(path)
+	if err != nil {
+		t.Fatalf("loadConfig again: %v", err)
+	}
+	if got, want := cfg.Files[0].Dir, "/srv/o-web-2"; got != want {
+		t.Errorf("files[0].dir after a reload=%q, want %q", got, want)
+	}
+}
+
+func TestLoadConfigUnsetVariable(t *testing.T) {
+	path := writeConfig(t, "k.yaml", `nats: {url: nats://h:1}
+files: [{bucket: app, dir: "/srv/o-${KVSYNC_TEST_UNSET_HOST}"}]
+templates: [{text: x, dest: /tmp/a}, {text: x, dest: "/tmp/${KVSYNC_TEST_UNSET_HOST}"}]
+agent: {labels: {"Not Valid": x}}
+`)
+	_, err := loadConfig(path)
+	var ue usageError
+	if !errors.As(err, &ue) {
+		t.Fatalf("loadConfig err=%v, want a usage error", err)
+	}
+	for _, want := range []string{
+		"files[0].dir: ${KVSYNC_TEST_UNSET_HOST} is not set",
+		"templates[1].dest: ${KVSYNC_TEST_UNSET_HOST} is not set",
+		`agent.labels.Not Valid: label key "Not Valid"`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+}
