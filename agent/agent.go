@@ -36,6 +36,8 @@ type Options struct {
 	Reload  func() (*Config, error)
 	// Listener, when set, serves the HTTP endpoints instead of cfg.HTTP.Listen.
 	Listener net.Listener
+	// Version is kvsync's version, shown in the fleet record.
+	Version string
 }
 
 // ErrIncomplete is returned by Run in Once mode when a projection could not be
@@ -66,6 +68,8 @@ type Agent struct {
 	refusals *Refusals // permissions the server refused (conn.go)
 	link     link      // whether the server is still heard from (conn.go)
 	rendered sync.Map  // templateKey of every template that rendered in this process; kept across reloads
+	started  time.Time // when New ran, shown in the fleet record
+	rep      *reporter // keeps the fleet record; nil in Once and DryRun mode
 
 	js      atomic.Pointer[jetstream.JetStream] // set by Run, for /status
 	mirrors mirrorCache                         // the mirror state /status shows
@@ -87,7 +91,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{cfg: cfg, opts: opts, logger: opts.Logger, metrics: newMetrics(), refusals: NewRefusals()}
+	a := &Agent{cfg: cfg, opts: opts, logger: opts.Logger, metrics: newMetrics(), refusals: NewRefusals(), started: time.Now()}
 	a.link.gauge = a.metrics.linkStale
 	a.connHandlers()
 	a.status.Store(&Status{})
@@ -108,6 +112,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		var err error
 		nc, err = Connect(ctx, a.cfg.NATS,
 			nats.ErrorHandler(a.refusals.Handler(nil)),
+			nats.Name(connName(a.cfg)),
 			nats.ConnectHandler(func(*nats.Conn) { a.setConnected(true) }),
 			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 				a.setConnected(false)
@@ -156,6 +161,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.link.run(ctx, nc, a.logger)
 	}()
+
+	// The reporter outlives reloads (a reload must not delete the record)
+	// and stops after the projections, deleting the record on its way out.
+	if !a.opts.Once && !a.opts.DryRun {
+		a.rep = newReporter(js, a.logger)
+		rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+		repDone := make(chan struct{})
+		go func() {
+			defer close(repDone)
+			a.rep.run(rctx)
+		}()
+		defer func() { rcancel(); <-repDone }()
+	}
 
 	if !a.opts.Once {
 		if err := a.serveHTTP(ctx, &wg); err != nil {
@@ -268,17 +286,25 @@ func (a *Agent) Status() *Status {
 	if l := a.exec.Load(); l != nil {
 		c.Child = l.status()
 	}
+	if a.rep != nil {
+		if r := a.rep.Status(); r.Bucket != "" {
+			c.Report = r
+		}
+	}
 	return &c
 }
 
 // Status is the JSON document served by GET /status.
 type Status struct {
+	ID          string             `json:"id"`
+	Labels      map[string]string  `json:"labels,omitempty"`
 	Ready       bool               `json:"ready"`
 	Connected   bool               `json:"connected"`
 	Connection  *ConnStatus        `json:"connection,omitempty"`
 	Buckets     []BucketStatus     `json:"buckets"`
 	Projections []ProjectionStatus `json:"projections"`
 	Child       *ChildStatus       `json:"child,omitempty"`
+	Report      *ReportStatus      `json:"report,omitempty"`
 }
 
 // BucketStatus is one watched bucket.

@@ -202,6 +202,16 @@ func options(cfg NATSConfig, c *NATSContext) ([]nats.Option, error) {
 	return opts, nil
 }
 
+// connName is the connection name the server shows for an agent: nats.name,
+// and the agent's id after the default name, so that `nats server report
+// connections` tells the agents of a fleet apart.
+func connName(cfg *Config) string {
+	if cfg.NATS.Name == "kvsync" && cfg.Agent.ID != "" {
+		return "kvsync " + cfg.Agent.ID
+	}
+	return cfg.NATS.Name
+}
+
 // reconnectDelay is the pause after every server of the list failed once: a
 // base of 100 ms doubling to 600 ms, with equal jitter (a delay drawn from
 // [base/2, base]) so that a fleet of agents cut off by one server restart

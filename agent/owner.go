@@ -66,6 +66,7 @@ type projMeta struct {
 	triggerMsg string
 
 	status ProjectionStatus
+	rep    repState // for the fleet record
 }
 
 func (m *projMeta) markDirty(now time.Time, full bool, why string) {
@@ -432,6 +433,7 @@ func (o *owner) flush() (time.Time, error) {
 			o.watchWanted()
 			continue
 		}
+		o.noteUpdate(m, err)
 		m.synced = true
 		if err != nil {
 			m.failed = true
@@ -538,6 +540,7 @@ func (o *owner) wrote(m *projMeta) {
 	}
 	if m.slot != nil {
 		o.fired[m.slot] = append(o.fired[m.slot], batchMember{m: m, seq: m.seq})
+		o.noteFired(m)
 	}
 }
 
@@ -598,6 +601,7 @@ func (o *owner) recordAction(d actionDone) {
 	for _, bm := range d.members {
 		m := bm.m
 		m.status.LastAction = st
+		o.noteAction(bm, r)
 		if r.Err == nil {
 			continue
 		}
@@ -644,7 +648,7 @@ func (o *owner) recordAction(d actionDone) {
 
 // publishStatus stores a fresh snapshot for /status and sets readiness.
 func (o *owner) publishStatus() {
-	s := &Status{Connected: o.a.conn.Load()}
+	s := &Status{ID: o.cfg.Agent.ID, Labels: o.cfg.Agent.Labels, Connected: o.a.conn.Load()}
 	ready := true
 	for _, name := range slices.Sorted(maps.Keys(o.st.buckets)) {
 		b := o.st.buckets[name]
@@ -683,6 +687,9 @@ func (o *owner) publishStatus() {
 		o.a.metrics.ready.Set(0)
 	}
 	o.a.status.Store(s)
+	if o.a.rep != nil {
+		o.a.rep.offer(o.record(s), o.cfg.Report)
+	}
 }
 
 // environ is the projected part of the child's environment: every env

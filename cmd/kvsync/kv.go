@@ -28,7 +28,10 @@ import (
 type KVCommand struct{ io ioStreams }
 
 const kvUsage = `Usage:
-  kvsync kv put     BUCKET KEY VALUE|-             set KEY; print the new revision
+  kvsync kv put     BUCKET KEY VALUE|- [--wait D]  set KEY; print the new revision; with
+                                                   --wait, then wait up to D for every live
+                                                   agent that projects KEY to apply it
+                                                   (kvsync fleet wait; status bucket kvsync_status)
   kvsync kv get     BUCKET KEY [--revision N] [--json]
                                                    print the value (raw bytes)
   kvsync kv create  BUCKET KEY VALUE|-             set KEY only if it has no value
@@ -63,7 +66,7 @@ type kvSub struct {
 // kvSubcommands returns the kv subcommands by name.
 func kvSubcommands() map[string]kvSub {
 	return map[string]kvSub{
-		"put":     {usage: "BUCKET KEY VALUE|-", min: 3, max: 3, key: true, value: true, run: (*KVCommand).put},
+		"put":     {usage: "BUCKET KEY VALUE|- [--wait D]", min: 3, max: 3, flags: []string{"wait"}, key: true, value: true, run: (*KVCommand).put},
 		"get":     {usage: "BUCKET KEY [--revision N] [--json]", min: 2, max: 2, flags: []string{"revision", "json"}, key: true, run: (*KVCommand).get},
 		"create":  {usage: "BUCKET KEY VALUE|-", min: 3, max: 3, key: true, value: true, run: (*KVCommand).create},
 		"update":  {usage: "BUCKET KEY VALUE|- --revision N", min: 3, max: 3, flags: []string{"revision"}, key: true, value: true, run: (*KVCommand).update},
@@ -89,6 +92,8 @@ type kvArgs struct {
 	json     bool
 	all      bool // purge: every key
 	timeout  time.Duration
+	wait     time.Duration // put: wait this long for the fleet to apply it
+	putRev   uint64        // put: the revision written
 }
 
 // Run implements command.
@@ -106,6 +111,7 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 	fs.BoolVar(&a.json, "json", false, "JSON output")
 	fs.BoolVar(&a.all, "all", false, "purge: every key of the bucket, each with a purge marker that watchers see")
 	fs.DurationVar(&a.timeout, "timeout", defaultTimeout, "time allowed to connect and for each request")
+	fs.DurationVar(&a.wait, "wait", 0, "put: then wait up to this long until every live agent that projects the key has applied it")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -128,7 +134,7 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 			a.revSet = true
 		}
 		// Connection flags and --timeout go with every subcommand.
-		if slices.Contains([]string{"revision", "to", "json", "all"}, f.Name) && !slices.Contains(sub.flags, f.Name) && badFlag == nil {
+		if slices.Contains([]string{"revision", "to", "json", "all", "wait"}, f.Name) && !slices.Contains(sub.flags, f.Name) && badFlag == nil {
 			badFlag = usagef("%s does not take --%s\n%s", a.sub, f.Name, synopsis)
 		}
 	})
@@ -157,6 +163,9 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 	}
 	if a.timeout <= 0 {
 		return usagef("--timeout must be positive")
+	}
+	if a.wait < 0 {
+		return usagef("--wait must not be negative")
 	}
 
 	// Check everything locally before a byte goes out: the server closes the
@@ -216,7 +225,16 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 	}
 	rctx, rcancel := context.WithTimeout(ctx, a.timeout)
 	defer rcancel()
-	return explain(refused, a.what(), sub.run(c, rctx, kv, &a))
+	if err := explain(refused, a.what(), sub.run(c, rctx, kv, &a)); err != nil || a.wait <= 0 {
+		return err
+	}
+	// put --wait: the fleet wait for the revision just written.
+	wctx, wcancel := context.WithTimeout(ctx, a.wait)
+	defer wcancel()
+	return fleetWait(wctx, js, c.io, &fleetArgs{
+		bucket: a.bucket, key: a.key, revision: a.putRev, min: 1, timeout: a.wait,
+		statusBucket: agent.DefaultReportBucket,
+	})
 }
 
 func argsName(s kvSub) string {
@@ -243,6 +261,7 @@ func (c *KVCommand) put(ctx context.Context, kv jetstream.KeyValue, a *kvArgs) e
 	if err != nil {
 		return fmt.Errorf("%s: %w", a.what(), err)
 	}
+	a.putRev = rev
 	fmt.Fprintln(c.io.out, rev)
 	return nil
 }

@@ -44,6 +44,7 @@ Usage:
   kvsync diff     [-c FILE]                        what differs between files and buckets
   kvsync kv       put|get|create|update|del|purge|keys|history|watch|revert BUCKET [KEY] [VALUE|-]
   kvsync bucket   add|info|ls|rm [BUCKET]
+  kvsync fleet    status|wait [flags]              what every agent applied; wait for a rollout
   kvsync bench    [flags]                          propagation latency and throughput
   kvsync version
 
@@ -67,6 +68,7 @@ func commands(stdin io.Reader, stdout, stderr io.Writer) map[string]command {
 		"kv":       &KVCommand{io: io},
 		"bucket":   &BucketCommand{io: io},
 		"bench":    &BenchCommand{io: io},
+		"fleet":    &FleetCommand{io: io},
 	}
 }
 

@@ -52,6 +52,7 @@ func runAgent(ctx context.Context, ios ioStreams, cfg *agent.Config, load func()
 	logger := newLogger(cfg.Log, ios.err)
 	slog.SetDefault(logger)
 	opts.Logger = logger
+	opts.Version, _, _, _ = buildInfo()
 
 	if cfg.Embedded != nil {
 		srv, err := agent.StartEmbedded(*cfg.Embedded)

@@ -1,0 +1,371 @@
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// fleetAgent starts `kvsync run` with a files projection of bucket app
+// (keys conf.>) into a folder of its own, reporting to the status bucket
+// with the given interval. extra is more YAML for the files entry.
+func fleetAgent(t *testing.T, url, id, labels, interval, extra string) (*agentProc, string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "out")
+	body := fmt.Sprintf(`agent: {id: %q, labels: {%s}}
+report: {interval: %s}
+files:
+  - {name: conf, bucket: app, keys: ["conf.>"], dir: %q, fsync: false%s}
+`, id, labels, interval, dir, extra)
+	a := startAgent(t, url, body)
+	return a, dir
+}
+
+// fleetRun runs a fleet command against url and returns stdout, stderr, exit code.
+func fleetRun(t *testing.T, url string, args ...string) (string, string, int) {
+	t.Helper()
+	return runKvsync(t, append(append([]string{"fleet"}, args...), "-s", url)...)
+}
+
+func putKey(t *testing.T, kv jetstream.KeyValue, key, value string) uint64 {
+	t.Helper()
+	rev, err := kv.Put(context.Background(), key, []byte(value))
+	if err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
+	return rev
+}
+
+// fleetStatusJSON is the part of `fleet status --json` the tests read.
+type fleetStatusJSON struct {
+	Agents []struct {
+		ID      string            `json:"id"`
+		Labels  map[string]string `json:"labels"`
+		State   string            `json:"state"`
+		Applied uint64            `json:"applied_revision"`
+	} `json:"agents"`
+	Invalid []struct{ Key, Error string } `json:"invalid"`
+}
+
+// waitRecords waits until the status bucket holds n readable records.
+func waitRecords(t *testing.T, url string, n int) {
+	t.Helper()
+	pollFor(t, 20*time.Second, func() error {
+		out, errs, code := fleetRun(t, url, "status", "--json")
+		if code != 0 {
+			return fmt.Errorf("fleet status: exit %d: %s", code, errs)
+		}
+		var st fleetStatusJSON
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return err
+		}
+		if len(st.Agents) != n {
+			return fmt.Errorf("%d records, want %d", len(st.Agents), n)
+		}
+		return nil
+	})
+}
+
+func fleetStatus(t *testing.T, url string, args ...string) fleetStatusJSON {
+	t.Helper()
+	out, errs, code := fleetRun(t, url, append([]string{"status", "--json"}, args...)...)
+	if code != 0 {
+		t.Fatalf("fleet status: exit %d: %s", code, errs)
+	}
+	var st fleetStatusJSON
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("fleet status --json: %v\n%s", err, out)
+	}
+	return st
+}
+
+// TestFleetRollout: three agents with different ids and labels report to one
+// status bucket; fleet wait and kv put --wait return once all have a put;
+// a frozen agent makes fleet wait time out naming it, and once thawed it
+// catches up.
+func TestFleetRollout(t *testing.T) {
+	s := startServer(t)
+	url := s.ClientURL()
+	js := jetStream(t, s)
+	kv := createBucket(t, js, "app", 1)
+	var agents []*agentProc
+	for i, labels := range []string{"role: web, region: eu", "role: web, region: us", "role: db, region: eu"} {
+		a, _ := fleetAgent(t, url, fmt.Sprintf("host-%d", i+1), labels, "30s", "")
+		agents = append(agents, a)
+	}
+	for _, a := range agents {
+		a.waitReady(t, 20*time.Second)
+	}
+	waitRecords(t, url, 3)
+	rev := putKey(t, kv, "conf.nginx", "v1")
+
+	out, errs, code := fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.nginx", "--timeout", "20s")
+	if code != 0 {
+		t.Fatalf("fleet wait: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	if want := fmt.Sprintf("3/3 agents have app/conf.nginx at revision ≥ %d", rev); !strings.Contains(out, want) {
+		t.Errorf("fleet wait says %q, want %q", out, want)
+	}
+	out, errs, code = fleetRun(t, url, "status", "--bucket", "app", "--key", "conf.nginx")
+	if code != 0 {
+		t.Fatalf("fleet status: exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"host-1", "host-2", "host-3", "region=eu,role=db", fmt.Sprintf("3/3 agents have app/conf.nginx at revision ≥ %d", rev)} {
+		if !strings.Contains(out, want) {
+			t.Errorf("fleet status does not show %q:\n%s", want, out)
+		}
+	}
+	t.Logf("fleet status:\n%s", out)
+	st := fleetStatus(t, url, "--bucket", "app", "--key", "conf.nginx", "-l", "role=web")
+	if len(st.Agents) != 2 {
+		t.Fatalf("fleet status -l role=web: %d agents, want 2: %+v", len(st.Agents), st.Agents)
+	}
+	for _, a := range st.Agents {
+		if a.State != "applied" || a.Applied < rev || a.Labels["role"] != "web" {
+			t.Errorf("agent %s: state %s, applied %d, labels %v; want applied at ≥ %d, role=web", a.ID, a.State, a.Applied, a.Labels, rev)
+		}
+	}
+
+	// kv put --wait: the put, then the wait for its revision.
+	out, errs, code = runKvsync(t, "kv", "put", "app", "conf.nginx", "v2", "--wait", "20s", "-s", url)
+	if code != 0 || !strings.Contains(out, "3/3 agents have app/conf.nginx") {
+		t.Fatalf("kv put --wait: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+
+	// Frozen: the put does not reach host-3; wait times out naming it.
+	frozen := agents[2]
+	if err := frozen.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	defer func() {
+		if !thawed {
+			_ = frozen.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	rev = putKey(t, kv, "conf.nginx", "v3")
+	out, errs, code = fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.nginx", "--timeout", "3s")
+	t.Logf("fleet wait, host-3 frozen: %s", errs)
+	if code != 1 || !strings.Contains(errs, "timed out") || !strings.Contains(errs, "1 behind: host-3") {
+		t.Fatalf("fleet wait with host-3 frozen: exit %d, want 1 naming host-3 as behind\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	if err := frozen.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	thawed = true
+	out, errs, code = fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.nginx", "--revision", fmt.Sprint(rev), "--timeout", "20s")
+	if code != 0 {
+		t.Fatalf("fleet wait after SIGCONT: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+
+	// A clean shutdown deletes the record.
+	if code := agents[0].stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+		t.Fatalf("agent exit %d", code)
+	}
+	st = fleetStatus(t, url)
+	for _, a := range st.Agents {
+		if a.ID == "host-1" {
+			t.Errorf("host-1 stopped cleanly but its record is still there")
+		}
+	}
+	if len(st.Agents) != 2 {
+		t.Errorf("%d agents after host-1 stopped, want 2", len(st.Agents))
+	}
+}
+
+// TestFleetActionFails: an agent whose action fails makes fleet wait exit 1
+// at once, naming the agent and the action's error.
+func TestFleetActionFails(t *testing.T) {
+	s := startServer(t)
+	url := s.ClientURL()
+	js := jetStream(t, s)
+	kv := createBucket(t, js, "app", 1)
+	good, _ := fleetAgent(t, url, "good", "role: web", "30s", `, on_change: {command: ["true"]}`)
+	bad, _ := fleetAgent(t, url, "bad", "role: web", "30s", `, on_change: {command: ["sh", "-c", "echo nginx: config test failed >&2; exit 1"]}`)
+	good.waitReady(t, 20*time.Second)
+	bad.waitReady(t, 20*time.Second)
+	waitRecords(t, url, 2)
+	putKey(t, kv, "conf.nginx", "v1")
+	out, errs, code := fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.nginx", "--timeout", "50s")
+	if code != 1 {
+		t.Fatalf("fleet wait: exit %d, want 1\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	for _, want := range []string{"failure reported", "1 failing: bad", "nginx: config test failed"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("fleet wait does not say %q:\n%s", want, errs)
+		}
+	}
+	if strings.Contains(errs, "timed out") {
+		t.Errorf("fleet wait timed out instead of failing at once: %s", errs)
+	}
+	// -l selects the good one only: 0.
+	if _, errs, code := fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.nginx", "-l", "role=web,nope=x", "--min", "0", "--timeout", "20s"); code != 0 {
+		t.Errorf("fleet wait --min 0 with no agent selected: exit %d: %s", code, errs)
+	}
+	out, _, _ = fleetRun(t, url, "status")
+	if !strings.Contains(out, "nginx: config test failed") {
+		t.Errorf("fleet status does not show the action's error:\n%s", out)
+	}
+}
+
+// TestFleetKilledAgentExpires: a SIGKILLed agent's record expires after 3
+// intervals and it no longer counts for fleet wait.
+func TestFleetKilledAgentExpires(t *testing.T) {
+	s := startServer(t)
+	url := s.ClientURL()
+	js := jetStream(t, s)
+	kv := createBucket(t, js, "app", 1)
+	live, _ := fleetAgent(t, url, "live", "", "1s", "")
+	doomed, _ := fleetAgent(t, url, "doomed", "", "1s", "")
+	live.waitReady(t, 20*time.Second)
+	doomed.waitReady(t, 20*time.Second)
+	waitRecords(t, url, 2)
+	doomed.stop(t, syscall.SIGKILL, 10*time.Second)
+	rev := putKey(t, kv, "conf.x", "1")
+	// doomed never applies it: fleet wait returns 0 only once its record
+	// has expired (3 s) and it no longer counts.
+	out, errs, code := fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.x", "--revision", fmt.Sprint(rev), "--timeout", "30s")
+	if code != 0 || !strings.Contains(out, "1/1 agents") {
+		t.Fatalf("fleet wait: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	st := fleetStatus(t, url)
+	if len(st.Agents) != 1 || st.Agents[0].ID != "live" {
+		t.Errorf("records after the kill: %+v, want live only", st.Agents)
+	}
+}
+
+// TestFleetNoReportPermission: an agent that may not write the status
+// bucket keeps projecting and says why it cannot report.
+func TestFleetNoReportPermission(t *testing.T) {
+	s := startServerWith(t, func(o *server.Options) {
+		o.Users = []*server.User{
+			{Username: "admin", Password: "a"},
+			{Username: "agent", Password: "a", Permissions: &server.Permissions{
+				Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$KV.kvsync_status.>"}},
+			}},
+		}
+	})
+	js := jetStream(t, s, nats.UserInfo("admin", "a"))
+	kv := createBucket(t, js, "app", 1)
+	if _, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "kvsync_status", LimitMarkerTTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	url := strings.Replace(s.ClientURL(), "nats://", "nats://agent:a@", 1)
+	a, dir := fleetAgent(t, url, "walled", "", "1s", "")
+	a.waitReady(t, 20*time.Second)
+	putKey(t, kv, "conf.x", "projected")
+	pollFor(t, 10*time.Second, func() error {
+		b, err := os.ReadFile(filepath.Join(dir, "conf.x"))
+		if err != nil || string(b) != "projected" {
+			return fmt.Errorf("conf.x: %q, %v", b, err)
+		}
+		return nil
+	})
+	pollFor(t, 20*time.Second, func() error {
+		code, body, err := a.get("/status")
+		if err != nil || code != http.StatusOK {
+			return fmt.Errorf("/status: %d %v", code, err)
+		}
+		var st struct {
+			ID     string
+			Report *struct{ Bucket, Error string }
+		}
+		if err := json.Unmarshal([]byte(body), &st); err != nil {
+			return err
+		}
+		if st.ID != "walled" {
+			return fmt.Errorf("/status id %q, want walled", st.ID)
+		}
+		if st.Report == nil || !strings.Contains(st.Report.Error, "permissions violation") {
+			return fmt.Errorf("/status report: %+v, want a permissions violation", st.Report)
+		}
+		return nil
+	})
+	if !strings.Contains(a.stderr.String(), "cannot report to the status bucket") {
+		t.Errorf("no log line says why the agent cannot report:\n%s", a.stderr.String())
+	}
+	a.alive(t)
+}
+
+// TestFleetBadInput: bad labels, a status bucket that is a plain stream,
+// garbage in a record and bad flags give clear errors and no crash.
+func TestFleetBadInput(t *testing.T) {
+	s := startServer(t)
+	url := s.ClientURL()
+	js := jetStream(t, s)
+	kv := createBucket(t, js, "app", 1)
+	putKey(t, kv, "conf.x", "1")
+
+	cfg := writeAgentConfig(t, url, "", "agent: {id: \"bad id\", labels: {\"Role\": web, ok: \"a,b\"}}\nreport: {interval: 10ms}\nfiles: [{bucket: app, dir: /tmp/kvsync-never}]\n")
+	_, errs, code := runKvsync(t, "validate", "-c", cfg)
+	for _, want := range []string{"agent.id:", `agent.labels.Role: label key "Role"`, "agent.labels.ok: label ok: value", "report.interval: 10ms is less than 1s"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("validate does not say %q:\n%s", want, errs)
+		}
+	}
+	if code != 2 {
+		t.Errorf("validate: exit %d, want 2", code)
+	}
+
+	for _, args := range [][]string{
+		{"wait", "--key", "k"},
+		{"wait", "--bucket", "app"},
+		{"status", "-l", "role"},
+		{"status", "-l", "Role=x"},
+		{"status", "--key", "k"},
+		{"status", "--revision", "3"},
+		{"nope"},
+		{"status", "--status-bucket", "a.b"},
+	} {
+		if _, errs, code := fleetRun(t, url, args...); code != 2 {
+			t.Errorf("fleet %v: exit %d, want 2: %s", args, code, errs)
+		}
+	}
+
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "plain", Subjects: []string{"plain.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, errs, code = fleetRun(t, url, "status", "--status-bucket", "plain")
+	if code != 1 || !strings.Contains(errs, "plain is a stream, not a KV bucket") {
+		t.Errorf("status bucket that is a stream: exit %d: %s", code, errs)
+	}
+	_, errs, code = fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.x", "--status-bucket", "nosuch")
+	if code != 1 || !strings.Contains(errs, "status bucket nosuch not found") {
+		t.Errorf("missing status bucket: exit %d: %s", code, errs)
+	}
+
+	// Garbage next to a real record: shown as invalid, ignored by wait.
+	good, _ := fleetAgent(t, url, "good", "", "30s", "")
+	good.waitReady(t, 20*time.Second)
+	var st jetstream.KeyValue
+	pollFor(t, 10*time.Second, func() error { // the agent creates it after its first sync
+		var err error
+		st, err = js.KeyValue(context.Background(), "kvsync_status")
+		return err
+	})
+	for key, garbage := range map[string]string{"junk": "\x00\xffnot json", "empty": "{}", "weird": `{"id": "w", "projections": [{"reads": {"app": ["conf.>"]}}]}`} {
+		if _, err := st.Put(context.Background(), key, []byte(garbage)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, errs, code := fleetRun(t, url, "status")
+	if code != 0 || !strings.Contains(out, "invalid record junk: record junk: not a kvsync record") ||
+		!strings.Contains(out, "invalid record empty") || !strings.Contains(out, "invalid record weird") || !strings.Contains(out, "good") {
+		t.Errorf("fleet status with garbage: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	out, errs, code = fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.x", "--timeout", "20s")
+	if code != 0 || !strings.Contains(errs, "ignoring record junk") || !strings.Contains(out, "1/1 agents") {
+		t.Errorf("fleet wait with garbage: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+}
