@@ -369,3 +369,44 @@ func TestFleetBadInput(t *testing.T) {
 		t.Errorf("fleet wait with garbage: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
 	}
 }
+
+// TestFleetExample runs examples/fleet as its README says: the dev server
+// and three agents; kv put --wait returns once all three have the put, and
+// fleet status selects by label.
+func TestFleetExample(t *testing.T) {
+	dir := copyExample(t, "fleet")
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	env := []string{"KVSYNC_NATS_URL=" + url, "KVSYNC_HTTP_LISTEN=127.0.0.1:0"}
+	srv := startKvsync(t, run{args: []string{"dev", "-c", "server.yaml", "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, dir: dir, env: env})
+	pollFor(t, 15*time.Second, func() error {
+		if _, stderr, code := runWith(t, run{args: []string{"bucket", "info", "app", "-s", url}}); code != 0 {
+			return fmt.Errorf("server not up: %s", stderr)
+		}
+		return nil
+	})
+	procs := []*proc{srv}
+	for _, name := range []string{"web-1", "web-2", "db-1"} {
+		procs = append(procs, startKvsync(t, run{args: []string{"run", "-c", name + ".yaml"}, dir: dir, env: env}))
+	}
+	for _, p := range procs {
+		go func() {
+			for range p.lines {
+			}
+		}()
+	}
+	waitRecords(t, url, 3)
+	out, errs, code := runKvsync(t, "kv", "put", "app", "conf.nginx", "worker_processes 4;", "--wait", "30s", "-s", url)
+	if code != 0 || !strings.Contains(out, "3/3 agents have app/conf.nginx") {
+		t.Fatalf("kv put --wait: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	for _, name := range []string{"web-1", "web-2", "db-1"} {
+		if b, err := os.ReadFile(filepath.Join(dir, name, "conf", "conf.nginx")); err != nil || string(b) != "worker_processes 4;" {
+			t.Errorf("%s/conf/conf.nginx: %q, %v", name, b, err)
+		}
+	}
+	st := fleetStatus(t, url, "-l", "role=web")
+	if len(st.Agents) != 2 || st.Agents[0].ID != "web-1" || st.Agents[1].ID != "web-2" {
+		t.Errorf("fleet status -l role=web: %+v, want web-1 and web-2", st.Agents)
+	}
+}
