@@ -410,3 +410,159 @@ func TestFleetExample(t *testing.T) {
 		t.Errorf("fleet status -l role=web: %+v, want web-1 and web-2", st.Agents)
 	}
 }
+
+// TestFleetScale measures the status bucket with 5,000 agents' records on a
+// separate nats-server process: the bucket's size, the time of fleet status
+// and fleet wait over them, and the server's CPU and disk writes for one
+// config change (every agent writes its record once). It is a measurement,
+// not a check: it runs only with KVSYNC_FLEET_SCALE=1 and prints its figures
+// (docs/SCALING.md).
+func TestFleetScale(t *testing.T) {
+	if os.Getenv("KVSYNC_FLEET_SCALE") == "" {
+		t.Skip("set KVSYNC_FLEET_SCALE=1 to measure")
+	}
+	const agents = 5000
+	n := startNATSProc(t)
+	url := n.url()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	app, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As an agent creates it: history 1, limit markers for the per-key TTL.
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "kvsync_status", History: 1, LimitMarkerTTL: 90 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	rev := putKey(t, app, "conf.nginx", "v1")
+
+	// A realistic record: 4 projections (files, 2 templates, env) with an
+	// action each, as the agent writes it.
+	record := func(i int, rev uint64) []byte {
+		at := time.Now().UTC()
+		revs := map[string]uint64{"app": rev}
+		type proj = map[string]any
+		r := map[string]any{
+			"id": fmt.Sprintf("web-%05d.eu-west-1.example.internal", i), "labels": map[string]string{"role": "web", "region": "eu-west-1", "zone": fmt.Sprintf("eu-west-1%c", 'a'+i%3)},
+			"version": "v1.4.0", "started": at.Add(-time.Hour), "interval": 30, "ready": true,
+			"projections": []proj{
+				{"name": "conf", "kind": "files", "reads": map[string][]string{"app": {"conf.>"}}, "applied": revs, "action": proj{"revs": revs, "at": at}},
+				{"name": "nginx", "kind": "template", "reads": map[string][]string{"app": {"conf.nginx", "upstreams.>"}}, "applied": revs, "action": proj{"revs": revs, "at": at}},
+				{"name": "haproxy", "kind": "template", "reads": map[string][]string{"app": {"conf.haproxy", "backends.>"}}, "applied": revs, "action": proj{"revs": revs, "at": at}},
+				{"name": "flags", "kind": "env", "reads": map[string][]string{"app": {"flags.>"}}, "applied": revs},
+			},
+		}
+		b, _ := json.Marshal(r)
+		return b
+	}
+	writeAll := func(rev uint64) time.Duration {
+		start := time.Now()
+		var futs []jetstream.PubAckFuture
+		for i := range agents {
+			m := &nats.Msg{Subject: fmt.Sprintf("$KV.kvsync_status.web-%05d.eu-west-1.example.internal", i), Data: record(i, rev)}
+			f, err := js.PublishMsgAsync(m, jetstream.WithMsgTTL(90*time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			futs = append(futs, f)
+		}
+		for _, f := range futs {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				t.Fatal(err)
+			}
+		}
+		return time.Since(start)
+	}
+	cpu := func() time.Duration { // the server's user+system CPU time
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(b)[strings.LastIndexByte(string(b), ')')+2:])
+		var u, s int64
+		fmt.Sscan(f[11], &u)
+		fmt.Sscan(f[12], &s)
+		return time.Duration(u+s) * 10 * time.Millisecond // USER_HZ 100
+	}
+	diskWrites := func() int64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", n.cmd.Process.Pid))
+		if err != nil {
+			return -1
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "wchar: "); ok {
+				var x int64
+				fmt.Sscan(v, &x)
+				return x
+			}
+		}
+		return -1
+	}
+	took := writeAll(rev)
+	st, _ := js.Stream(ctx, "KV_kvsync_status")
+	info, _ := st.Info(ctx)
+	t.Logf("%d records written in %v; stream: %d msgs, %d bytes (%.0f B per record)", agents, took, info.State.Msgs, info.State.Bytes, float64(info.State.Bytes)/agents)
+
+	timed := func(args ...string) (time.Duration, string) {
+		start := time.Now()
+		out, errs, code := fleetRun(t, url, args...)
+		d := time.Since(start)
+		if code != 0 {
+			t.Fatalf("fleet %v: exit %d: %s", args, code, errs)
+		}
+		return d, out
+	}
+	{
+		skv, _ := js.KeyValue(ctx, "kvsync_status")
+		start := time.Now()
+		w, err := skv.WatchAll(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for e := range w.Updates() {
+			if e == nil {
+				break
+			}
+			n++
+		}
+		_ = w.Stop()
+		t.Logf("in-process WatchAll of %d records to the end marker: %v", n, time.Since(start))
+		start = time.Now()
+		_, _, _ = fleetRun(t, url, "status", "--bucket", "nosuch-bucket", "--key", "x")
+		t.Logf("a kvsync fleet command that connects and fails at once: %v", time.Since(start))
+	}
+	for range 2 {
+		d, out := timed("status", "--bucket", "app", "--key", "conf.nginx")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		t.Logf("fleet status over %d records: %v (%d lines; %s)", agents, d, len(lines), lines[len(lines)-1])
+		d, _ = timed("status", "--json")
+		t.Logf("fleet status --json over %d records: %v", agents, d)
+		d, out = timed("wait", "--bucket", "app", "--key", "conf.nginx", "--timeout", "60s")
+		t.Logf("fleet wait over %d records, all applied: %v (%s)", agents, d, strings.TrimSpace(out))
+	}
+
+	// One config change: a put, every agent writes its record once, while
+	// fleet wait watches.
+	rev = putKey(t, app, "conf.nginx", "v2")
+	w := startKvsync(t, run{args: []string{"fleet", "wait", "--bucket", "app", "--key", "conf.nginx", "--timeout", "120s", "-s", url}})
+	time.Sleep(time.Second) // let the wait read the 5,000 old records first
+	cpu0, disk0 := cpu(), diskWrites()
+	start := time.Now()
+	writeAll(rev)
+	written := time.Since(start)
+	line := w.line(t, 2*time.Minute)
+	waited := time.Since(start)
+	cpu1, disk1 := cpu(), diskWrites()
+	t.Logf("one config change: %d record writes in %v; fleet wait done %v after the first write (%s); server CPU %v (%.1f µs per record), server wchar %.1f MiB",
+		agents, written, waited, line, cpu1-cpu0, float64((cpu1-cpu0).Microseconds())/agents, float64(disk1-disk0)/(1<<20))
+	info, _ = st.Info(ctx)
+	t.Logf("after the change: stream %d msgs, %d bytes", info.State.Msgs, info.State.Bytes)
+}

@@ -548,11 +548,29 @@ func fleetWait(ctx context.Context, js jetstream.JetStream, ios ioStreams, a *fl
 	defer func() { _ = w.Stop() }()
 	views := map[string]*agentView{}
 	warned := map[string]bool{}
+	// Each record is judged when it arrives, and only that one: a rollout
+	// over thousands of agents is thousands of updates.
+	states := map[string]agent.Progress{} // key -> state, for agents that count
+	count := map[agent.Progress]int{}
+	judgeKey := func(key string) {
+		if st, ok := states[key]; ok {
+			count[st]--
+			delete(states, key)
+		}
+		v := views[key]
+		if v == nil || v.err != nil || !agent.MatchLabels(a.selector, v.rec.Labels) {
+			return
+		}
+		if vd := judge(v, a.bucket, a.key, rev); vd.projects > 0 {
+			states[key] = vd.state
+			count[vd.state]++
+		}
+	}
 	synced := false
-	var last summary
 	for {
 		select {
 		case <-ctx.Done():
+			last, _ := tally(views, a.selector, a.bucket, a.key, rev)
 			return waitFailed(last, a, fmt.Sprintf("timed out after %v", a.timeout))
 		case e, ok := <-w.Updates():
 			if !ok {
@@ -562,6 +580,7 @@ func fleetWait(ctx context.Context, js jetstream.JetStream, ios ioStreams, a *fl
 				synced = true
 			} else {
 				applyEntry(views, e)
+				judgeKey(e.Key())
 				if v := views[e.Key()]; v != nil && v.err != nil && !warned[e.Key()] {
 					warned[e.Key()] = true
 					fmt.Fprintf(ios.err, "kvsync fleet wait: ignoring %v\n", v.err)
@@ -571,11 +590,12 @@ func fleetWait(ctx context.Context, js jetstream.JetStream, ios ioStreams, a *fl
 		if !synced {
 			continue
 		}
-		last, _ = tally(views, a.selector, a.bucket, a.key, rev)
 		switch {
-		case len(last.Failing) > 0:
+		case count[agent.Failing] > 0:
+			last, _ := tally(views, a.selector, a.bucket, a.key, rev)
 			return waitFailed(last, a, "failure reported")
-		case last.Agents >= a.min && len(last.Behind) == 0:
+		case len(states) >= a.min && count[agent.Behind] == 0:
+			last, _ := tally(views, a.selector, a.bucket, a.key, rev)
 			fmt.Fprintln(ios.out, last.String())
 			return nil
 		}
