@@ -579,3 +579,67 @@ func TestFleetScale(t *testing.T) {
 	})
 	t.Logf("after the change: stream %d msgs, %d bytes; KV_kvsync_status on disk %.1f MiB", info.State.Msgs, info.State.Bytes, float64(onDisk)/(1<<20))
 }
+
+// TestConfigVariablesReload: ${VAR} in a config is expanded at start and
+// again on SIGHUP; a reload whose variable is unset keeps the running config
+// and names the path.
+func TestConfigVariablesReload(t *testing.T) {
+	s := startServer(t)
+	url := s.ClientURL()
+	kv := createBucket(t, jetStream(t, s), "app", 1)
+	base := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "kvsync.yaml")
+	write := func(dir string) {
+		body := fmt.Sprintf("nats: {url: %q}\nhttp: {listen: \"\"}\nfiles: [{bucket: app, dir: %q, fsync: false}]\n", url, dir)
+		if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("${FLEET_BASE}/o-${MYHOST}")
+	env := []string{"FLEET_BASE=" + base, "MYHOST=web-1"}
+	if _, errs, code := runWith(t, run{args: []string{"validate", "-c", cfg}, env: env}); code != 0 {
+		t.Fatalf("validate: exit %d: %s", code, errs)
+	}
+	_, errs, code := runWith(t, run{args: []string{"validate", "-c", cfg}, env: []string{"FLEET_BASE=" + base}})
+	if code != 2 || !strings.Contains(errs, "files[0].dir: ${MYHOST} is not set") {
+		t.Errorf("validate without MYHOST: exit %d: %s", code, errs)
+	}
+	a := startKvsync(t, run{args: []string{"run", "-c", cfg}, env: env})
+	go func() {
+		for range a.lines {
+		}
+	}()
+	putKey(t, kv, "k", "v1")
+	pollFor(t, 10*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(base, "o-web-1", "k"))
+		return err
+	})
+
+	write("${FLEET_BASE}/two-${MYHOST:-x}")
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	pollFor(t, 10*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(base, "two-web-1", "k"))
+		return err
+	})
+
+	write("${FLEET_BASE}/three-${NOT_SET_ANYWHERE}")
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	pollFor(t, 10*time.Second, func() error {
+		if !strings.Contains(a.stderr.String(), "files[0].dir: ${NOT_SET_ANYWHERE} is not set") {
+			return fmt.Errorf("no reload error naming the path yet")
+		}
+		return nil
+	})
+	putKey(t, kv, "k2", "v")
+	pollFor(t, 10*time.Second, func() error { // the running config goes on
+		_, err := os.Stat(filepath.Join(base, "two-web-1", "k2"))
+		return err
+	})
+	if _, err := os.Stat(filepath.Join(base, "three-")); err == nil {
+		t.Errorf("a folder was made from the config with an unset variable")
+	}
+}
