@@ -293,9 +293,12 @@ func TestFleetNoReportPermission(t *testing.T) {
 		}
 		return nil
 	})
-	if !strings.Contains(a.stderr.String(), "cannot report to the status bucket") {
-		t.Errorf("no log line says why the agent cannot report:\n%s", a.stderr.String())
-	}
+	pollFor(t, 10*time.Second, func() error { // stderr comes through a pipe
+		if !strings.Contains(a.stderr.String(), "cannot report to the status bucket") {
+			return fmt.Errorf("no log line says why the agent cannot report:\n%s", a.stderr.String())
+		}
+		return nil
+	})
 	a.alive(t)
 }
 

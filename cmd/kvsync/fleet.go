@@ -160,29 +160,90 @@ func openStatusBucket(ctx context.Context, js jetstream.JetStream, name string) 
 	return kv, nil
 }
 
-// readRecords reads every record of the status bucket once (a watch up to
-// its end-of-initial-values marker).
-func readRecords(ctx context.Context, kv jetstream.KeyValue) (map[string]*agentView, error) {
-	w, err := kv.WatchAll(ctx)
+// initialGrace is how long a view waits, after the watcher's
+// end-of-initial-values marker, for keys the stream listed but the watcher has
+// not delivered yet.
+const initialGrace = 2 * time.Second
+
+// statusWatch is a watch of the status bucket that knows when its view is
+// complete. The watcher's end-of-initial-values marker alone does not say it:
+// a record rewritten while the watcher starts is delivered after the marker,
+// and a wait that judged the fleet without it could succeed too early. So
+// the keys the stream holds are listed before the watch starts, and the view
+// is complete once each of them was delivered (or, if some never come — a
+// marker expired meanwhile — initialGrace after the marker).
+type statusWatch struct {
+	w       jetstream.KeyWatcher
+	pending map[string]bool // keys listed before the watch, not delivered yet
+	marker  bool
+	grace   <-chan time.Time
+	views   map[string]*agentView
+}
+
+func watchStatus(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (*statusWatch, error) {
+	bucket := kv.Bucket()
+	stream, err := js.Stream(ctx, "KV_"+bucket)
 	if err != nil {
-		return nil, fmt.Errorf("watch status bucket %s: %w", kv.Bucket(), err)
+		return nil, fmt.Errorf("status bucket %s: %w", bucket, err)
 	}
-	defer func() { _ = w.Stop() }()
-	views := map[string]*agentView{}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("read status bucket %s: %w", kv.Bucket(), ctx.Err())
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, fmt.Errorf("read status bucket %s: the watch ended", kv.Bucket())
+	prefix := "$KV." + bucket + "."
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("status bucket %s: %w", bucket, err)
+	}
+	sw := &statusWatch{pending: map[string]bool{}, views: map[string]*agentView{}}
+	for subj := range info.State.Subjects {
+		sw.pending[strings.TrimPrefix(subj, prefix)] = true
+	}
+	if sw.w, err = kv.WatchAll(ctx); err != nil {
+		return nil, fmt.Errorf("watch status bucket %s: %w", bucket, err)
+	}
+	return sw, nil
+}
+
+// complete reports whether the view holds every record there was when the
+// watch started (each in that version or a newer one).
+func (sw *statusWatch) complete() bool { return len(sw.pending) == 0 }
+
+// next waits for the next event of the watch and returns the key that
+// changed, "" for the end-of-initial-values marker or the end of the grace.
+func (sw *statusWatch) next(ctx context.Context) (string, error) {
+	select {
+	case <-ctx.Done():
+		return "", ctx.Err()
+	case <-sw.grace:
+		sw.grace, sw.pending = nil, nil
+		return "", nil
+	case e, ok := <-sw.w.Updates():
+		if !ok {
+			return "", errors.New("the watch ended")
+		}
+		if e == nil {
+			sw.marker = true
+			if len(sw.pending) > 0 {
+				sw.grace = time.After(initialGrace)
 			}
-			if e == nil {
-				return views, nil
-			}
-			applyEntry(views, e)
+			return "", nil
+		}
+		delete(sw.pending, e.Key())
+		applyEntry(sw.views, e)
+		return e.Key(), nil
+	}
+}
+
+// readRecords reads every record of the status bucket once.
+func readRecords(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (map[string]*agentView, error) {
+	sw, err := watchStatus(ctx, js, kv)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sw.w.Stop() }()
+	for !sw.complete() {
+		if _, err := sw.next(ctx); err != nil {
+			return nil, fmt.Errorf("read status bucket %s: %w", kv.Bucket(), err)
 		}
 	}
+	return sw.views, nil
 }
 
 // applyEntry records one status bucket entry: a record, or the end of one
@@ -331,7 +392,7 @@ func (c *FleetCommand) status(ctx context.Context, js jetstream.JetStream, a *fl
 			return err
 		}
 	}
-	views, err := readRecords(ctx, kv)
+	views, err := readRecords(ctx, js, kv)
 	if err != nil {
 		return err
 	}
@@ -541,12 +602,12 @@ func fleetWait(ctx context.Context, js jetstream.JetStream, ios ioStreams, a *fl
 	}
 	// A watch, not a poll: every record arrives once as it is written, and
 	// an expired or deleted one as a marker.
-	w, err := kv.WatchAll(ctx)
+	sw, err := watchStatus(ctx, js, kv)
 	if err != nil {
-		return fmt.Errorf("watch status bucket %s: %w", a.statusBucket, err)
+		return err
 	}
-	defer func() { _ = w.Stop() }()
-	views := map[string]*agentView{}
+	defer func() { _ = sw.w.Stop() }()
+	views := sw.views
 	warned := map[string]bool{}
 	// Each record is judged when it arrives, and only that one: a rollout
 	// over thousands of agents is thousands of updates.
@@ -566,28 +627,23 @@ func fleetWait(ctx context.Context, js jetstream.JetStream, ios ioStreams, a *fl
 			count[vd.state]++
 		}
 	}
-	synced := false
 	for {
-		select {
-		case <-ctx.Done():
+		key, err := sw.next(ctx)
+		if errors.Is(err, ctx.Err()) && ctx.Err() != nil {
 			last, _ := tally(views, a.selector, a.bucket, a.key, rev)
 			return waitFailed(last, a, fmt.Sprintf("timed out after %v", a.timeout))
-		case e, ok := <-w.Updates():
-			if !ok {
-				return fmt.Errorf("watch status bucket %s: the watch ended", a.statusBucket)
-			}
-			if e == nil {
-				synced = true
-			} else {
-				applyEntry(views, e)
-				judgeKey(e.Key())
-				if v := views[e.Key()]; v != nil && v.err != nil && !warned[e.Key()] {
-					warned[e.Key()] = true
-					fmt.Fprintf(ios.err, "kvsync fleet wait: ignoring %v\n", v.err)
-				}
+		}
+		if err != nil {
+			return fmt.Errorf("watch status bucket %s: %w", a.statusBucket, err)
+		}
+		if key != "" {
+			judgeKey(key)
+			if v := views[key]; v != nil && v.err != nil && !warned[key] {
+				warned[key] = true
+				fmt.Fprintf(ios.err, "kvsync fleet wait: ignoring %v\n", v.err)
 			}
 		}
-		if !synced {
+		if !sw.complete() {
 			continue
 		}
 		switch {
