@@ -687,8 +687,12 @@ func (o *owner) publishStatus() {
 		o.a.metrics.ready.Set(0)
 	}
 	o.a.status.Store(s)
-	if o.a.rep != nil {
+	switch {
+	case o.a.rep == nil:
+	case o.cfg.Report != nil:
 		o.a.rep.offer(o.record(s), o.cfg.Report)
+	default:
+		o.a.rep.offer(nil, nil) // a reload may have removed report:
 	}
 }
 

@@ -316,6 +316,10 @@ func (r *reporter) offer(rec *Record, cfg *ReportConfig) {
 		job = &reportJob{rec: rec, bucket: cfg.Bucket, interval: cfg.Interval}
 	}
 	r.mu.Lock()
+	if cfg == nil && (r.latest == nil || r.latest.rec == nil) {
+		r.mu.Unlock()
+		return // off, and nothing was reported
+	}
 	r.latest = job
 	r.mu.Unlock()
 	select {

@@ -271,3 +271,54 @@ func TestReportRefresh(t *testing.T) {
 		t.Errorf("record interval: %v (%v)", rec["interval"], err)
 	}
 }
+
+// TestReportReload: a reload keeps the record; a new agent.id moves it; a
+// config without report: deletes it.
+func TestReportReload(t *testing.T) {
+	s := testServer(t)
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
+	js, _ := jetstream.New(nc)
+	dir := t.TempDir()
+	reloads := make(chan struct{})
+	next := make(chan *Config, 1)
+	cfgFor := func(id string, report bool) *Config {
+		c := filesCfg(s.ClientURL(), "app", dir)
+		c.Agent.ID = id
+		if report {
+			c.Report = &ReportConfig{Interval: time.Hour}
+		}
+		c.Default()
+		return c
+	}
+	startAgent(t, cfgFor("first", true), Options{Reloads: reloads, Reload: func() (*Config, error) { return <-next, nil }})
+	rev := put(t, kv, "k", "v")
+	applied := func(id string, rev uint64) func() error {
+		return func() error {
+			r, _, err := readRecord(js, id)
+			if err != nil {
+				return err
+			}
+			if got := proj(r, "files").Applied["app"]; got < rev {
+				return fmt.Errorf("%s applied %d, want %d", id, got, rev)
+			}
+			return nil
+		}
+	}
+	waitFor(t, 10*time.Second, applied("first", rev))
+
+	next <- cfgFor("second", true)
+	reloads <- struct{}{}
+	waitFor(t, 10*time.Second, applied("second", rev))
+	if _, _, err := readRecord(js, "first"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("record of the old id after the reload: %v, want it deleted", err)
+	}
+
+	next <- cfgFor("second", false)
+	reloads <- struct{}{}
+	waitFor(t, 10*time.Second, func() error {
+		if _, _, err := readRecord(js, "second"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("record after report: was removed: %v", err)
+		}
+		return nil
+	})
+}
