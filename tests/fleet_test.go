@@ -344,6 +344,13 @@ func TestFleetBadInput(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "plain is a stream, not a KV bucket") {
 		t.Errorf("status bucket that is a stream: exit %d: %s", code, errs)
 	}
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "KV_fake", Subjects: []string{"fake.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, errs, code = fleetRun(t, url, "status", "--status-bucket", "fake")
+	if code != 1 || !strings.Contains(errs, "stream KV_fake is not a KV bucket") {
+		t.Errorf("status bucket whose stream is not a KV one: exit %d: %s", code, errs)
+	}
 	_, errs, code = fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.x", "--status-bucket", "nosuch")
 	if code != 1 || !strings.Contains(errs, "status bucket nosuch not found") {
 		t.Errorf("missing status bucket: exit %d: %s", code, errs)

@@ -154,6 +154,9 @@ func openStatusBucket(ctx context.Context, js jetstream.JetStream, name string) 
 		}
 		return nil, fmt.Errorf("status bucket %s not found: no agent has reported yet (is a report: block configured, with this bucket?)", name)
 	}
+	if errors.Is(err, jetstream.ErrBadBucket) {
+		return nil, fmt.Errorf("status bucket %s: stream KV_%s is not a KV bucket (it keeps more than one message per key)", name, name)
+	}
 	if err != nil {
 		return nil, bucketError(name, err)
 	}
