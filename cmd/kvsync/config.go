@@ -65,7 +65,9 @@ func parseConfig(path string, data []byte) (*agent.Config, error) {
 	env := map[string]any{}
 	for _, o := range envOverrides {
 		if v, ok := os.LookupEnv(o.env); ok && v != "" {
-			env[o.key] = v
+			// A value from the environment is taken literally: a
+			// password with "${" in it must not be expanded.
+			env[o.key] = strings.ReplaceAll(v, "$", "$$")
 		}
 	}
 	if err := k.Load(confmap.Provider(env, "."), nil); err != nil {

@@ -164,3 +164,15 @@ agent: {labels: {"Not Valid": x}}
 		}
 	}
 }
+
+func TestLoadConfigEnvOverridesAreLiteral(t *testing.T) {
+	path := writeConfig(t, "k.yaml", "nats: {url: nats://h:1, user: u}\nfiles: [{bucket: app, dir: /tmp/x}]\n")
+	t.Setenv("NATS_PASSWORD", "pa$$${word}$")
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.NATS.Password, "pa$$${word}$"; got != want {
+		t.Errorf("nats.password=%q, want %q as given", got, want)
+	}
+}

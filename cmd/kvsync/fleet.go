@@ -406,32 +406,25 @@ func (c *FleetCommand) status(ctx context.Context, js jetstream.JetStream, a *fl
 	}
 	var rows []row
 	var bad []*agentView
-	for _, k := range slices.Sorted(maps.Keys(views)) {
-		v := views[k]
-		if v.err != nil {
-			bad = append(bad, v)
-			continue
-		}
-		if !agent.MatchLabels(a.selector, v.rec.Labels) {
-			continue
-		}
-		if a.key != "" {
-			d := judge(v, a.bucket, a.key, rev)
-			if d.projects == 0 {
-				continue
-			}
-			rows = append(rows, row{v, &d})
-			continue
-		}
-		if a.bucket != "" && !readsBucket(v.rec, a.bucket) {
-			continue
-		}
-		rows = append(rows, row{v: v})
-	}
 	var sum *summary
 	if a.key != "" {
-		s, _ := tally(views, a.selector, a.bucket, a.key, rev)
+		s, vds := tally(views, a.selector, a.bucket, a.key, rev)
 		sum = &s
+		for i := range vds {
+			rows = append(rows, row{vds[i].v, &vds[i]})
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(views)) {
+		v := views[k]
+		switch {
+		case v.err != nil:
+			bad = append(bad, v)
+		case a.key != "": // rows from tally
+		case !agent.MatchLabels(a.selector, v.rec.Labels):
+		case a.bucket != "" && !readsBucket(v.rec, a.bucket):
+		default:
+			rows = append(rows, row{v: v})
+		}
 	}
 
 	if a.json {
