@@ -50,15 +50,28 @@ func TestExpandConfig(t *testing.T) {
 	c.Files = []FilesConfig{{Bucket: "app", Dir: "/srv/o-${MYHOST}", Keys: []string{"hosts.${MYHOST}.>"},
 		OnChange: &Action{Command: []string{"sh", "-c", "echo ${MYHOST} $$1"}, HTTP: &HTTPAction{Headers: map[string]string{"X-Host": "${MYHOST}"}}}}}
 	c.Templates = []TemplateConfig{
-		{Text: "{{ key \"a\" }} ${NOT_EXPANDED}", Dest: "/etc/${MYHOST}.conf"},
-		{Text: "x", Dest: "/etc/${UNSET_VAR}.conf"},
+		{Text: "{{ key \"a\" }} ${NOT_EXPANDED}", Dest: "/etc/${MYHOST}.conf", OnChange: &Action{Ref: "reload-${MYHOST}"},
+			Check: &CheckConfig{Command: []string{"nginx", "-t", "-c", "{{.Path}}", "-g", "${MYHOST}"}}},
+		{Text: "x", Dest: "/etc/${UNSET_VAR}.conf", OnChange: &Action{Ref: "${UNSET_REF}"}},
 	}
+	c.Actions = map[string]Action{"reload-web-1": {Command: []string{"nginx", "-s", "${SIG:-reload}"}}}
 	err := c.Expand(lookupMap(map[string]string{"NATSHOST": "n1", "MYHOST": "web-1", "REGION": "eu"}))
-	if err == nil || !strings.Contains(err.Error(), "templates[1].dest: ${UNSET_VAR} is not set") {
-		t.Fatalf("Expand err=%v, want templates[1].dest: ${UNSET_VAR} is not set", err)
+	for _, want := range []string{"templates[1].dest: ${UNSET_VAR} is not set", "templates[1].on_change: ${UNSET_REF} is not set"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Expand err=%v, want %s", err, want)
+		}
 	}
-	if n := strings.Count(err.Error(), "is not set"); n != 1 {
-		t.Errorf("%d problems reported, want 1: %v", n, err)
+	if n := strings.Count(err.Error(), "is not set"); n != 2 {
+		t.Errorf("%d problems reported, want 2: %v", n, err)
+	}
+	if got := c.Actions["reload-web-1"].Command[2]; got != "reload" {
+		t.Errorf("actions.reload-web-1.command[2]=%q, want reload", got)
+	}
+	if got := c.Templates[0].OnChange.Ref; got != "reload-web-1" {
+		t.Errorf("templates[0].on_change=%q, want reload-web-1", got)
+	}
+	if got := c.Templates[0].Check.Command[3:]; got[0] != "{{.Path}}" || got[2] != "web-1" {
+		t.Errorf("templates[0].check.command=%q", got)
 	}
 	for _, tt := range []struct{ path, got, want string }{
 		{"nats.url", c.NATS.URL, "nats://n1:4222"},
