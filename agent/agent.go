@@ -95,6 +95,9 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	a.link.gauge = a.metrics.linkStale
 	a.connHandlers()
 	a.status.Store(&Status{})
+	if !opts.Once && !opts.DryRun {
+		a.rep = newReporter(opts.Logger) // connected in Run
+	}
 	return a, nil
 }
 
@@ -164,8 +167,8 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	// The reporter outlives reloads (a reload must not delete the record)
 	// and stops after the projections, deleting the record on its way out.
-	if !a.opts.Once && !a.opts.DryRun {
-		a.rep = newReporter(js, a.logger)
+	if a.rep != nil {
+		a.rep.js = js
 		rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
 		repDone := make(chan struct{})
 		go func() {

@@ -304,8 +304,9 @@ type reportJob struct {
 	interval time.Duration
 }
 
-func newReporter(js jetstream.JetStream, logger *slog.Logger) *reporter {
-	return &reporter{js: js, logger: logger.With("component", "report"), wake: make(chan struct{}, 1)}
+// newReporter returns a reporter; js must be set before run.
+func newReporter(logger *slog.Logger) *reporter {
+	return &reporter{logger: logger.With("component", "report"), wake: make(chan struct{}, 1)}
 }
 
 // offer hands the reporter a new record; a nil cfg turns reporting off (the
