@@ -653,3 +653,58 @@ func TestConfigVariablesReload(t *testing.T) {
 		t.Errorf("a folder was made from the config with an unset variable")
 	}
 }
+
+// TestFleetCheckAndRollback: a check that refuses a revision and an action
+// that fails with rollback: true both reach the record, and fleet wait exits
+// 1 at once naming them.
+func TestFleetCheckAndRollback(t *testing.T) {
+	s := startServer(t)
+	url := s.ClientURL()
+	kv := createBucket(t, jetStream(t, s), "app", 1)
+	root := t.TempDir()
+	checked := startAgent(t, url, fmt.Sprintf(`agent: {id: checked}
+report: {interval: 30s}
+templates:
+  - name: conf
+    text: '{{ key "conf.x" }}'
+    bucket: app
+    dest: %q
+    check: {command: ["sh", "-c", "grep -q good {{.Path}} || { echo config test failed >&2; exit 1; }"]}
+`, filepath.Join(root, "checked.conf")))
+	dest := filepath.Join(root, "rolled.conf")
+	rolled := startAgent(t, url, fmt.Sprintf(`agent: {id: rolled}
+report: {interval: 30s}
+templates:
+  - name: conf
+    text: '{{ key "conf.x" }}'
+    bucket: app
+    dest: %q
+    rollback: true
+    on_change: {command: ["sh", "-c", "if grep -q boom %s; then echo reload failed >&2; exit 1; fi"]}
+`, dest, dest))
+	checked.waitReady(t, 20*time.Second)
+	rolled.waitReady(t, 20*time.Second)
+	putKey(t, kv, "conf.x", "good")
+	waitRecords(t, url, 2)
+	if out, errs, code := fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.x", "--timeout", "20s"); code != 0 {
+		t.Fatalf("fleet wait: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	putKey(t, kv, "conf.x", "bad boom")
+	out, errs, code := fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.x", "--timeout", "50s")
+	if code != 1 || strings.Contains(errs, "timed out") {
+		t.Fatalf("fleet wait: exit %d, want 1 at once\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	for _, want := range []string{"2 failing", "checked (conf: ", "config test failed", "rolled (conf: rejected: rolled back: action failed", "reload failed"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("fleet wait does not say %q:\n%s", want, errs)
+		}
+	}
+	if b, err := os.ReadFile(dest); err != nil || string(b) != "good" {
+		t.Errorf("rolled back file: %q, %v; want the old bytes", b, err)
+	}
+	// A good value goes through on both.
+	putKey(t, kv, "conf.x", "good again")
+	if out, errs, code := fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.x", "--timeout", "20s"); code != 0 {
+		t.Fatalf("fleet wait after a good put: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+}
