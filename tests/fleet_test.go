@@ -662,7 +662,7 @@ func TestFleetCheckAndRollback(t *testing.T) {
 	url := s.ClientURL()
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	root := t.TempDir()
-	checked := startAgent(t, url, fmt.Sprintf(`agent: {id: checked}
+	checked := startAgent(t, url, fmt.Sprintf(`agent: {id: checked, labels: {safe: check}}
 report: {interval: 30s}
 templates:
   - name: conf
@@ -672,7 +672,7 @@ templates:
     check: {command: ["sh", "-c", "grep -q good {{.Path}} || { echo config test failed >&2; exit 1; }"]}
 `, filepath.Join(root, "checked.conf")))
 	dest := filepath.Join(root, "rolled.conf")
-	rolled := startAgent(t, url, fmt.Sprintf(`agent: {id: rolled}
+	rolled := startAgent(t, url, fmt.Sprintf(`agent: {id: rolled, labels: {safe: rollback}}
 report: {interval: 30s}
 templates:
   - name: conf
@@ -690,13 +690,15 @@ templates:
 		t.Fatalf("fleet wait: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
 	}
 	putKey(t, kv, "conf.x", "bad boom")
-	out, errs, code := fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.x", "--timeout", "50s")
-	if code != 1 || strings.Contains(errs, "timed out") {
-		t.Fatalf("fleet wait: exit %d, want 1 at once\nstdout: %s\nstderr: %s", code, out, errs)
-	}
-	for _, want := range []string{"2 failing", "checked (conf: ", "config test failed", "rolled (conf: rejected: rolled back: action failed", "reload failed"} {
-		if !strings.Contains(errs, want) {
-			t.Errorf("fleet wait does not say %q:\n%s", want, errs)
+	// Each fails the wait at once; -l takes them one at a time, as the first
+	// failure reported ends a wait over both.
+	for _, tt := range []struct{ sel, want string }{
+		{"safe=check", "1 failing: checked (conf: conf: keeping the last good file: check failed"},
+		{"safe=rollback", "1 failing: rolled (conf: rejected: rolled back: action failed"},
+	} {
+		out, errs, code := fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.x", "-l", tt.sel, "--timeout", "50s")
+		if code != 1 || strings.Contains(errs, "timed out") || !strings.Contains(errs, tt.want) {
+			t.Errorf("fleet wait -l %s: exit %d, want 1 at once saying %q\nstdout: %s\nstderr: %s", tt.sel, code, tt.want, out, errs)
 		}
 	}
 	if b, err := os.ReadFile(dest); err != nil || string(b) != "good" {
