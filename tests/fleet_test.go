@@ -293,7 +293,7 @@ func TestFleetNoReportPermission(t *testing.T) {
 		}
 		return nil
 	})
-	a.waitReady(t, 5*time.Second) // reporting is not projecting: still ready
+	a.waitReady(t, 5*time.Second)             // reporting is not projecting: still ready
 	pollFor(t, 10*time.Second, func() error { // stderr comes through a pipe
 		if !strings.Contains(a.stderr.String(), "cannot report to the status bucket") {
 			return fmt.Errorf("no log line says why the agent cannot report:\n%s", a.stderr.String())
