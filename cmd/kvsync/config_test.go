@@ -112,7 +112,7 @@ func TestLoadConfigExpandsVariables(t *testing.T) {
 	path := writeConfig(t, "k.yaml", `nats: {url: "nats://h:${NATS_PORT:-4222}"}
 agent: {id: "${POD_NAME}", labels: {host: "${MYHOST}"}}
 files: [{bucket: app, dir: "/srv/o-${MYHOST}", on_change: {command: [sh, -c, "echo $${X}"]}}]
-templates: [{text: "{{ key \"a\" }} ${SHELL_VAR}", dest: "/srv/t-${MYHOST}.conf"}]
+templates: [{text: "{{ key \"a\" }} ${SHELL_VAR}", bucket: app, dest: "/srv/t-${MYHOST}.conf"}]
 `)
 	cfg, err := loadConfig(path)
 	if err != nil {
