@@ -683,9 +683,9 @@ templates:
     rollback: true
     on_change: {command: ["sh", "-c", "if grep -q boom %s; then echo reload failed >&2; exit 1; fi"]}
 `, dest, dest))
+	putKey(t, kv, "conf.x", "good") // a template that never rendered is not ready
 	checked.waitReady(t, 20*time.Second)
 	rolled.waitReady(t, 20*time.Second)
-	putKey(t, kv, "conf.x", "good")
 	waitRecords(t, url, 2)
 	if out, errs, code := fleetRun(t, url, "wait", "--bucket", "app", "--key", "conf.x", "--timeout", "20s"); code != 0 {
 		t.Fatalf("fleet wait: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
