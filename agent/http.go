@@ -39,8 +39,10 @@ func (a *Agent) Handler() http.Handler {
 		s.Connected = a.conn.Load()
 		s.Connection = a.connStatus()
 		js := a.jetStream()
-		if !s.Connected {
-			js = nil // a request would wait for the connection: show what is known
+		if !s.Connected || (s.Connection != nil && s.Connection.State == "stale") {
+			// A request would wait for the connection or a silent link:
+			// show what is known.
+			js = nil
 		}
 		s.Buckets = a.mirrors.annotate(r.Context(), js, s.Buckets)
 		w.Header().Set("Content-Type", "application/json")

@@ -56,8 +56,13 @@ func (c *mirrorCache) annotate(ctx context.Context, js jetstream.JetStream, buck
 	if len(buckets) == 0 {
 		return buckets
 	}
-	c.asking.Lock()
-	defer c.asking.Unlock()
+	if c.asking.TryLock() {
+		defer c.asking.Unlock()
+	} else {
+		// Another /status is asking the server now: this one shows what is
+		// known rather than queueing behind it.
+		js = nil
+	}
 	out := make([]BucketStatus, len(buckets))
 	copy(out, buckets)
 	ctx, cancel := context.WithTimeout(ctx, mirrorTimeout)
