@@ -18,6 +18,7 @@ type metrics struct {
 	actions     *prometheus.CounterVec   // projection, result
 	conflicts   *prometheus.CounterVec   // projection, policy
 	pushes      *prometheus.CounterVec   // projection, op
+	missing     *prometheus.CounterVec   // bucket
 	lastRev     *prometheus.GaugeVec     // bucket
 	connected   prometheus.Gauge         //
 	ready       prometheus.Gauge         //
@@ -71,6 +72,10 @@ func newMetrics() *metrics {
 		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvsync_pushes_total", Help: "Local edits pushed to the bucket, by operation.",
 		}, []string{"projection", "op"}),
+		missing: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_watch_missing_keys_total",
+			Help: "Keys a watcher's self-check found missing from its view after an initial sync or a catch-up (each is fetched again).",
+		}, []string{"bucket"}),
 		lastRev: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kvsync_last_revision", Help: "Highest revision received per bucket.",
 		}, []string{"bucket"}),
@@ -125,7 +130,7 @@ func newMetrics() *metrics {
 	reg.MustRegister(m.renderOK)
 	reg.MustRegister(m.consumerLimit)
 	reg.MustRegister(m.updates, m.writes, m.renders, m.removes, m.rejected, m.errors, m.actions, m.conflicts,
-		m.pushes, m.lastRev, m.connected, m.ready, m.propagation,
+		m.pushes, m.missing, m.lastRev, m.connected, m.ready, m.propagation,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -239,6 +239,9 @@ func (o *owner) watch(bucket string, filters []string) {
 		return
 	}
 	w := o.newBucketWatcher(bucket, filters)
+	if cw, ok := w.(*watcher); ok {
+		cw.missing = o.a.metrics.missing.WithLabelValues(bucket)
+	}
 	o.watched[bucket] = w
 	o.st.bucket(bucket)
 	o.wg.Add(1)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
@@ -110,17 +112,19 @@ func (q *inbox) take(buf []any) []any {
 }
 
 // watcher follows one bucket for the union of the key filters of every
-// projection that reads it. It is built on an ephemeral pull consumer like the
-// library's ordered consumer (in memory, no acks, gaps detected by the
-// consumer sequence) with a 1 s heartbeat, and it re-creates that consumer
-// itself, right after the last sequence it handed on, as soon as the
-// connection comes back or the consumer reports trouble (missing heartbeats
-// after a leader change, a deleted consumer, a gap): a plain WatchAll stalls
-// ~18 s after a server restart, and the library's own reset waits a second or
-// more between attempts and up to 10 s for each (NATS-NOTES trap 4).
+// projection that reads it. It is built on an ephemeral push consumer like
+// nats.go's own KV watcher (in memory, no acks, flow control, an idle
+// heartbeat of 5 s, gaps detected by the consumer sequence), and it re-creates
+// that consumer itself, right after the last sequence it handed on, as soon as
+// the connection comes back, a stream advisory arrives (a new leader, the
+// stream deleted or created) or the consumer reports trouble (missing
+// heartbeats, a deleted consumer, a gap): a plain WatchAll stalls ~18 s after
+// a server restart, and the library's own reset waits a second or more between
+// attempts and up to 10 s for each. After the initial values and after every
+// catch-up it checks its view against the stream's subjects (verify) and
+// fetches what is missing; only a complete view is reported synced.
 // Re-creations back off from 100 ms, and each consumer left is deleted, so a
-// dead cluster does not become a loop that leaks server-side consumers
-// (trap 8).
+// dead cluster does not become a loop that leaks server-side consumers.
 type watcher struct {
 	js      jetstream.JetStream
 	bucket  string
@@ -137,9 +141,20 @@ type watcher struct {
 	synced  atomic.Bool
 	limited atomic.Bool // the server refused its consumers for the consumer limit
 
-	mu   sync.Mutex // serialises handlers of an old and a new consumer
-	gen  uint64     // the consumer generation whose messages count
-	seen uint64     // highest stream sequence handed on in this epoch
+	mu        sync.Mutex          // serialises handlers of an old and a new consumer
+	gen       uint64              // the consumer generation whose messages count
+	seen      uint64              // highest stream sequence handed on in this epoch
+	delivered map[string]struct{} // every key (markers included) received in this epoch
+
+	missing prometheus.Counter // keys the self-check found missing; may be nil
+
+	// hb is the consumer's idle heartbeat: heartbeat, or another in
+	// benchmarks.
+	hb time.Duration
+
+	// drop, in tests, discards a delivered message of key as if the server
+	// had never sent it.
+	drop func(key string) bool
 }
 
 func newWatcher(js jetstream.JetStream, bucket string, filters []string, out *inbox, logger *slog.Logger) *watcher {
@@ -148,6 +163,7 @@ func newWatcher(js jetstream.JetStream, bucket string, filters []string, out *in
 		logger:  logger.With("bucket", bucket),
 		resumed: make(chan struct{}, 1),
 		nudge:   make(chan struct{}, 1),
+		hb:      heartbeat,
 	}
 }
 
@@ -184,10 +200,18 @@ func (w *watcher) reconnected() {
 
 func (w *watcher) stream() string { return "KV_" + w.bucket }
 
+// heartbeat is the idle heartbeat of the watcher's consumer: the interval of
+// nats.go's own KV watcher, so an idle agent costs the server no more than
+// one. It only bounds how long a consumer that died silently goes unnoticed
+// (two heartbeats): a new stream leader and a reconnect are noticed at once
+// by the stream advisories and the connection.
+const heartbeat = 5 * time.Second
+
 // next says how follow wants to go on.
 type next struct {
 	resume bool // continue the epoch after w.seen (else: a new epoch)
 	list   bool // list the keys once the consumer runs (after a reconnect)
+	news   bool // the consumer ran until the stream or the connection had news
 }
 
 // apiTimeout bounds one JetStream API request of the watcher after fails
@@ -295,9 +319,9 @@ func (w *watcher) run(ctx context.Context) error {
 			limited = false // running told the owner
 			limitBo.reset()
 		}
-		// A consumer that ran for a while resumes at once; failures and
-		// quick re-creations back off.
-		if !started.IsZero() && time.Since(started) > 2*time.Second {
+		// A consumer that ran for a while, or until news of the stream,
+		// resumes at once; failures and quick re-creations back off.
+		if !started.IsZero() && (nn.news || time.Since(started) > 2*time.Second) {
 			bo.reset()
 			continue
 		}
@@ -352,33 +376,127 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 		expiry = t.C
 	}
 
-	// The consumer is what the library's ordered consumer makes (ephemeral,
-	// in memory, one replica, no acks), created here with a bounded request:
-	// the library's own creation waits up to 10 s for an answer that never
-	// comes while a stream has no leader. Gaps are caught below by the
-	// consumer sequence, as the ordered consumer does, and answered by a
-	// new consumer after the last sequence handed on.
+	// The consumer is a push consumer of the kind nats.go's own KV watcher
+	// uses (ephemeral, in memory, one replica, no acks, flow control, idle
+	// heartbeat), created here with a bounded request: the library's own
+	// creation waits up to 10 s for an answer that never comes while a stream
+	// has no leader. Not a pull consumer: nats-server (v2.15.2) delivers the
+	// initial values of a bucket with history > 1 from a list of each
+	// subject's last sequence, and when a pull request cannot take the next
+	// of them (its byte budget is spent, or it just expired) the server puts
+	// its position back by one while the list has already moved on, so that
+	// one key is never delivered and no consumer sequence is skipped either
+	// (a bucket of 1,500 values of 8 KiB lost big.1012 in every run). A push
+	// consumer never takes that path. Gaps are caught by the consumer
+	// sequence of messages and heartbeats, as the ordered consumer does, and
+	// answered by a new consumer after the last sequence handed on.
+	nc := w.js.Conn()
 	cfg := jetstream.ConsumerConfig{
 		Name:              fmt.Sprintf("kvsync_%s_%x", w.bucket, rand.Uint64()),
+		DeliverSubject:    nc.NewInbox(),
 		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
 		AckPolicy:         jetstream.AckNonePolicy,
+		FlowControl:       true,
+		IdleHeartbeat:     w.hb,
 		InactiveThreshold: 30 * time.Second, // a consumer we left goes soon
 		Replicas:          1,
 		MemoryStorage:     true,
 	}
-	if f := subjects(w.bucket, w.filters); len(f) == 1 {
-		cfg.FilterSubject = f[0]
+	filters := subjects(w.bucket, w.filters)
+	if len(filters) == 1 {
+		cfg.FilterSubject = filters[0]
 	} else {
-		cfg.FilterSubjects = f
+		cfg.FilterSubjects = filters
 	}
+
+	// The epoch and the generation are set before the consumer exists, so
+	// its first message is never taken for one of a consumer we left.
 	w.mu.Lock()
 	if n.resume {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, w.seen+1
+	} else {
+		w.epoch++
+		w.seen = 0
+		w.created = info.Created
+		w.delivered = make(map[string]struct{}, min(info.State.NumSubjects, maxSizeHint))
+		w.synced.Store(false)
+		w.out.push(epochStart{bucket: w.bucket, epoch: w.epoch, size: w.sizeHint(info.State)})
 	}
+	w.gen++
+	gen := w.gen
+	epoch := w.epoch
 	w.mu.Unlock()
-	var cons jetstream.Consumer
+
+	var (
+		trouble   = make(chan struct{}, 1)
+		candidate = make(chan struct{}, 1) // the initial values may be complete
+		activity  atomic.Int64             // unix nanos of the last message or heartbeat
+		chosen    atomic.Pointer[string]   // the consumer whose messages count (see create)
+		lastCons  uint64                   // consumer sequence of the last message, under w.mu
+		prefix    = "$KV." + w.bucket + "."
+	)
+	signal := func(c chan struct{}) {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+	handler := func(m *nats.Msg) {
+		activity.Store(time.Now().UnixNano())
+		if len(m.Data) == 0 && m.Header.Get("Status") != "" {
+			w.control(m, gen, &lastCons, trouble)
+			return
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return
+		}
+		if name := chosen.Load(); name == nil {
+			chosen.CompareAndSwap(nil, &md.Consumer)
+		}
+		if *chosen.Load() != md.Consumer {
+			return // a second creation that came too late
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if gen != w.gen {
+			return // a consumer we left
+		}
+		if md.Sequence.Consumer != lastCons+1 {
+			// A message of this consumer was lost (e.g. a slow
+			// subscription): start over after the last one handed on.
+			w.gen++
+			signal(trouble)
+			return
+		}
+		lastCons = md.Sequence.Consumer
+		seq := md.Sequence.Stream
+		if seq <= w.seen {
+			return // handed on already
+		}
+		if ev, ok := parseEntry(m.Subject, m.Header, m.Data, prefix, w.bucket, seq, md.Timestamp); ok {
+			if w.drop != nil && w.drop(ev.key) {
+				w.seen = seq
+				return
+			}
+			w.delivered[ev.key] = struct{}{}
+			if kvkey.MatchAny(w.filters, ev.key) {
+				w.out.push(ev)
+			}
+		}
+		w.seen = seq
+		if !w.synced.Load() && (md.NumPending == 0 || seq >= lastSeq) {
+			signal(candidate)
+		}
+	}
+	sub, err := nc.Subscribe(cfg.DeliverSubject, handler)
+	if err != nil {
+		return n, fmt.Errorf("subscribe: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	var cons jetstream.PushConsumer
 	err = w.bounded(ctx, timeout, func(ctx context.Context) (err error) {
-		cons, err = w.js.CreateConsumer(ctx, w.stream(), cfg)
+		cons, err = w.create(ctx, cfg, &chosen)
 		return err
 	})
 	if err != nil {
@@ -389,126 +507,122 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 		go func() {
 			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			_ = w.js.DeleteConsumer(dctx, w.stream(), cfg.Name)
+			_ = w.js.DeleteConsumer(dctx, w.stream(), cons.CachedInfo().Name)
 		}()
 	}()
-	w.mu.Lock()
-	w.gen++
-	gen := w.gen
-	var delivered uint64 // consumer sequence of the last message of this consumer
-	if !n.resume {
-		w.epoch++
-		w.seen = 0
-		w.created = info.Created
-		w.synced.Store(false)
-		w.out.push(epochStart{bucket: w.bucket, epoch: w.epoch, size: w.sizeHint(info.State)})
-	}
-	epoch := w.epoch
-	w.mu.Unlock()
-
-	var (
-		trouble    = make(chan struct{}, 1)
-		prefix     = "$KV." + w.bucket + "."
-		markSynced = func() {
-			if w.synced.CompareAndSwap(false, true) {
-				w.out.push(syncDone{bucket: w.bucket, epoch: epoch})
-			}
-		}
-	)
-	handler := func(m jetstream.Msg) {
-		md, err := m.Metadata()
-		if err != nil {
-			return
-		}
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		seq := md.Sequence.Stream
-		if gen != w.gen {
-			return // a consumer we left
-		}
-		if md.Sequence.Consumer != delivered+1 {
-			// A message of this consumer was lost (e.g. across a
-			// reconnect): start over after the last one handed on.
-			w.gen++
-			select {
-			case trouble <- struct{}{}:
-			default:
-			}
-			return
-		}
-		delivered = md.Sequence.Consumer
-		if seq <= w.seen {
-			return // handed on already
-		}
-		ev, ok := parseMsg(m, prefix, w.bucket, md)
-		if ok && kvkey.MatchAny(w.filters, ev.key) {
-			w.out.push(ev)
-		}
-		w.seen = seq
-		if !w.synced.Load() && (md.NumPending == 0 || seq >= lastSeq) {
-			markSynced()
-		}
-	}
-	cc, err := cons.Consume(handler,
-		jetstream.PullHeartbeat(time.Second),
-		// Large pulls make the initial sync of a big bucket a few round
-		// trips; the byte cap bounds the client buffer for large values.
-		jetstream.PullMaxMessagesWithBytesLimit(4096, 8<<20),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			w.logger.Debug("consumer error", "err", err)
-			if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
-				errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, nats.ErrNoResponders) ||
-				errors.Is(err, jetstream.ErrStreamNotFound) {
-				select {
-				case trouble <- struct{}{}:
-				default:
-				}
-			}
-		}))
-	if err != nil {
-		return n, fmt.Errorf("consume: %w", err)
-	}
-	defer cc.Stop()
 	*started = time.Now()
 	w.running()
+	activity.Store(started.UnixNano())
 	if n.resume {
 		w.logger.Debug("consumer re-created", "from", cfg.OptStartSeq)
 	}
-	if lastSeq == 0 || (n.resume && w.seenAtLeast(lastSeq)) {
-		markSynced() // nothing (more) to wait for
-	}
-	if n.list {
-		if err := w.list(ctx); err != nil {
-			w.logger.Warn("reconcile after reconnect", "err", err)
-			w.reconnected() // try again
-		}
-	}
 
-	// Until synced, confirm the end of the initial values with the consumer's
-	// own count as well: the per-message pending count can stall when entries
-	// expire during catch-up (NATS-NOTES trap 3).
+	// After the initial values and after every catch-up the view is checked
+	// against the stream (verify); only a complete view is reported synced.
+	// Until then a tick retries, and confirms the end of the initial values
+	// with the consumer's own count: the per-message pending count can stall
+	// when entries expire during catch-up.
+	verifying, list, repairs := true, n.list, 0
+	var progress stallWatch
 	lastLog := time.Now()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	idle := time.NewTicker(w.hb)
+	defer idle.Stop()
+	// The listing the check compares with is taken while the consumer
+	// delivers (for 100,000 keys it takes about as long as their delivery),
+	// not after it.
+	var early *snapshot
+	earlyCh := make(chan *snapshot, 1)
+	lctx, stopListing := context.WithCancel(ctx)
+	defer stopListing()
+	go func() {
+		snap, err := w.streamKeys(lctx)
+		if err != nil {
+			snap = nil // the check takes one itself
+		}
+		earlyCh <- snap
+	}()
+	var resumed bool // a request of the check was given up for a reconnect
+	runVerify := func() bool {
+		if earlyCh != nil {
+			return false // the listing is on its way
+		}
+		complete, missing, err := w.verify(ctx, st, cons, gen, lastSeq, list, &early)
+		switch {
+		case errors.Is(err, errResumed):
+			resumed = true
+		case errors.Is(err, errNudged):
+			// The nudge was passed on: the loop takes it.
+		case err != nil:
+			w.logger.Warn("check the view against the stream", "err", err)
+		case complete:
+			verifying, list = false, false
+			tick.Stop()
+			if w.synced.CompareAndSwap(false, true) {
+				w.out.push(syncDone{bucket: w.bucket, epoch: epoch})
+			}
+		case missing > 0:
+			repairs++
+			if repairs > 3 {
+				w.logger.Error("view still incomplete after repairs: syncing again", "missing", missing)
+				return true
+			}
+		}
+		return false
+	}
+	if lastSeq == 0 {
+		signal(candidate) // nothing to wait for
+	}
 	for {
+		var resync bool
 		select {
 		case <-ctx.Done():
 			return n, nil
+		case early = <-earlyCh:
+			earlyCh = nil
+			if verifying {
+				resync = runVerify()
+			}
+		case <-candidate:
+			if verifying {
+				resync = runVerify()
+			}
 		case <-tick.C:
-			if w.synced.Load() {
-				tick.Stop()
+			if !verifying {
 				continue
 			}
-			if w.caughtUp(ctx, cons) {
-				markSynced()
-			} else if time.Since(lastLog) >= 2*time.Second {
+			if w.stalled(ctx, cons, &progress) {
+				// The server sends the initial values from a list of each
+				// subject's last sequence; one removed since (superseded
+				// by a newer put, purged, expired) makes it wait for the
+				// next message of the stream or its next heartbeat before
+				// it goes on (nats-server v2.15.2). A consumer by start
+				// sequence after the last one handed on has no such list.
+				w.logger.Debug("consumer stalled: resuming after the last sequence", "seq", w.lastSeen())
+				return next{resume: true, list: list}, nil
+			}
+			resync = runVerify()
+			if verifying && !w.synced.Load() && time.Since(lastLog) >= 2*time.Second {
 				// Long initial syncs (large buckets) say how far they are.
 				lastLog = time.Now()
 				w.logger.Info("initial sync in progress", "revision", w.lastSeen(), "last_revision", lastSeq)
 			}
+		case <-idle.C:
+			// Neither a message nor a heartbeat for two heartbeats: the
+			// consumer is gone (its server died, or it was deleted).
+			if nc.IsConnected() && time.Since(time.Unix(0, activity.Load())) > 2*w.hb {
+				w.logger.Debug("no heartbeat from the consumer")
+				signal(trouble)
+			}
 		case <-expiry:
 			if w.synced.Load() {
-				if err := w.list(ctx); err != nil {
+				err := w.bounded(ctx, 30*time.Second, w.list)
+				switch {
+				case errors.Is(err, errResumed):
+					resumed = true
+				case errors.Is(err, errNudged):
+				case err != nil:
 					w.logger.Warn("list keys for TTL expiry", "err", err)
 				}
 			}
@@ -516,19 +630,336 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 			if err := w.check(ctx); err != nil {
 				return next{}, err
 			}
-			return next{resume: true}, nil
+			return next{resume: true, list: list}, nil
 		case <-w.nudge:
 			if err := w.check(ctx); err != nil {
 				return next{}, err
 			}
-			return next{resume: true}, nil
+			return next{resume: true, list: list, news: true}, nil
 		case <-w.resumed:
 			if err := w.check(ctx); err != nil {
 				return next{}, err
 			}
-			return next{resume: true, list: true}, nil
+			return next{resume: true, list: true, news: true}, nil
+		}
+		if resync {
+			return next{}, nil
+		}
+		if resumed {
+			// A listing was given up for a reconnect: its request died with
+			// the old connection, and waiting out its bound stalled the
+			// watcher 30 s.
+			if err := w.check(ctx); err != nil {
+				return next{}, err
+			}
+			return next{resume: true, list: true, news: true}, nil
 		}
 	}
+}
+
+// hedge is how long a consumer creation goes unanswered before create asks
+// for a second one.
+const hedge = 500 * time.Millisecond
+
+// maxAsks bounds the consumers create asks for in one call (the longest
+// request bound, 5 s, over hedge, and the first).
+const maxAsks = 11
+
+// create creates the consumer of cfg. When the server has not answered within
+// hedge, it asks for another consumer like it (another name, the same
+// delivery subject), and again every hedge until one is answered or ctx ends:
+// right after a cluster lost the node that led the meta group, creations sent
+// before the new meta leader was elected are never answered, and later ones
+// are answered at once. That is two small requests a second per watcher, only
+// while creations go unanswered. The first consumer whose
+// creation is answered, or whose first message arrives, is chosen (*chosen
+// holds its name; the message handler ignores the others); every other one
+// is deleted as soon as its creation is answered.
+func (w *watcher) create(ctx context.Context, cfg jetstream.ConsumerConfig, chosen *atomic.Pointer[string]) (jetstream.PushConsumer, error) {
+	type result struct {
+		name string
+		cons jetstream.PushConsumer
+		err  error
+	}
+	results := make(chan result, maxAsks)
+	var wg sync.WaitGroup
+	attempt := func(name string) {
+		c := cfg
+		c.Name = name
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cons, err := w.js.CreatePushConsumer(ctx, w.stream(), c)
+			results <- result{name, cons, err}
+		}()
+	}
+	drop := func(name string) {
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = w.js.DeleteConsumer(dctx, w.stream(), name)
+	}
+	attempt(cfg.Name)
+	asked, pending := 1, 1
+	timer := time.NewTimer(hedge)
+	defer timer.Stop()
+	var found jetstream.PushConsumer
+	var lastErr error
+	defer func() {
+		// Late answers: every consumer but the chosen one goes.
+		go func() {
+			for range pending {
+				if r := <-results; r.err == nil && (found == nil || r.name != found.CachedInfo().Name) {
+					drop(r.name)
+				}
+			}
+		}()
+	}()
+	for {
+		select {
+		case r := <-results:
+			pending--
+			if r.err != nil {
+				lastErr = r.err
+				if pending == 0 {
+					return nil, lastErr
+				}
+				continue
+			}
+			name := r.name
+			if chosen.CompareAndSwap(nil, &name) || *chosen.Load() == name {
+				found = r.cons
+				return r.cons, nil
+			}
+			go drop(name) // another one delivers already
+		case <-timer.C:
+			if asked < maxAsks {
+				attempt(fmt.Sprintf("kvsync_%s_%x", w.bucket, rand.Uint64()))
+				asked++
+				pending++
+				timer.Reset(hedge)
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// control handles a status message of the consumer: it answers flow control
+// (a request, or a heartbeat that says the consumer is stalled waiting for the
+// answer) and compares the last consumer sequence a heartbeat reports with
+// the last one received: a message lost at the tail has no later message to
+// reveal it. Any other status (the consumer was deleted) is trouble.
+func (w *watcher) control(m *nats.Msg, gen uint64, lastCons *uint64, trouble chan struct{}) {
+	signal := func() {
+		select {
+		case trouble <- struct{}{}:
+		default:
+		}
+	}
+	if m.Header.Get("Status") != "100" {
+		w.logger.Debug("consumer status", "status", m.Header.Get("Status"), "description", m.Header.Get("Description"))
+		signal()
+		return
+	}
+	if m.Reply != "" { // a flow control request
+		_ = m.Respond(nil)
+		return
+	}
+	if fc := m.Header.Get("Nats-Consumer-Stalled"); fc != "" {
+		_ = w.js.Conn().Publish(fc, nil)
+	}
+	last, err := strconv.ParseUint(m.Header.Get("Nats-Last-Consumer"), 10, 64)
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	gap := gen == w.gen && last > *lastCons
+	if gap {
+		w.gen++
+	}
+	w.mu.Unlock()
+	if gap {
+		w.logger.Debug("heartbeat reports a message not received", "last_consumer", last, "received", *lastCons)
+		signal()
+	}
+}
+
+// stallWatch is what stalled remembers between calls.
+type stallWatch struct {
+	seen  uint64
+	still int // calls in a row without progress
+}
+
+// stalled reports whether the consumer has stopped while it has messages
+// pending: nothing in flight, nothing handed on since the last call, for
+// three calls in a row.
+func (w *watcher) stalled(ctx context.Context, cons jetstream.PushConsumer, p *stallWatch) bool {
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	info, err := cons.Info(ictx)
+	if err != nil {
+		return false
+	}
+	seen := w.lastSeen()
+	if info.NumPending == 0 || info.Delivered.Stream > seen || seen != p.seen {
+		p.seen, p.still = seen, 0
+		return false
+	}
+	p.still++
+	return p.still >= 3
+}
+
+// snapshot is a listing of the keys that have a message in the stream, as of
+// the stream's sequence asOf.
+type snapshot struct {
+	keys map[string]struct{}
+	asOf uint64
+}
+
+// verify checks that the view handed on in this epoch is complete: once the
+// consumer has delivered everything up to a listing of the stream's subjects
+// (the listing's sequence asOf), every subject in the listing must have been
+// delivered in this epoch. Markers are subjects too, so the epoch's delivered
+// set counts every subject, not only the live keys; subjects delivered and
+// since removed (purged, expired) are no loss. Messages that arrive during the
+// check are after asOf and do not matter. A listing taken earlier (*early,
+// while the consumer delivered) is used once; a key it holds that was not
+// delivered is looked for again in a fresh listing, since it may have been
+// removed in between. Subjects missing from a fresh listing's view are logged
+// at ERROR, counted, and fetched with their last message (repair); verify
+// then reports incomplete, and the next call checks again. With list, a
+// complete check also sends the listing to the owner (a reconcile after a
+// reconnect).
+//
+// It returns complete = false with no error when the consumer has not caught
+// up yet.
+func (w *watcher) verify(ctx context.Context, st jetstream.Stream, cons jetstream.PushConsumer, gen, lastSeq uint64, list bool, early **snapshot) (complete bool, missing int, err error) {
+	if !w.caughtUp(ctx, cons, lastSeq) {
+		return false, 0, nil
+	}
+	snap, fresh := *early, false
+	for {
+		if snap == nil {
+			err = w.bounded(ctx, 30*time.Second, func(ctx context.Context) (err error) {
+				snap, err = w.streamKeys(ctx)
+				return err
+			})
+			if err != nil {
+				return false, 0, err
+			}
+			fresh = true
+		}
+		if !w.caughtUp(ctx, cons, snap.asOf) {
+			if !fresh {
+				*early = snap // still good once the consumer is there
+			}
+			return false, 0, nil
+		}
+		*early = nil
+		lost, current := w.notDelivered(gen, snap.keys)
+		if !current {
+			return false, 0, nil // the consumer is being replaced
+		}
+		if len(lost) == 0 {
+			if list {
+				w.out.push(listing{bucket: w.bucket, asOf: snap.asOf, keys: snap.keys})
+			}
+			return true, 0, nil
+		}
+		if fresh {
+			slices.Sort(lost)
+			w.logger.Error("the view misses keys the stream holds: fetching them", "missing", len(lost),
+				"keys", strings.Join(lost[:min(len(lost), 5)], ","), "as_of", snap.asOf)
+			if w.missing != nil {
+				w.missing.Add(float64(len(lost)))
+			}
+			return false, len(lost), w.repair(ctx, st, gen, lost)
+		}
+		snap = nil
+	}
+}
+
+// notDelivered returns the keys not delivered in this epoch; current is false
+// when generation gen is no longer the watcher's.
+func (w *watcher) notDelivered(gen uint64, keys map[string]struct{}) (lost []string, current bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if gen != w.gen {
+		return nil, false
+	}
+	for k := range keys {
+		if _, ok := w.delivered[k]; !ok {
+			lost = append(lost, k)
+		}
+	}
+	return lost, true
+}
+
+// repair fetches the last message of each key and hands it on. A message
+// after the last one handed on is left to the consumer, which delivers it in
+// order.
+func (w *watcher) repair(ctx context.Context, st jetstream.Stream, gen uint64, keys []string) error {
+	prefix := "$KV." + w.bucket + "."
+	for _, k := range keys {
+		gctx, cancel := context.WithTimeout(ctx, apiTimeout(0))
+		m, err := st.GetLastMsgForSubject(gctx, prefix+k)
+		cancel()
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // removed since the listing
+		}
+		if err != nil {
+			return fmt.Errorf("get %s: %w", k, err)
+		}
+		ev, ok := parseEntry(m.Subject, m.Header, m.Data, prefix, w.bucket, m.Sequence, m.Time)
+		w.mu.Lock()
+		if gen != w.gen {
+			w.mu.Unlock()
+			return nil // a new consumer takes over
+		}
+		if ok && m.Sequence <= w.seen {
+			w.delivered[ev.key] = struct{}{}
+			if kvkey.MatchAny(w.filters, ev.key) {
+				w.out.push(ev)
+			}
+		}
+		w.mu.Unlock()
+	}
+	return nil
+}
+
+// streamKeys lists the keys that have a message in the stream and fall under
+// the consumer's filters, with the stream's last sequence at that moment.
+func (w *watcher) streamKeys(ctx context.Context) (*snapshot, error) {
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := w.js.Stream(lctx, w.stream())
+	if err != nil {
+		return nil, fmt.Errorf("stream info: %w", err)
+	}
+	prefix := "$KV." + w.bucket + "."
+	filters := subjects(w.bucket, w.filters)
+	filter := prefix + ">"
+	if len(filters) == 1 {
+		filter = filters[0]
+	}
+	info, err := st.Info(lctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		return nil, fmt.Errorf("list subjects: %w", err)
+	}
+	var keyFilters []string
+	if len(filters) > 1 {
+		for _, f := range filters {
+			keyFilters = append(keyFilters, strings.TrimPrefix(f, prefix))
+		}
+	}
+	keys := make(map[string]struct{}, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		k := strings.TrimPrefix(subj, prefix)
+		if keyFilters == nil || kvkey.MatchAny(keyFilters, k) {
+			keys[k] = struct{}{}
+		}
+	}
+	return &snapshot{keys: keys, asOf: info.State.LastSeq}, nil
 }
 
 // maxSizeHint bounds the size hint of an epoch: a bucket's subjects include
@@ -552,8 +983,14 @@ func (w *watcher) lastSeen() uint64 {
 
 func (w *watcher) seenAtLeast(seq uint64) bool { return w.lastSeen() >= seq }
 
-// caughtUp asks the consumer whether everything it delivered was handled.
-func (w *watcher) caughtUp(ctx context.Context, cons jetstream.Consumer) bool {
+// caughtUp reports whether everything the consumer delivered was handled and
+// nothing is pending, or the watcher has handed on every sequence up to asOf
+// (the consumer's pending count can stall when entries expire during a
+// catch-up; a filtered consumer need not see the stream's last sequence).
+func (w *watcher) caughtUp(ctx context.Context, cons jetstream.PushConsumer, asOf uint64) bool {
+	if asOf > 0 && w.seenAtLeast(asOf) {
+		return true
+	}
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	info, err := cons.Info(ictx)
@@ -609,10 +1046,15 @@ func (w *watcher) list(ctx context.Context) error {
 	return nil
 }
 
-// parseMsg turns a stream message into an event. Markers written by the server
-// (per-key TTL expiry, purges) count as purges.
+// parseMsg turns a message read by a consumer of the jetstream package into an
+// event (see parseEntry).
 func parseMsg(m jetstream.Msg, prefix, bucket string, md *jetstream.MsgMetadata) (event, bool) {
-	subj := m.Subject()
+	return parseEntry(m.Subject(), m.Headers(), m.Data(), prefix, bucket, md.Sequence.Stream, md.Timestamp)
+}
+
+// parseEntry turns a stream message into an event. Markers written by the
+// server (per-key TTL expiry, purges) count as purges.
+func parseEntry(subj string, h nats.Header, data []byte, prefix, bucket string, seq uint64, ts time.Time) (event, bool) {
 	if !strings.HasPrefix(subj, prefix) {
 		return event{}, false
 	}
@@ -620,11 +1062,10 @@ func parseMsg(m jetstream.Msg, prefix, bucket string, md *jetstream.MsgMetadata)
 		bucket: bucket,
 		// The key alone: the state keeps it, not the whole subject.
 		key:     strings.Clone(subj[len(prefix):]),
-		value:   m.Data(),
-		rev:     md.Sequence.Stream,
-		created: md.Timestamp,
+		value:   data,
+		rev:     seq,
+		created: ts,
 	}
-	h := m.Headers()
 	switch h.Get("KV-Operation") {
 	case "DEL":
 		ev.op = OpDelete

@@ -1,0 +1,6 @@
+//go:build !race
+
+package agent
+
+// raceEnabled: the tests run under the race detector (about ten times slower).
+const raceEnabled = false
