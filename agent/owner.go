@@ -239,8 +239,12 @@ func (o *owner) watch(bucket string, filters []string) {
 		return
 	}
 	w := o.newBucketWatcher(bucket, filters)
-	if cw, ok := w.(*watcher); ok {
+	switch cw := w.(type) {
+	case *watcher:
 		cw.missing = o.a.metrics.missing.WithLabelValues(bucket)
+	case *republishWatcher:
+		cw.missing = o.a.metrics.missing.WithLabelValues(bucket)
+		cw.lister.missing = cw.missing
 	}
 	o.watched[bucket] = w
 	o.st.bucket(bucket)

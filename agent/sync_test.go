@@ -99,6 +99,7 @@ func (w *writer) flush() {
 // bucketState, as the owner does.
 type viewer struct {
 	w      *watcher
+	bw     bucketWatcher // when set, run instead of w
 	mu     sync.Mutex
 	b      *bucketState
 	synced int // syncDone messages applied
@@ -121,7 +122,11 @@ func runViewer(t testing.TB, v *viewer, in *inbox) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		_ = v.w.run(ctx)
+		var w bucketWatcher = v.w
+		if v.bw != nil {
+			w = v.bw
+		}
+		_ = w.run(ctx)
 	}()
 	go func() {
 		defer wg.Done()
@@ -512,4 +517,27 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestSyncRepublishDropsNoKey: the republish watcher's initial sync reads the
+// bucket with a short-lived pull consumer, which the same server behaviour
+// can make skip a key; its check against the stream's keys fetches what is
+// missing. Its pulls take 1,024 messages or 64 MiB: 700 values of 100 KiB
+// with history 5 end a pull on its byte budget.
+func TestSyncRepublishDropsNoKey(t *testing.T) {
+	_, js := syncServer(t)
+	createBucket(t, js, jetstream.KeyValueConfig{Bucket: "big", History: 5, RePublish: RePublish("big")})
+	wr := newWriter(t, js, "big")
+	for i := range 700 {
+		k := fmt.Sprintf("big.%04d", i)
+		wr.put(k, value(k, 0, 100<<10))
+	}
+	wr.put("other", []byte("x"))
+	wr.flush()
+	logs := &syncBuffer{}
+	in := newInbox()
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	v := &viewer{bw: newRepublishWatcher(js, "big", []string{">"}, in, logger, WatchRepublish, 30*time.Second), b: newState(nil).bucket("big")}
+	runViewer(t, v, in)
+	checkView(t, v, wr.m, logs)
 }

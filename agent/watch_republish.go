@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
@@ -132,7 +133,8 @@ type republishWatcher struct {
 	// Owned by run.
 	msgs    chan *nats.Msg
 	sub     *nats.Subscription
-	lister  *watcher // lists the keys (its list method)
+	lister  *watcher           // lists the keys (its list and streamKeys methods)
+	missing prometheus.Counter // keys the initial sync's check found missing; may be nil
 	epoch   uint64
 	created time.Time // the stream's creation time: a new stream is a new epoch
 	synced  bool      // the epoch's initial sync is done
@@ -286,6 +288,7 @@ func (w *republishWatcher) handOver(ctx context.Context) error {
 	}
 	w.logger.Info("bucket does not republish to " + RepublishSubject(w.bucket) + ": following it with a consumer")
 	fb := newWatcher(w.js, w.bucket, w.filters, w.out, w.base)
+	fb.missing = w.missing
 	w.fallback.Store(fb)
 	return fb.run(ctx)
 }
@@ -362,7 +365,12 @@ func (w *republishWatcher) sync(ctx context.Context, info *jetstream.StreamInfo)
 		cfg.FilterSubjects = f
 	}
 	last := uint64(0)
+	delivered := map[string]struct{}{}
+	prefix := "$KV." + w.bucket + "."
 	if _, err := w.read(ctx, cfg, func(m jetstream.Msg, md *jetstream.MsgMetadata) {
+		if k, ok := strings.CutPrefix(m.Subject(), prefix); ok {
+			delivered[k] = struct{}{}
+		}
 		w.emit(m, md)
 		last = md.Sequence.Stream
 	}); err != nil {
@@ -372,9 +380,69 @@ func (w *republishWatcher) sync(ctx context.Context, info *jetstream.StreamInfo)
 	// made was delivered or superseded, and so was every one up to the last
 	// one delivered.
 	w.seen = max(last, info.State.LastSeq)
+	if err := w.verify(ctx, delivered); err != nil {
+		return fmt.Errorf("initial sync check: %w", err)
+	}
 	w.synced, w.told = true, nil
 	w.out.push(syncDone{bucket: w.bucket, epoch: w.epoch})
 	w.logger.Debug("initial sync done", "revision", w.seen)
+	return nil
+}
+
+// verify checks the initial sync's view against the keys the stream holds:
+// nats-server 2.15 can skip a key for good when a pull consumer that delivers
+// the last value per key (on a bucket with history > 1) cannot hand a message
+// to the waiting request, and shows no gap for it. A key the stream holds at
+// a sequence up to seen that was not delivered is logged at ERROR, counted,
+// and fetched with its last message; later entries come through the
+// republished copies.
+func (w *republishWatcher) verify(ctx context.Context, delivered map[string]struct{}) error {
+	snap, err := w.lister.streamKeys(ctx)
+	if err != nil {
+		return err
+	}
+	var lost []string
+	for k := range snap.keys {
+		if _, ok := delivered[k]; !ok {
+			lost = append(lost, k)
+		}
+	}
+	if len(lost) == 0 {
+		return nil
+	}
+	st, err := w.js.Stream(ctx, w.stream())
+	if err != nil {
+		return fmt.Errorf("stream info: %w", err)
+	}
+	slices.Sort(lost)
+	prefix := "$KV." + w.bucket + "."
+	fetched := 0
+	for _, k := range lost {
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		m, err := st.GetLastMsgForSubject(gctx, prefix+k)
+		cancel()
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // removed since the listing
+		}
+		if err != nil {
+			return fmt.Errorf("get %s: %w", k, err)
+		}
+		if m.Sequence > w.seen {
+			continue // written after the sync: its republished copy follows
+		}
+		ev, ok := parseEntry(m.Subject, m.Header, m.Data, prefix, w.bucket, m.Sequence, m.Time)
+		if ok && kvkey.MatchAny(w.filters, ev.key) {
+			w.out.push(ev)
+		}
+		fetched++
+	}
+	if fetched > 0 {
+		w.logger.Error("the initial sync missed keys the stream holds: fetched them", "missing", fetched,
+			"keys", strings.Join(lost[:min(len(lost), 5)], ","))
+		if w.missing != nil {
+			w.missing.Add(float64(fetched))
+		}
+	}
 	return nil
 }
 
