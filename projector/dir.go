@@ -29,7 +29,18 @@ type Options struct {
 	UID, GID int         // owner of what kvsync creates; -1 leaves it as is (the zero value 0 means root)
 	Fsync    bool        // make every Apply durable before it returns
 	Snapshot bool        // atomic "snapshot": the whole set is swapped at once through a ..data symlink
-	Logger   *slog.Logger
+	// KeepEdits ("file" mode): a file kvsync replaces or removes that does
+	// not hold what kvsync last wrote there is a local edit; it is moved,
+	// whole, into <Dir>/.kvsync/conflicts/ and reported in Result.Displaced
+	// instead of being deleted. See edits.go for what this guarantees.
+	KeepEdits bool
+	// Known, with KeepEdits, reports whether content with this sha256 at the
+	// relative path p is accounted for elsewhere (a local edit the caller
+	// already took), so a displaced file holding it is deleted like kvsync's
+	// own. It runs on the goroutine calling Apply or Reconcile, with the
+	// Dir's lock held: it must not call the Dir.
+	Known  func(p string, sum [32]byte) bool
+	Logger *slog.Logger
 }
 
 // Change is one file to write or remove. Path comes from KeyPath.
@@ -45,6 +56,9 @@ type Change struct {
 type Result struct {
 	Written, Removed []string
 	Errors           []PathError // per-path problems; the other paths were still applied
+	// Displaced holds, with Options.KeepEdits, the local edits found in
+	// files kvsync replaced or removed, each kept as a conflict copy.
+	Displaced []Displaced
 }
 
 // Changed reports whether any file was written or removed.
@@ -91,6 +105,9 @@ type Dir struct {
 	// system or /proc cannot do it.
 	tmpfiles int
 	err      error // sticky: the manifest could not be written; Close and Open again
+	// noExchange: the file system refused renameat2(RENAME_EXCHANGE); owned
+	// files are replaced by a second name (linkat) and a rename instead.
+	noExchange bool
 
 	// The old contents of replaced files, under temp names, are unlinked by
 	// a goroutine of their own: freeing an inode is the slow part of a
@@ -513,11 +530,15 @@ type put struct {
 //     and '+' for folders and files about to appear), fdatasync'ed: a crash never
 //     leaves a file kvsync wrote but does not own.
 //  6. Link every unnamed temp file at its target (linkat(2), which fails
-//     rather than replace a file that appeared meanwhile), and rename every
-//     temp file over its target. A target kvsync owns is first given a
-//     second, temp name (linkat(2)), so the rename does not free its inode:
-//     freeing it is most of a replace's cost on ext4, and is left to step 8,
-//     after the new bytes are visible.
+//     rather than replace a file that appeared meanwhile), rename a temp file
+//     to a new target (renameat2 RENAME_NOREPLACE, which fails the same way),
+//     and swap a temp file with the target kvsync owns (renameat2
+//     RENAME_EXCHANGE): the old file stays under the temp name, so its inode
+//     is not freed (freeing it is most of a replace's cost on ext4, and is
+//     left to step 8, after the new bytes are visible), and with KeepEdits it
+//     is compared with what kvsync wrote: a local edit is kept (edits.go).
+//     Without RENAME_EXCHANGE the target is first given a second, temp name
+//     (linkat(2)) and the temp file renamed over it.
 //  7. Fsync the touched folders (or syncfs(2) when there are many).
 //  8. Hand the old contents' temp names to the goroutine that unlinks them
 //     while the next batch is being written.
@@ -560,7 +581,9 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 	var emptied []string
 	for _, p := range removes {
 		err := d.checkParents(p, checked, nil)
-		if err == nil {
+		if err == nil && d.opts.KeepEdits {
+			err = d.removeKeeping(fc, p, &res)
+		} else if err == nil {
 			err = fc.unlink(p, 0)
 		}
 		switch {
@@ -681,18 +704,32 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 		if w.tmp == "" {
 			continue
 		}
-		if w.owned {
-			if old := fc.keepOld(w.path); old != "" {
-				olds = append(olds, old)
+		if !w.owned {
+			if err := fc.place(w.tmp, w.path); err != nil {
+				if errors.Is(err, fs.ErrExist) {
+					err = fmt.Errorf("%w (it appeared during the write)", ErrForeign)
+				}
+				res.fail(w.path, fmt.Errorf("write: %w", err))
+				d.man.remove(w.path)
+				undo = true
+				continue
+			}
+			res.Written = append(res.Written, w.path)
+			syncDirs[parent(w.path)] = true
+			continue
+		}
+		aside, err := fc.swap(w.tmp, w.path, w.old, &res)
+		if err == nil && aside != "" {
+			switch d.settle(fc, aside, w.path, w.old, &res) {
+			case settleUnlink:
+				olds = append(olds, aside)
+			case settleFolder:
+				err = fc.swapBack(aside, w.path)
 			}
 		}
-		if err := fc.rename(w.tmp, w.path); err != nil {
+		if err != nil {
 			res.fail(w.path, fmt.Errorf("rename: %w", err))
-			if w.owned {
-				d.man.add(w.path, w.old) // the file still holds the old bytes
-			} else {
-				d.man.remove(w.path)
-			}
+			d.man.add(w.path, w.old) // the file still holds the old bytes
 			undo = true
 			continue
 		}

@@ -1,0 +1,412 @@
+package projector
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// exchangeModes runs a test with renameat2 as the kernel has it, and with
+// RENAME_EXCHANGE refused as on file systems without it (EINVAL), which
+// forces the link-and-rename fallback.
+func exchangeModes(t *testing.T, fn func(t *testing.T, exchange bool)) {
+	for _, exchange := range []bool{true, false} {
+		t.Run(fmt.Sprintf("exchange=%v", exchange), func(t *testing.T) {
+			if !exchange {
+				saved := renameat2
+				renameat2 = func(olddirfd int, oldpath string, newdirfd int, newpath string, flags uint) error {
+					if flags&unix.RENAME_EXCHANGE != 0 {
+						return unix.EINVAL
+					}
+					return saved(olddirfd, oldpath, newdirfd, newpath, flags)
+				}
+				t.Cleanup(func() { renameat2 = saved })
+			}
+			fn(t, exchange)
+		})
+	}
+}
+
+// plant sets the test hook that runs between Apply's checks and the swap (or
+// removal) of the owned file p: edit runs there once.
+func plant(t *testing.T, p string, edit func()) {
+	t.Helper()
+	done := false
+	testHookReplace = func(q string) {
+		if q == p && !done {
+			done = true
+			edit()
+		}
+	}
+	t.Cleanup(func() { testHookReplace = nil })
+}
+
+// conflictCopies returns the contents of the conflict copies of rel.
+func conflictCopies(t *testing.T, dir, rel string) []string {
+	t.Helper()
+	matches, err := filepath.Glob(filepath.Join(dir, ".kvsync", "conflicts", filepath.FromSlash(rel)) + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range matches {
+		out = append(out, readFile(t, m))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func replaceByRename(t *testing.T, p, data string) {
+	t.Helper()
+	tmp := p + "~"
+	if err := os.WriteFile(tmp, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeepEditsPlanted: a local edit saved after Apply checked a file and
+// before it replaced or removed it (planted there by a hook, so every run
+// takes that interleaving) is kept as a conflict copy and reported, never
+// deleted; with the exchange and with the link-and-rename fallback. Without
+// KeepEdits (as before it existed) the edit is gone.
+func TestKeepEditsPlanted(t *testing.T) {
+	exchangeModes(t, func(t *testing.T, exchange bool) {
+		for _, tc := range []struct {
+			name   string
+			remove bool                         // the batch removes the file (else writes "remote")
+			edit   func(t *testing.T, p string) // the local save
+		}{
+			{"rename-replace", false, func(t *testing.T, p string) { replaceByRename(t, p, "local edit") }},
+			{"in place", false, func(t *testing.T, p string) {
+				if err := os.WriteFile(p, []byte("local edit"), 0); err != nil {
+					t.Fatal(err)
+				}
+			}},
+			{"rename-replace, removal", true, func(t *testing.T, p string) { replaceByRename(t, p, "local edit") }},
+			{"in place, removal", true, func(t *testing.T, p string) {
+				if err := os.WriteFile(p, []byte("local edit"), 0); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				dir := t.TempDir()
+				d := MustOpen(t, Options{Dir: dir, KeepEdits: true, Fsync: true})
+				mustApply(t, d, putc("sub/a.conf", "v1"))
+				p := filepath.Join(dir, "sub", "a.conf")
+				plant(t, "sub/a.conf", func() { tc.edit(t, p) })
+				ch := putc("sub/a.conf", "remote")
+				if tc.remove {
+					ch = del("sub/a.conf")
+				}
+				res := mustApply(t, d, ch)
+				if len(res.Errors) > 0 {
+					t.Fatalf("errors: %v", errPaths(res))
+				}
+				if tc.remove {
+					if exists(p) {
+						t.Fatalf("%s not removed", p)
+					}
+				} else if got := readFile(t, p); got != "remote" {
+					t.Fatalf("file holds %q, want the remote value", got)
+				}
+				if len(res.Displaced) != 1 {
+					t.Fatalf("displaced: %+v, want the local edit", res.Displaced)
+				}
+				dp := res.Displaced[0]
+				if dp.Path != "sub/a.conf" || string(dp.Data) != "local edit" || dp.Err != nil {
+					t.Fatalf("displaced = {%q %q %v}, want the local edit", dp.Path, dp.Data, dp.Err)
+				}
+				if got := readFile(t, dp.Saved); got != "local edit" {
+					t.Fatalf("conflict copy %s holds %q", dp.Saved, got)
+				}
+				if got := conflictCopies(t, dir, "sub/a.conf"); !slices.Equal(got, []string{"local edit"}) {
+					t.Fatalf("conflict copies %q", got)
+				}
+				d.waitTrash()
+				noTempNames(t, dir)
+			})
+		}
+	})
+}
+
+// TestKeepEditsWithoutItLost documents what KeepEdits prevents: the same
+// planted edit, without it, is replaced and gone.
+func TestKeepEditsWithoutItLost(t *testing.T) {
+	dir := t.TempDir()
+	d := MustOpen(t, Options{Dir: dir})
+	mustApply(t, d, putc("a.conf", "v1"))
+	p := filepath.Join(dir, "a.conf")
+	plant(t, "a.conf", func() { replaceByRename(t, p, "local edit") })
+	res := mustApply(t, d, putc("a.conf", "remote"))
+	if got := readFile(t, p); got != "remote" || len(res.Displaced) != 0 {
+		t.Fatalf("file %q, displaced %+v", got, res.Displaced)
+	}
+	if got := conflictCopies(t, dir, "a.conf"); len(got) != 0 {
+		t.Fatalf("conflict copies %q without KeepEdits", got)
+	}
+}
+
+// TestKeepEditsUnchanged: a displaced file that holds what kvsync wrote, or
+// what Known accepts, is deleted, not kept.
+func TestKeepEditsUnchanged(t *testing.T) {
+	exchangeModes(t, func(t *testing.T, exchange bool) {
+		dir := t.TempDir()
+		known := sha256.Sum256([]byte("pushed already"))
+		var asked []string
+		d := MustOpen(t, Options{Dir: dir, KeepEdits: true, Known: func(p string, sum [32]byte) bool {
+			asked = append(asked, p)
+			return sum == known
+		}})
+		mustApply(t, d, putc("a.conf", "v1"), putc("b.conf", "v1"))
+		res := mustApply(t, d, putc("a.conf", "v2"))
+		plant(t, "b.conf", func() { replaceByRename(t, filepath.Join(dir, "b.conf"), "pushed already") })
+		res2 := mustApply(t, d, putc("b.conf", "v2"))
+		if len(res.Displaced)+len(res2.Displaced) != 0 {
+			t.Fatalf("displaced: %+v %+v", res.Displaced, res2.Displaced)
+		}
+		if !slices.Equal(asked, []string{"b.conf"}) {
+			t.Fatalf("Known asked about %q, want only b.conf (a.conf held kvsync's bytes)", asked)
+		}
+		if got := conflictCopies(t, dir, "b.conf"); len(got) != 0 {
+			t.Fatalf("conflict copies %q", got)
+		}
+		d.waitTrash()
+		noTempNames(t, dir)
+	})
+}
+
+// TestKeepEditsLateWriter: a program that truncated the file before the swap
+// and writes after it writes into the kept conflict copy (the same inode).
+func TestKeepEditsLateWriter(t *testing.T) {
+	exchangeModes(t, func(t *testing.T, exchange bool) {
+		dir := t.TempDir()
+		d := MustOpen(t, Options{Dir: dir, KeepEdits: true})
+		mustApply(t, d, putc("a.conf", "v1"))
+		var f *os.File
+		plant(t, "a.conf", func() {
+			var err error
+			if f, err = os.OpenFile(filepath.Join(dir, "a.conf"), os.O_WRONLY|os.O_TRUNC, 0); err != nil {
+				t.Fatal(err)
+			}
+		})
+		res := mustApply(t, d, putc("a.conf", "remote"))
+		if _, err := f.WriteString("written late"); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Displaced) != 1 || len(res.Displaced[0].Data) != 0 {
+			t.Fatalf("displaced: %+v, want the truncated file", res.Displaced)
+		}
+		if got := readFile(t, res.Displaced[0].Saved); got != "written late" {
+			t.Fatalf("conflict copy holds %q, want the late write", got)
+		}
+		if got := readFile(t, filepath.Join(dir, "a.conf")); got != "remote" {
+			t.Fatalf("file holds %q", got)
+		}
+	})
+}
+
+// TestKeepEditsFolderAppears: a folder made at the path during the write is
+// left there; the write fails for that path alone and leaves no temp name.
+func TestKeepEditsFolderAppears(t *testing.T) {
+	exchangeModes(t, func(t *testing.T, exchange bool) {
+		for _, keep := range []bool{true, false} {
+			t.Run(fmt.Sprintf("keep=%v", keep), func(t *testing.T) {
+				dir := t.TempDir()
+				d := MustOpen(t, Options{Dir: dir, KeepEdits: keep})
+				mustApply(t, d, putc("a.conf", "v1"))
+				p := filepath.Join(dir, "a.conf")
+				plant(t, "a.conf", func() {
+					if err := os.Remove(p); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.MkdirAll(filepath.Join(p, "inner"), 0o755); err != nil {
+						t.Fatal(err)
+					}
+				})
+				res := mustApply(t, d, putc("a.conf", "remote"))
+				if len(res.Errors) != 1 || !errors.Is(res.Errors[0].Err, unix.EISDIR) {
+					t.Fatalf("errors %v, want a.conf: is a directory", errPaths(res))
+				}
+				if fi, err := os.Stat(filepath.Join(p, "inner")); err != nil || !fi.IsDir() {
+					t.Fatalf("the folder is not back at a.conf: %v", err)
+				}
+				d.waitTrash()
+				noTempNames(t, dir)
+			})
+		}
+	})
+}
+
+// TestKeepEditsFileVanishes: an owned file removed locally before the write
+// is simply written again; one that reappears is not overwritten unseen.
+func TestKeepEditsFileVanishes(t *testing.T) {
+	exchangeModes(t, func(t *testing.T, exchange bool) {
+		dir := t.TempDir()
+		d := MustOpen(t, Options{Dir: dir, KeepEdits: true})
+		mustApply(t, d, putc("a.conf", "v1"))
+		p := filepath.Join(dir, "a.conf")
+		plant(t, "a.conf", func() {
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+		})
+		res := mustApply(t, d, putc("a.conf", "remote"))
+		if got := readFile(t, p); got != "remote" || len(res.Errors)+len(res.Displaced) != 0 {
+			t.Fatalf("file %q, result %+v", got, res)
+		}
+		noTempNames(t, dir)
+	})
+}
+
+// TestPlaceNeverReplaces: a new file is never renamed over a file that
+// appeared at its path during the write (a single write uses a named temp
+// file and a rename).
+func TestPlaceNeverReplaces(t *testing.T) {
+	dir := t.TempDir()
+	d := MustOpen(t, Options{Dir: dir})
+	fc := d.folders()
+	defer fc.close()
+	fd, err := fc.get("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp, err := writeTemp(fd, []byte("kvsync"), 0o644, -1, -1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "new.conf"), []byte("local"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.place(tmp, "new.conf"); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("place over a file that appeared: %v, want ErrExist", err)
+	}
+	if got := readFile(t, filepath.Join(dir, "new.conf")); got != "local" {
+		t.Fatalf("new.conf holds %q", got)
+	}
+	noTempNames(t, dir)
+}
+
+// TestDirLocalFileAPI covers what push-back uses instead of touching the
+// folder itself: ReadFile and Lstat (no symlink followed), Adopt, Discard,
+// SaveConflict and DropConflict.
+func TestDirLocalFileAPI(t *testing.T) {
+	dir := t.TempDir()
+	outside := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(outside, []byte("secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := MustOpen(t, Options{Dir: dir})
+	mustApply(t, d, putc("sub/a", "kvsync"))
+	if err := os.Symlink(outside, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("sub", filepath.Join(dir, "sublink")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "local"), []byte("mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// ReadFile, Lstat
+	if b, err := d.ReadFile("sub/a"); err != nil || string(b) != "kvsync" {
+		t.Fatalf("ReadFile(sub/a) = %q, %v", b, err)
+	}
+	for _, p := range []string{"link", "sublink/a", "sub", "missing", "../x", ".kvsync/manifest"} {
+		if b, err := d.ReadFile(p); err == nil {
+			t.Errorf("ReadFile(%q) = %q, want an error", p, b)
+		}
+	}
+	if fi, err := d.Lstat("link"); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+		t.Errorf("Lstat(link) = %v, %v; want a symlink", fi, err)
+	}
+	if fi, err := d.Lstat("sub"); err != nil || !fi.IsDir() {
+		t.Errorf("Lstat(sub) = %v, %v; want a folder", fi, err)
+	}
+	if fi, err := d.Lstat("local"); err != nil || !fi.Mode().IsRegular() || fi.Size() != 4 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("Lstat(local) = %v, %v", fi, err)
+	}
+	if _, err := d.Lstat("sublink/a"); err == nil {
+		t.Errorf("Lstat(sublink/a) followed the symlinked folder")
+	}
+	if _, err := d.Lstat("missing"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Lstat(missing): %v, want ErrNotExist", err)
+	}
+
+	// Adopt: only a foreign regular file holding exactly data.
+	for _, tc := range []struct {
+		p, data string
+		want    bool
+	}{{"local", "other", false}, {"link", "secret", false}, {"missing", "x", false}, {"local", "mine", true}} {
+		if got, err := d.Adopt(tc.p, []byte(tc.data)); err != nil || got != tc.want {
+			t.Errorf("Adopt(%q, %q) = %v, %v; want %v", tc.p, tc.data, got, err, tc.want)
+		}
+	}
+	if h, ok := d.Hash("local"); !ok || h != sha256.Sum256([]byte("mine")) {
+		t.Fatalf("local not owned after Adopt")
+	}
+	if res := mustApply(t, d, putc("local", "remote")); len(res.Errors) > 0 {
+		t.Fatalf("write the adopted file: %v", errPaths(res))
+	}
+
+	// Discard: only a foreign file that still holds the given bytes.
+	if err := os.WriteFile(filepath.Join(dir, "gone"), []byte("lost the conflict"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if saved, err := d.Discard("gone", sha256.Sum256([]byte("something else"))); err != nil || saved != "" {
+		t.Fatalf("Discard of changed bytes = %q, %v", saved, err)
+	}
+	if got := readFile(t, filepath.Join(dir, "gone")); got != "lost the conflict" {
+		t.Fatalf("a file holding other bytes was not put back: %q", got)
+	}
+	if _, err := d.Discard("local", [32]byte{}); err == nil {
+		t.Fatalf("Discard of an owned file succeeded")
+	}
+	if saved, err := d.Discard("gone", sha256.Sum256([]byte("lost the conflict"))); err != nil || saved != "" || exists(filepath.Join(dir, "gone")) {
+		t.Fatalf("Discard = %q, %v; file still there: %v", saved, err, exists(filepath.Join(dir, "gone")))
+	}
+
+	// SaveConflict, DropConflict
+	name, err := d.SaveConflict("sub/a", []byte("edit"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(name, filepath.Join(dir, ".kvsync", "conflicts", "sub", "a.")) || readFile(t, name) != "edit" {
+		t.Fatalf("conflict copy %s", name)
+	}
+	if dropped, err := d.DropConflict(name, sha256.Sum256([]byte("other"))); err != nil || dropped || !exists(name) {
+		t.Fatalf("DropConflict with other bytes = %v, %v", dropped, err)
+	}
+	if _, err := d.DropConflict(filepath.Join(dir, "sub", "a"), sha256.Sum256([]byte("kvsync"))); err == nil || !exists(filepath.Join(dir, "sub", "a")) {
+		t.Fatalf("DropConflict removed a file outside the conflict copies: %v", err)
+	}
+	if dropped, err := d.DropConflict(name, sha256.Sum256([]byte("edit"))); err != nil || !dropped || exists(name) {
+		t.Fatalf("DropConflict = %v, %v", dropped, err)
+	}
+	noTempNames(t, dir)
+}
+
+func TestReserved(t *testing.T) {
+	for rel, want := range map[string]bool{
+		"a.conf": false, "sub/a": false, "a..b": false, ".hidden": false,
+		".kvsync/manifest": true, "sub/.kvsync-tmp-x": true, "..data/a": true, "..data_1/x": true, ".kvsync": true,
+	} {
+		if got := Reserved(rel); got != want {
+			t.Errorf("Reserved(%q) = %v, want %v", rel, got, want)
+		}
+	}
+}
