@@ -31,16 +31,10 @@ type Options struct {
 	Snapshot bool        // atomic "snapshot": the whole set is swapped at once through a ..data symlink
 	// KeepEdits ("file" mode): a file kvsync replaces or removes that does
 	// not hold what kvsync last wrote there is a local edit; it is moved,
-	// whole, into <Dir>/.kvsync/conflicts/ and reported in Result.Displaced
+	// whole, into <Dir>/.kvsync/displaced/ and reported in Result.Displaced
 	// instead of being deleted. See edits.go for what this guarantees.
 	KeepEdits bool
-	// Known, with KeepEdits, reports whether content with this sha256 at the
-	// relative path p is accounted for elsewhere (a local edit the caller
-	// already took), so a displaced file holding it is deleted like kvsync's
-	// own. It runs on the goroutine calling Apply or Reconcile, with the
-	// Dir's lock held: it must not call the Dir.
-	Known  func(p string, sum [32]byte) bool
-	Logger *slog.Logger
+	Logger    *slog.Logger
 }
 
 // Change is one file to write or remove. Path comes from KeyPath.
@@ -57,7 +51,7 @@ type Result struct {
 	Written, Removed []string
 	Errors           []PathError // per-path problems; the other paths were still applied
 	// Displaced holds, with Options.KeepEdits, the local edits found in
-	// files kvsync replaced or removed, each kept as a conflict copy.
+	// files kvsync replaced or removed, each held for the caller to settle.
 	Displaced []Displaced
 }
 
@@ -224,6 +218,9 @@ func (d *Dir) open() error {
 		d.log.Warn("dropped the incomplete last record of the manifest, cut short by a crash")
 	}
 	if err := d.removeTemps(); err != nil {
+		return err
+	}
+	if err := d.recoverHeld(); err != nil {
 		return err
 	}
 	if d.opts.Snapshot {
@@ -443,6 +440,7 @@ func (d *Dir) ReconcileSeq(want iter.Seq2[string, []byte]) (Result, error) {
 		res.Written = append(res.Written, r.Written...)
 		res.Removed = append(res.Removed, r.Removed...)
 		res.Errors = append(res.Errors, r.Errors...)
+		res.Displaced = append(res.Displaced, r.Displaced...)
 		clear(changes)
 		changes = changes[:0]
 		clear(force)
@@ -718,9 +716,9 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 			syncDirs[parent(w.path)] = true
 			continue
 		}
-		aside, err := fc.swap(w.tmp, w.path, w.old, &res)
+		aside, err := fc.swap(w.tmp, w.path, w.old, w.sum, &res)
 		if err == nil && aside != "" {
-			switch d.settle(fc, aside, w.path, w.old, &res) {
+			switch d.settle(fc, aside, w.path, w.old, w.sum, &res) {
 			case settleUnlink:
 				olds = append(olds, aside)
 			case settleFolder:

@@ -23,39 +23,51 @@ import (
 // first moved out of the way as a whole — renameat2(RENAME_EXCHANGE) swaps the
 // new file in and leaves the old one under a temp name; a removal renames the
 // file to a temp name — and only then compared with what kvsync last wrote
-// there. Whatever a local edit put at the path before that swap is therefore
-// the file the comparison sees: no interleaving of a local save (write in
-// place, or a new file renamed over the old) with kvsync's replace loses it.
-// A file that holds what kvsync wrote (or what Options.Known accepts) is
-// unlinked; any other is moved, as it is (the same inode), into
-// .kvsync/conflicts/ and reported in Result.Displaced.
+// there. Whatever a local save put at the path before that swap is therefore
+// in the file the comparison sees: no interleaving of a local save (a write
+// in place, or a new file renamed over the old) with kvsync's replace loses
+// it. A file that holds what kvsync wrote (or exactly the new content) is
+// unlinked; any other is moved, as it is (the same inode), to
+// .kvsync/displaced/ and reported in Result.Displaced. The caller then drops
+// it (DropHeld) once its bytes are safe elsewhere, or turns it into a
+// conflict copy in .kvsync/conflicts/ (KeepHeld); Open turns any left by a
+// crash into conflict copies.
 //
-// A program that keeps the file open across the swap and writes after it
-// writes into the swapped-out file: if that write landed before the
-// comparison, the file is kept as above; if it lands after a comparison that
-// found the file unchanged, it goes to a file that is no longer at the path,
-// as it would with any program that replaces files by rename.
+// A program that truncated the file before the swap and writes after it
+// writes into the held file, which keeps that write: DropHeld keeps a held
+// file whose content changed. A program that opened the file without
+// truncating it and writes after a comparison that found kvsync's own bytes
+// writes into a file that is no longer at the path (and is deleted), as it
+// would with any program that replaces files by rename.
 //
-// Where the file system has no RENAME_EXCHANGE (EINVAL: NFS, FUSE file
+// Where the file system has no RENAME_EXCHANGE (EINVAL: NFS, many FUSE file
 // systems, vfat, ...), the old file gets a second name (linkat) just before
 // the new one is renamed over it, and that second name is compared instead:
-// an edit saved between those two system calls is lost. Where hard links are
-// refused too, the file is read just before the rename.
+// a save landing between those two system calls (microseconds; no fsync
+// between them) is lost. Where hard links are refused too, the file is read
+// just before the rename, and the window is that read and the rename.
+//
+// A crash between the swap and the comparison leaves the displaced file
+// under a temp name, which the next Open removes.
 
 // Displaced is a file kvsync replaced or removed that did not hold what kvsync
 // last wrote there: a local edit that landed while kvsync wrote the path.
 type Displaced struct {
 	Path string // relative path of the projected file
 	Data []byte // what the displaced file held when kvsync compared it
-	// Saved is the absolute path of the conflict copy under
-	// <dir>/.kvsync/conflicts that holds the displaced file itself; "" when
-	// it could not be kept there (Err says why).
-	Saved string
-	Err   error
+	// Held is the absolute path under <dir>/.kvsync/displaced where the
+	// displaced file itself is kept until the caller passes it to DropHeld
+	// or KeepHeld; "" when it could not be kept (Err says why: Data is then
+	// all there is).
+	Held string
+	Err  error
 }
 
-// conflictsDir is the folder of conflict copies in the state folder.
-const conflictsDir = "conflicts"
+// Folders of the state folder for local edits.
+const (
+	conflictsDir = "conflicts" // conflict copies, for people to look at
+	heldDir      = "displaced" // displaced local edits the caller has not settled yet
+)
 
 // Reserved reports whether the relative, slash-separated path rel is one a
 // projection folder keeps for kvsync's own use (its state folder, temp files,
@@ -121,33 +133,35 @@ func (d *Dir) Lstat(p string) (fs.FileInfo, error) {
 	return statInfo(path.Base(p), &st), nil
 }
 
-// Adopt makes the file at p, which kvsync does not own, kvsync's own when it
-// holds exactly data (a local file whose bytes the bucket now holds), so that
-// later changes of the key replace it. The file is not rewritten: it keeps its
-// inode, mode and owner until kvsync next writes it. adopted is false, with no
-// error, when the file holds something else or is not a regular file.
+// Adopt records the file at p as kvsync's version of p when it holds exactly
+// data: a local file whose bytes the bucket now holds (a new file pushed,
+// or an edit pushed and coming back). A file kvsync does not own becomes its
+// own, so later changes of the key replace it. The file is not rewritten: it
+// keeps its inode, mode and owner until kvsync next writes it. adopted is
+// false, with no error, when the file holds something else or is not a
+// regular file.
 func (d *Dir) Adopt(p string, data []byte) (adopted bool, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.usable(p); err != nil {
 		return false, err
 	}
-	if err := d.sticky(); err != nil {
-		return false, err
+	if d.err != nil {
+		return false, d.err
 	}
 	sum := sha256.Sum256(data)
-	if old, owned := d.man.files[p]; owned {
-		return old == sum, nil
-	}
 	fc := d.folders()
 	defer fc.close()
 	dirfd, err := fc.get(parent(p))
 	if err != nil {
-		return false, fmt.Errorf("adopt %s: %w", p, err)
+		return false, nil // no such folder (or a symlink): nothing to adopt
 	}
 	disk, _, err := readAt(dirfd, path.Base(p))
 	if err != nil || !bytes.Equal(disk, data) {
 		return false, nil
+	}
+	if old, owned := d.man.files[p]; owned && old == sum {
+		return true, nil
 	}
 	d.man.add(p, sum)
 	if err := d.man.flush(d.opts.Fsync); err != nil {
@@ -196,11 +210,19 @@ func (d *Dir) Discard(p string, sum [32]byte) (saved string, err error) {
 	if kind == unix.S_IFDIR {
 		return "", fmt.Errorf("discard %s: a folder appeared there; it is left at %s", p, path.Join(parent(p), aside))
 	}
-	name, err := d.keepAside(dirfd, aside, p, data)
+	name, err := d.moveIn(conflictsDir, dirfd, aside, p, nil)
 	if err != nil {
 		return "", fmt.Errorf("discard %s: %w", p, err)
 	}
 	return name, nil
+}
+
+// syncIf fsyncs folder q when the Dir is asked to be durable.
+func (d *Dir) syncIf(fc *folders, q string) error {
+	if !d.opts.Fsync {
+		return nil
+	}
+	return d.syncFolders(fc, map[string]bool{q: true}, false)
 }
 
 // putBack renames aside back to name in the open folder dirfd, unless name
@@ -216,83 +238,112 @@ func putBack(dirfd int, aside, name string) error {
 }
 
 // SaveConflict writes data to a new conflict copy of p,
-// <dir>/.kvsync/conflicts/<p>.<unix-nanos> (the sub-folders of p kept), made
-// durable, and returns its absolute path.
+// <dir>/.kvsync/conflicts/<p>.<unix-nanos> (the sub-folders of p kept),
+// fsynced, and returns its absolute path. The write does not hold up the
+// Dir's other work.
 func (d *Dir) SaveConflict(p string, data []byte) (string, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if err := d.usable(p); err != nil {
+		d.mu.Unlock()
 		return "", err
 	}
-	return d.saveConflict(p, data)
-}
-
-func (d *Dir) saveConflict(p string, data []byte) (string, error) {
-	cdir, err := d.conflictFolder(p)
+	dir, err := d.stateFolder(conflictsDir, p)
+	d.mu.Unlock()
 	if err != nil {
 		return "", err
 	}
-	defer cdir.Close()
-	for n := time.Now().UnixNano(); ; n++ {
-		name := path.Base(p) + "." + strconv.FormatInt(n, 10)
-		fd, err := unix.Openat(int(cdir.Fd()), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-		if errors.Is(err, unix.EEXIST) {
-			continue
-		}
-		abs := d.conflictPath(p, name)
-		if err != nil {
-			return "", fmt.Errorf("write %s: %w", abs, err)
-		}
-		err = fill(fd, name, data, 0o600, -1, -1)
-		if err == nil {
-			err = fsync(fd, name)
-		}
-		if cerr := unix.Close(fd); err == nil && cerr != nil {
-			err = cerr
-		}
-		if err == nil {
-			err = fsync(int(cdir.Fd()), conflictsDir)
-		}
-		if err != nil {
-			_ = unix.Unlinkat(int(cdir.Fd()), name, 0) // partial: the caller tries again
-			return "", fmt.Errorf("write %s: %w", abs, err)
-		}
-		return abs, nil
-	}
+	defer dir.Close()
+	return d.writeCopy(dir, conflictsDir, p, data)
 }
 
-// DropConflict removes the conflict copy at the absolute path name (as
-// SaveConflict or Result.Displaced gave it) if it holds the content whose
-// sha256 is sum: the caller put those bytes somewhere safe. A copy that holds
-// anything else (a program wrote into the displaced file after it was
-// compared) is kept; dropped reports which.
-func (d *Dir) DropConflict(name string, sum [32]byte) (dropped bool, err error) {
+// ReadHeld returns the content of the held displaced file name (a
+// Displaced.Held), as it is now.
+func (d *Dir) ReadHeld(name string) ([]byte, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	rel, _, err := d.heldRel(name)
+	if err != nil {
+		return nil, err
+	}
+	data, err := d.readState(rel)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	return data, nil
+}
+
+// DropHeld removes the held displaced file name (a Displaced.Held) if it
+// holds the content whose sha256 is sum: the caller put those bytes
+// somewhere safe. A file that holds anything else (a program wrote into it
+// after it was read) becomes a conflict copy instead, whose absolute path is
+// returned.
+func (d *Dir) DropHeld(name string, sum [32]byte) (kept string, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rel, p, err := d.heldRel(name)
+	if err != nil {
+		return "", err
+	}
+	data, err := d.readState(rel)
+	if err == nil && sha256.Sum256(data) == sum {
+		if err := d.state.Remove(rel); err != nil {
+			return "", fmt.Errorf("remove %s: %w", name, err)
+		}
+		return "", nil
+	}
+	return d.keepHeld(rel, p)
+}
+
+// KeepHeld turns the held displaced file name (a Displaced.Held) into a
+// conflict copy, <dir>/.kvsync/conflicts/<path>.<unix-nanos>, and returns its
+// absolute path.
+func (d *Dir) KeepHeld(name string) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rel, p, err := d.heldRel(name)
+	if err != nil {
+		return "", err
+	}
+	return d.keepHeld(rel, p)
+}
+
+func (d *Dir) keepHeld(rel, p string) (string, error) {
+	from, err := d.state.Open(path.Dir(rel))
+	if err != nil {
+		return "", fmt.Errorf("keep %s: %w", p, err)
+	}
+	defer from.Close()
+	return d.moveIn(conflictsDir, int(from.Fd()), path.Base(rel), p, nil)
+}
+
+// heldRel checks that name is a held displaced file and returns its path
+// relative to the state folder and the projected path it was displaced from.
+func (d *Dir) heldRel(name string) (rel, p string, err error) {
 	if d.state == nil {
-		return false, errors.New("projection is closed")
+		return "", "", errors.New("projection is closed")
 	}
-	rel, err := filepath.Rel(filepath.Join(d.path, stateDir, conflictsDir), name)
-	if err != nil || !filepath.IsLocal(rel) {
-		return false, fmt.Errorf("drop conflict copy %s: not in %s", name, filepath.Join(d.path, stateDir, conflictsDir))
+	top := filepath.Join(d.path, stateDir, heldDir)
+	r, err := filepath.Rel(top, name)
+	if err != nil || !filepath.IsLocal(r) {
+		return "", "", fmt.Errorf("%s is not in %s", name, top)
 	}
-	rel = path.Join(conflictsDir, filepath.ToSlash(rel))
+	r = filepath.ToSlash(r)
+	i := strings.LastIndexByte(r, '.')
+	if i <= 0 {
+		return "", "", fmt.Errorf("%s is not a held file", name)
+	}
+	return heldDir + "/" + r, r[:i], nil
+}
+
+// readState reads the regular file rel of the state folder.
+func (d *Dir) readState(rel string) ([]byte, error) {
 	f, err := d.state.OpenFile(rel, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return false, fmt.Errorf("drop conflict copy: %w", err)
+		return nil, err
 	}
 	data, _, err := readFD(int(f.Fd()))
 	_ = f.Close() // read-only
-	if err != nil {
-		return false, fmt.Errorf("drop conflict copy %s: %w", name, err)
-	}
-	if sha256.Sum256(data) != sum {
-		return false, nil
-	}
-	if err := d.state.Remove(rel); err != nil {
-		return false, fmt.Errorf("drop conflict copy: %w", err)
-	}
-	return true, nil
+	return data, err
 }
 
 // usable checks p and that the Dir is open.
@@ -303,12 +354,10 @@ func (d *Dir) usable(p string) error {
 	return checkPath(p)
 }
 
-// sticky is the error that makes the Dir refuse writes, or nil.
-func (d *Dir) sticky() error { return d.err }
-
-// conflictFolder opens (creating it) the folder of p's conflict copies.
-func (d *Dir) conflictFolder(p string) (*os.File, error) {
-	dir := conflictsDir
+// stateFolder opens (creating it) the folder of the state folder's kind
+// (conflicts, displaced) that holds the copies of p.
+func (d *Dir) stateFolder(kind, p string) (*os.File, error) {
+	dir := kind
 	if q := parent(p); q != "" {
 		dir += "/" + q
 	}
@@ -322,53 +371,147 @@ func (d *Dir) conflictFolder(p string) (*os.File, error) {
 	return f, nil
 }
 
-func (d *Dir) conflictPath(p, name string) string {
-	return filepath.Join(d.path, stateDir, conflictsDir, filepath.FromSlash(parent(p)), name)
+func (d *Dir) statePath(kind, p, name string) string {
+	return filepath.Join(d.path, stateDir, kind, filepath.FromSlash(parent(p)), name)
 }
 
-// keepAside moves the file named aside in the open folder dirfd (the
-// displaced content of p) into p's conflict folder, as it is: a program still
-// writing into it writes into the copy. Where it cannot be moved (another
-// file system), data is written as a copy instead and aside removed.
-func (d *Dir) keepAside(dirfd int, aside, p string, data []byte) (string, error) {
-	cdir, err := d.conflictFolder(p)
+// copyName is the name of a copy of p made at nanosecond n.
+func copyName(p string, n int64) string { return path.Base(p) + "." + strconv.FormatInt(n, 10) }
+
+// saveIn writes data to a new, durable file of the state folder's kind for
+// p, <kind>/<p>.<unix-nanos>, and returns its absolute path.
+func (d *Dir) saveIn(kind, p string, data []byte) (string, error) {
+	dir, err := d.stateFolder(kind, p)
 	if err != nil {
 		return "", err
 	}
-	defer cdir.Close()
-	cfd := int(cdir.Fd())
+	defer dir.Close()
+	return d.writeCopy(dir, kind, p, data)
+}
+
+// writeCopy writes data to a new file <p>.<unix-nanos> in dir, the open
+// folder of p's copies of that kind, fsyncs it (and, with Options.Fsync, the
+// folder), and returns its absolute path.
+func (d *Dir) writeCopy(dir *os.File, kind, p string, data []byte) (string, error) {
 	for n := time.Now().UnixNano(); ; n++ {
-		name := path.Base(p) + "." + strconv.FormatInt(n, 10)
-		var st unix.Stat_t
-		if err := unix.Fstatat(cfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
-			continue // taken; the folder is kvsync's and only written under d.mu
+		name := copyName(p, n)
+		fd, err := unix.Openat(int(dir.Fd()), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if errors.Is(err, unix.EEXIST) {
+			continue
 		}
-		err := unix.Renameat(dirfd, aside, cfd, name)
-		if errors.Is(err, unix.EXDEV) {
-			abs, err := d.saveConflict(p, data)
-			if err == nil {
-				_ = unix.Unlinkat(dirfd, aside, 0) // copied; a leftover is removed by Open
-			}
-			return abs, err
+		abs := d.statePath(kind, p, name)
+		if err != nil {
+			return "", fmt.Errorf("write %s: %w", abs, err)
+		}
+		err = fill(fd, name, data, 0o600, -1, -1)
+		if err == nil {
+			err = fsync(fd, name)
+		}
+		if cerr := unix.Close(fd); err == nil && cerr != nil {
+			err = cerr
+		}
+		if err == nil && d.opts.Fsync {
+			err = fsync(int(dir.Fd()), kind)
 		}
 		if err != nil {
-			return "", fmt.Errorf("keep %s: %w", p, &fs.PathError{Op: "renameat", Path: p, Err: err})
+			_ = unix.Unlinkat(int(dir.Fd()), name, 0) // partial: the caller tries again
+			return "", fmt.Errorf("write %s: %w", abs, err)
 		}
-		if d.opts.Fsync {
-			if err := fsync(cfd, conflictsDir); err != nil {
-				return "", err
-			}
-		}
-		return d.conflictPath(p, name), nil
+		return abs, nil
 	}
 }
 
-// syncIf fsyncs folder q when the Dir is asked to be durable.
-func (d *Dir) syncIf(fc *folders, q string) error {
-	if !d.opts.Fsync {
-		return nil
+// moveIn moves the file name of the open folder fromfd, as it is (a program
+// still writing into it writes into the moved file), to a new name of the
+// state folder's kind for p, <kind>/<p>.<unix-nanos>, and returns its
+// absolute path. Across file systems (a sub-folder that is a mount point)
+// data is written as a new file instead and name removed; data nil means
+// the file is read for that.
+func (d *Dir) moveIn(kind string, fromfd int, name, p string, data []byte) (string, error) {
+	dir, err := d.stateFolder(kind, p)
+	if err != nil {
+		return "", err
 	}
-	return d.syncFolders(fc, map[string]bool{q: true}, false)
+	defer dir.Close()
+	dfd := int(dir.Fd())
+	for n := time.Now().UnixNano(); ; n++ {
+		to := copyName(p, n)
+		err := renameat2(fromfd, name, dfd, to, unix.RENAME_NOREPLACE)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+			// No RENAME_NOREPLACE: the folder is kvsync's, and its names
+			// are taken by the nanosecond, so a name found free stays free.
+			var st unix.Stat_t
+			if unix.Fstatat(dfd, to, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+				continue
+			}
+			err = unix.Renameat(fromfd, name, dfd, to)
+		}
+		switch {
+		case errors.Is(err, unix.EEXIST):
+			continue
+		case errors.Is(err, unix.EXDEV):
+			if data == nil {
+				if data, _, err = readAt(fromfd, name); err != nil {
+					return "", fmt.Errorf("keep %s: %w", p, err)
+				}
+			}
+			abs, err := d.saveIn(kind, p, data)
+			if err == nil {
+				_ = unix.Unlinkat(fromfd, name, 0) // copied; a leftover temp name is removed by Open
+			}
+			return abs, err
+		case err != nil:
+			return "", fmt.Errorf("keep %s: %w", p, &fs.PathError{Op: "renameat", Path: p, Err: err})
+		}
+		if d.opts.Fsync {
+			if err := fsync(dfd, kind); err != nil {
+				return "", err
+			}
+		}
+		return d.statePath(kind, p, to), nil
+	}
+}
+
+// recoverHeld turns the displaced files a crash left held into conflict
+// copies: nobody is going to push them now.
+func (d *Dir) recoverHeld() error {
+	var held []string
+	err := fs.WalkDir(d.state.FS(), heldDir, func(p string, e fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) && p == heldDir {
+			return fs.SkipAll
+		}
+		if err != nil {
+			return err
+		}
+		if !e.IsDir() {
+			held = append(held, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read %s: %w", heldDir, err)
+	}
+	for _, rel := range held {
+		_, p, err := d.heldRel(filepath.Join(d.path, stateDir, filepath.FromSlash(rel)))
+		if err != nil {
+			continue
+		}
+		name, err := d.keepHeld(rel, p)
+		if err != nil {
+			return err
+		}
+		d.log.Warn("a local edit displaced before a restart is kept as a conflict copy", "path", p, "saved_as", name)
+	}
+	return nil
+}
+
+// keepAside keeps the file named aside in the open folder dirfd (the
+// displaced content of p, which held data when read) in the held folder.
+func (d *Dir) keepAside(dirfd int, aside, p string, data []byte) (string, error) {
+	if data == nil {
+		data = []byte{}
+	}
+	return d.moveIn(heldDir, dirfd, aside, p, data)
 }
 
 // setAside renames name in the open folder dirfd to a fresh temp name and
@@ -485,8 +628,9 @@ func (f *fileStat) Mode() fs.FileMode {
 // kvsync owns, and returns the name (relative to the top) under which the
 // file it replaced now is: "" when p was missing, or when the fallback could
 // not give the old file a second name (the rename then frees it). The temp
-// file is removed on error. own is the sha256 of what kvsync last wrote at p.
-func (fc *folders) swap(tmp, p string, own [32]byte, res *Result) (string, error) {
+// file is removed on error. own is the sha256 of what kvsync last wrote at p,
+// next that of the temp file.
+func (fc *folders) swap(tmp, p string, own, next [32]byte, res *Result) (string, error) {
 	fd, err := fc.get(parent(p))
 	if err != nil {
 		_ = fc.d.root.Remove(path.Join(parent(p), tmp)) // best effort; Open removes leftovers
@@ -531,9 +675,9 @@ func (fc *folders) swap(tmp, p string, own [32]byte, res *Result) (string, error
 	if old == "" && fc.d.opts.KeepEdits {
 		// No hard links either: what is there now is all there is to look at.
 		if data, _, err := readAt(fd, base); err == nil {
-			if sum := sha256.Sum256(data); sum != own && !fc.d.known(p, sum) {
-				saved, err := fc.d.saveConflict(p, data)
-				res.Displaced = append(res.Displaced, Displaced{Path: p, Data: data, Saved: saved, Err: err})
+			if sum := sha256.Sum256(data); sum != own && sum != next {
+				held, err := fc.d.saveIn(heldDir, p, data)
+				res.Displaced = append(res.Displaced, Displaced{Path: p, Data: data, Held: held, Err: err})
 			}
 		}
 	}
@@ -590,10 +734,12 @@ const (
 )
 
 // settle decides about the file that a swap or a removal moved from p to
-// the temp name aside (relative to the top). Without KeepEdits only a folder
-// is told apart. A symlink, pipe or device is not content: a rename over it
-// would have removed it too.
-func (d *Dir) settle(fc *folders, aside, p string, own [32]byte, res *Result) settlement {
+// the temp name aside (relative to the top): it is unlinked when it holds
+// own or next (what kvsync wrote there, or is writing now); any other file
+// is held as a local edit. Without KeepEdits only a folder is told apart. A
+// symlink, pipe or device is not content: a rename over it would have
+// removed it too.
+func (d *Dir) settle(fc *folders, aside, p string, own, next [32]byte, res *Result) settlement {
 	fd, err := fc.get(parent(p))
 	if err != nil {
 		return settleUnlink
@@ -613,20 +759,18 @@ func (d *Dir) settle(fc *folders, aside, p string, own [32]byte, res *Result) se
 	case err != nil && kind != unix.S_IFREG:
 		return settleUnlink
 	case err == nil:
-		if sum := sha256.Sum256(data); sum == own || d.known(p, sum) {
+		if sum := sha256.Sum256(data); sum == own || sum == next {
 			return settleUnlink
 		}
 	}
-	// A local edit, or a file that cannot be read: kept either way.
-	saved, kerr := d.keepAside(fd, name, p, data)
+	// A local edit, or a file that cannot be read: held either way.
+	held, kerr := d.keepAside(fd, name, p, data)
 	if kerr == nil {
 		kerr = err
 	}
-	res.Displaced = append(res.Displaced, Displaced{Path: p, Data: data, Saved: saved, Err: kerr})
+	res.Displaced = append(res.Displaced, Displaced{Path: p, Data: data, Held: held, Err: kerr})
 	return settleKept
 }
-
-func (d *Dir) known(p string, sum [32]byte) bool { return d.opts.Known != nil && d.opts.Known(p, sum) }
 
 // removeKeeping removes the owned file p with KeepEdits: it is renamed aside
 // (whatever is at p at that instant moves, whole), then settled: unlinked,
@@ -648,7 +792,8 @@ func (d *Dir) removeKeeping(fc *folders, p string, res *Result) error {
 	if err != nil {
 		return err
 	}
-	switch d.settle(fc, path.Join(parent(p), aside), p, d.man.files[p], res) {
+	own := d.man.files[p]
+	switch d.settle(fc, path.Join(parent(p), aside), p, own, own, res) {
 	case settleUnlink:
 		if err := unix.Unlinkat(fd, aside, 0); err != nil {
 			return &fs.PathError{Op: "unlinkat", Path: p, Err: err}

@@ -50,9 +50,13 @@ func plant(t *testing.T, p string, edit func()) {
 }
 
 // conflictCopies returns the contents of the conflict copies of rel.
-func conflictCopies(t *testing.T, dir, rel string) []string {
+func conflictCopies(t *testing.T, dir, rel string) []string { return copies(t, dir, "conflicts", rel) }
+
+// copies returns the contents of the copies of rel in a folder (conflicts,
+// displaced) of the state folder.
+func copies(t *testing.T, dir, kind, rel string) []string {
 	t.Helper()
-	matches, err := filepath.Glob(filepath.Join(dir, ".kvsync", "conflicts", filepath.FromSlash(rel)) + ".*")
+	matches, err := filepath.Glob(filepath.Join(dir, ".kvsync", kind, filepath.FromSlash(rel)) + ".*")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,9 +81,9 @@ func replaceByRename(t *testing.T, p, data string) {
 
 // TestKeepEditsPlanted: a local edit saved after Apply checked a file and
 // before it replaced or removed it (planted there by a hook, so every run
-// takes that interleaving) is kept as a conflict copy and reported, never
-// deleted; with the exchange and with the link-and-rename fallback. Without
-// KeepEdits (as before it existed) the edit is gone.
+// takes that interleaving) is held and reported, never deleted; with the
+// exchange and with the link-and-rename fallback. KeepHeld then makes it a
+// conflict copy. Without KeepEdits (as before it existed) the edit is gone.
 func TestKeepEditsPlanted(t *testing.T) {
 	exchangeModes(t, func(t *testing.T, exchange bool) {
 		for _, tc := range []struct {
@@ -128,11 +132,21 @@ func TestKeepEditsPlanted(t *testing.T) {
 				if dp.Path != "sub/a.conf" || string(dp.Data) != "local edit" || dp.Err != nil {
 					t.Fatalf("displaced = {%q %q %v}, want the local edit", dp.Path, dp.Data, dp.Err)
 				}
-				if got := readFile(t, dp.Saved); got != "local edit" {
-					t.Fatalf("conflict copy %s holds %q", dp.Saved, got)
+				if got := readFile(t, dp.Held); got != "local edit" {
+					t.Fatalf("held file %s holds %q", dp.Held, got)
 				}
-				if got := conflictCopies(t, dir, "sub/a.conf"); !slices.Equal(got, []string{"local edit"}) {
-					t.Fatalf("conflict copies %q", got)
+				if b, err := d.ReadHeld(dp.Held); err != nil || string(b) != "local edit" {
+					t.Fatalf("ReadHeld = %q, %v", b, err)
+				}
+				if got := conflictCopies(t, dir, "sub/a.conf"); len(got) != 0 {
+					t.Fatalf("conflict copies %q before KeepHeld", got)
+				}
+				name, err := d.KeepHeld(dp.Held)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := readFile(t, name); got != "local edit" || exists(dp.Held) {
+					t.Fatalf("conflict copy %s holds %q; held file still there: %v", name, got, exists(dp.Held))
 				}
 				d.waitTrash()
 				noTempNames(t, dir)
@@ -159,28 +173,20 @@ func TestKeepEditsWithoutItLost(t *testing.T) {
 }
 
 // TestKeepEditsUnchanged: a displaced file that holds what kvsync wrote, or
-// what Known accepts, is deleted, not kept.
+// exactly what it writes now, is deleted, not held.
 func TestKeepEditsUnchanged(t *testing.T) {
 	exchangeModes(t, func(t *testing.T, exchange bool) {
 		dir := t.TempDir()
-		known := sha256.Sum256([]byte("pushed already"))
-		var asked []string
-		d := MustOpen(t, Options{Dir: dir, KeepEdits: true, Known: func(p string, sum [32]byte) bool {
-			asked = append(asked, p)
-			return sum == known
-		}})
+		d := MustOpen(t, Options{Dir: dir, KeepEdits: true})
 		mustApply(t, d, putc("a.conf", "v1"), putc("b.conf", "v1"))
 		res := mustApply(t, d, putc("a.conf", "v2"))
-		plant(t, "b.conf", func() { replaceByRename(t, filepath.Join(dir, "b.conf"), "pushed already") })
+		plant(t, "b.conf", func() { replaceByRename(t, filepath.Join(dir, "b.conf"), "v2") })
 		res2 := mustApply(t, d, putc("b.conf", "v2"))
 		if len(res.Displaced)+len(res2.Displaced) != 0 {
 			t.Fatalf("displaced: %+v %+v", res.Displaced, res2.Displaced)
 		}
-		if !slices.Equal(asked, []string{"b.conf"}) {
-			t.Fatalf("Known asked about %q, want only b.conf (a.conf held kvsync's bytes)", asked)
-		}
-		if got := conflictCopies(t, dir, "b.conf"); len(got) != 0 {
-			t.Fatalf("conflict copies %q", got)
+		if got := copies(t, dir, "displaced", "b.conf"); len(got) != 0 {
+			t.Fatalf("held %q", got)
 		}
 		d.waitTrash()
 		noTempNames(t, dir)
@@ -188,7 +194,8 @@ func TestKeepEditsUnchanged(t *testing.T) {
 }
 
 // TestKeepEditsLateWriter: a program that truncated the file before the swap
-// and writes after it writes into the kept conflict copy (the same inode).
+// and writes after it writes into the held file (the same inode); DropHeld
+// with the bytes read at the swap keeps it, as a conflict copy.
 func TestKeepEditsLateWriter(t *testing.T) {
 	exchangeModes(t, func(t *testing.T, exchange bool) {
 		dir := t.TempDir()
@@ -211,8 +218,13 @@ func TestKeepEditsLateWriter(t *testing.T) {
 		if len(res.Displaced) != 1 || len(res.Displaced[0].Data) != 0 {
 			t.Fatalf("displaced: %+v, want the truncated file", res.Displaced)
 		}
-		if got := readFile(t, res.Displaced[0].Saved); got != "written late" {
-			t.Fatalf("conflict copy holds %q, want the late write", got)
+		held := res.Displaced[0].Held
+		if b, err := d.ReadHeld(held); err != nil || string(b) != "written late" {
+			t.Fatalf("held file holds %q (%v), want the late write", b, err)
+		}
+		kept, err := d.DropHeld(held, sha256.Sum256(nil))
+		if err != nil || kept == "" || readFile(t, kept) != "written late" {
+			t.Fatalf("DropHeld = %q, %v; want the late write kept", kept, err)
 		}
 		if got := readFile(t, filepath.Join(dir, "a.conf")); got != "remote" {
 			t.Fatalf("file holds %q", got)
@@ -380,7 +392,7 @@ func TestDirLocalFileAPI(t *testing.T) {
 		t.Fatalf("Discard = %q, %v; file still there: %v", saved, err, exists(filepath.Join(dir, "gone")))
 	}
 
-	// SaveConflict, DropConflict
+	// SaveConflict
 	name, err := d.SaveConflict("sub/a", []byte("edit"))
 	if err != nil {
 		t.Fatal(err)
@@ -388,16 +400,60 @@ func TestDirLocalFileAPI(t *testing.T) {
 	if !strings.HasPrefix(name, filepath.Join(dir, ".kvsync", "conflicts", "sub", "a.")) || readFile(t, name) != "edit" {
 		t.Fatalf("conflict copy %s", name)
 	}
-	if dropped, err := d.DropConflict(name, sha256.Sum256([]byte("other"))); err != nil || dropped || !exists(name) {
-		t.Fatalf("DropConflict with other bytes = %v, %v", dropped, err)
+	// Held files: only names in the held folder are taken.
+	for _, bad := range []string{name, filepath.Join(dir, "sub", "a"), filepath.Join(dir, ".kvsync", "displaced", "..", "manifest")} {
+		if _, err := d.ReadHeld(bad); err == nil {
+			t.Errorf("ReadHeld(%s) succeeded", bad)
+		}
+		if _, err := d.DropHeld(bad, sha256.Sum256([]byte("edit"))); err == nil {
+			t.Errorf("DropHeld(%s) succeeded", bad)
+		}
+		if _, err := d.KeepHeld(bad); err == nil {
+			t.Errorf("KeepHeld(%s) succeeded", bad)
+		}
 	}
-	if _, err := d.DropConflict(filepath.Join(dir, "sub", "a"), sha256.Sum256([]byte("kvsync"))); err == nil || !exists(filepath.Join(dir, "sub", "a")) {
-		t.Fatalf("DropConflict removed a file outside the conflict copies: %v", err)
-	}
-	if dropped, err := d.DropConflict(name, sha256.Sum256([]byte("edit"))); err != nil || !dropped || exists(name) {
-		t.Fatalf("DropConflict = %v, %v", dropped, err)
+	if got := readFile(t, name); got != "edit" || readFile(t, filepath.Join(dir, "sub", "a")) != "kvsync" {
+		t.Fatalf("a refused held-file call changed a file")
 	}
 	noTempNames(t, dir)
+
+	// Adopt of an owned file: an edit pushed and coming back becomes
+	// kvsync's version without a rewrite.
+	if err := os.WriteFile(filepath.Join(dir, "sub", "a"), []byte("pushed edit"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := d.Adopt("sub/a", []byte("pushed edit")); err != nil || !ok {
+		t.Fatalf("Adopt of an owned file = %v, %v", ok, err)
+	}
+	if h, _ := d.Hash("sub/a"); h != sha256.Sum256([]byte("pushed edit")) {
+		t.Fatalf("manifest not updated by Adopt")
+	}
+}
+
+// TestHeldAfterCrash: a displaced edit still held when kvsync stops (the
+// caller never settled it) is a conflict copy after the next Open.
+func TestHeldAfterCrash(t *testing.T) {
+	dir := t.TempDir()
+	d, err := Open(Options{Dir: dir, KeepEdits: true, UID: -1, GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, d, putc("sub/a.conf", "v1"))
+	plant(t, "sub/a.conf", func() { replaceByRename(t, filepath.Join(dir, "sub", "a.conf"), "local edit") })
+	res := mustApply(t, d, putc("sub/a.conf", "remote"))
+	if len(res.Displaced) != 1 {
+		t.Fatalf("displaced %+v", res.Displaced)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	MustOpen(t, Options{Dir: dir, KeepEdits: true})
+	if got := conflictCopies(t, dir, "sub/a.conf"); !slices.Equal(got, []string{"local edit"}) {
+		t.Fatalf("conflict copies after reopen: %q", got)
+	}
+	if got := copies(t, dir, "displaced", "sub/a.conf"); len(got) != 0 {
+		t.Fatalf("still held after reopen: %q", got)
+	}
 }
 
 func TestReserved(t *testing.T) {
@@ -408,5 +464,33 @@ func TestReserved(t *testing.T) {
 		if got := Reserved(rel); got != want {
 			t.Errorf("Reserved(%q) = %v, want %v", rel, got, want)
 		}
+	}
+}
+
+// TestKeepEditsReconcile: a complete update that repairs a locally edited
+// file, or removes one the bucket no longer has, holds and reports the edit.
+func TestKeepEditsReconcile(t *testing.T) {
+	dir := t.TempDir()
+	d := MustOpen(t, Options{Dir: dir, KeepEdits: true})
+	mustApply(t, d, putc("kept.conf", "v1"), putc("gone.conf", "v1"), putc("same.conf", "v1"))
+	for _, p := range []string{"kept.conf", "gone.conf"} {
+		if err := os.WriteFile(filepath.Join(dir, p), []byte("edited "+p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := d.Reconcile(map[string][]byte{"kept.conf": []byte("v1"), "same.conf": []byte("v1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, dp := range res.Displaced {
+		got = append(got, dp.Path+"="+readFile(t, dp.Held))
+	}
+	slices.Sort(got)
+	if want := []string{"gone.conf=edited gone.conf", "kept.conf=edited kept.conf"}; !slices.Equal(got, want) {
+		t.Fatalf("displaced %q, want %q", got, want)
+	}
+	if got := readFile(t, filepath.Join(dir, "kept.conf")); got != "v1" || exists(filepath.Join(dir, "gone.conf")) {
+		t.Fatalf("kept.conf %q, gone.conf there: %v", got, exists(filepath.Join(dir, "gone.conf")))
 	}
 }
