@@ -106,7 +106,7 @@ type Dir struct {
 	// The old contents of replaced files, under temp names, are unlinked by
 	// a goroutine of their own: freeing an inode is the slow part of a
 	// replace, and it need not hold up the next batch.
-	trash   chan []string
+	trash   chan trashBatch
 	trashed sync.WaitGroup // batches sent and not yet unlinked
 }
 
@@ -143,7 +143,7 @@ func Open(opts Options) (*Dir, error) {
 		_ = d.closeAll() // the open error is the one to report
 		return nil, fmt.Errorf("open projection %s: %w", abs, err)
 	}
-	d.trash = make(chan []string, 16)
+	d.trash = make(chan trashBatch, 16)
 	go d.emptyTrash(d.root, d.trash)
 	if n := tmpfileBudget(); n > 0 {
 		d.tmpfiles = n
@@ -169,17 +169,77 @@ func tmpfileBudget() int {
 	return int(min(uint64(maxTmpfiles), (lim.Cur-1024)/2))
 }
 
-// emptyTrash unlinks the temp names of replaced files' old contents. A
-// failure leaves a temp file that the next Open removes; it is logged.
-func (d *Dir) emptyTrash(root *os.Root, trash <-chan []string) {
-	for olds := range trash {
-		for _, o := range olds {
-			if err := root.Remove(o); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o), slog.String("error", err.Error()))
+// trashBatch is the old contents one batch replaced, sent to emptyTrash.
+type trashBatch struct {
+	sent time.Time
+	olds []trashed
+}
+
+// trashed is the temp name (relative to the top) of a replaced file's old
+// content. With check, it held one of sums when the batch compared it.
+type trashed struct {
+	name, path string
+	sums       [2][32]byte
+	check      bool
+}
+
+// trashGrace is how long, with KeepEdits, the old content of a replaced
+// file is kept before it is compared once more and unlinked: a program that
+// resolved the file's name before the swap may truncate and write it a
+// moment after the batch compared it.
+const trashGrace = 50 * time.Millisecond
+
+// emptyTrash unlinks the temp names of replaced files' old contents. One
+// that changed since the batch compared it (KeepEdits) is kept as a conflict
+// copy instead. A failure leaves a temp file that the next Open removes; it
+// is logged.
+func (d *Dir) emptyTrash(root *os.Root, trash <-chan trashBatch) {
+	for b := range trash {
+		for i, o := range b.olds {
+			if o.check {
+				if i == 0 {
+					time.Sleep(time.Until(b.sent.Add(trashGrace)))
+				}
+				if d.changedOld(o) {
+					continue
+				}
+			}
+			if err := root.Remove(o.name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o.name), slog.String("error", err.Error()))
 			}
 		}
 		d.trashed.Done()
 	}
+}
+
+// changedOld reports whether the old content o no longer holds what it held
+// when its batch compared it (a write through a descriptor opened before the
+// swap), and then keeps it as a conflict copy. It runs on the trash
+// goroutine, which Close waits for before it closes the folders.
+func (d *Dir) changedOld(o trashed) bool {
+	q := parent(o.name)
+	fd := int(d.top.Fd())
+	if q != "" {
+		var err error
+		if fd, err = openFolder(fd, q); err != nil {
+			return false
+		}
+		defer func() { _ = unix.Close(fd) }() // read-only descriptor
+	}
+	data, _, err := readAt(fd, path.Base(o.name))
+	if err != nil {
+		return false
+	}
+	if sum := sha256.Sum256(data); sum == o.sums[0] || sum == o.sums[1] {
+		return false
+	}
+	name, err := d.moveIn(conflictsDir, fd, path.Base(o.name), o.path, data)
+	if err != nil {
+		d.log.Error("a replaced file was written after kvsync compared it and cannot be kept", "path", o.path, "err", err)
+		return true // left under its temp name, removed at the next start
+	}
+	d.log.Warn("a replaced file was written after kvsync compared it; kept as a conflict copy", "path", o.path, "saved_as", name)
+	return true
 }
 
 // waitTrash returns once every old content sent to the trash is unlinked.
@@ -674,11 +734,11 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 	// (6)
 	clear(syncDirs)
 	undo := false
-	var olds []string
+	var olds []trashed
 	defer func() { // (8)
 		if len(olds) > 0 {
 			d.trashed.Add(1)
-			d.trash <- olds
+			d.trash <- trashBatch{sent: time.Now(), olds: olds}
 		}
 	}()
 	for _, w := range puts {
@@ -720,7 +780,7 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 		if err == nil && aside != "" {
 			switch d.settle(fc, aside, w.path, w.old, w.sum, &res) {
 			case settleUnlink:
-				olds = append(olds, aside)
+				olds = append(olds, trashed{name: aside, path: w.path, sums: [2][32]byte{w.old, w.sum}, check: d.opts.KeepEdits})
 			case settleFolder:
 				err = fc.swapBack(aside, w.path)
 			}

@@ -35,10 +35,13 @@ import (
 //
 // A program that truncated the file before the swap and writes after it
 // writes into the held file, which keeps that write: DropHeld keeps a held
-// file whose content changed. A program that opened the file without
-// truncating it and writes after a comparison that found kvsync's own bytes
-// writes into a file that is no longer at the path (and is deleted), as it
-// would with any program that replaces files by rename.
+// file whose content changed. A program whose write (or truncation, even one
+// by an open(2) that found the file before the swap) lands after a
+// comparison that found kvsync's own bytes writes into kvsync's old content:
+// that is compared once more trashGrace after the batch, before it is
+// unlinked, and kept as a conflict copy if it changed. A write later than
+// that goes to a file that is no longer at the path, as it would with any
+// program that replaces files by rename. A removal compares once.
 //
 // Where the file system has no RENAME_EXCHANGE (EINVAL: NFS, many FUSE file
 // systems, vfat, ...), the old file gets a second name (linkat) just before

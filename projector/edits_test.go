@@ -494,3 +494,37 @@ func TestKeepEditsReconcile(t *testing.T) {
 		t.Fatalf("kept.conf %q, gone.conf there: %v", got, exists(filepath.Join(dir, "gone.conf")))
 	}
 }
+
+// TestKeepEditsWriteAfterCompare: a program that opened the file before the
+// swap (without truncating it) and writes only after the batch compared the
+// swapped-out file writes into kvsync's old content; within the trash's grace
+// period that write is still seen, and kept as a conflict copy.
+func TestKeepEditsWriteAfterCompare(t *testing.T) {
+	exchangeModes(t, func(t *testing.T, exchange bool) {
+		dir := t.TempDir()
+		d := MustOpen(t, Options{Dir: dir, KeepEdits: true})
+		mustApply(t, d, putc("a.conf", "v1"))
+		var f *os.File
+		plant(t, "a.conf", func() {
+			var err error
+			if f, err = os.OpenFile(filepath.Join(dir, "a.conf"), os.O_WRONLY, 0); err != nil {
+				t.Fatal(err)
+			}
+		})
+		res := mustApply(t, d, putc("a.conf", "remote"))
+		if len(res.Displaced) != 0 {
+			t.Fatalf("displaced %+v: the file held kvsync's bytes when compared", res.Displaced)
+		}
+		if _, err := f.WriteString("XY"); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		d.waitTrash()
+		if got := conflictCopies(t, dir, "a.conf"); !slices.Equal(got, []string{"XY"}) {
+			t.Fatalf("conflict copies %q, want the late write", got)
+		}
+		noTempNames(t, dir)
+	})
+}
