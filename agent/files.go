@@ -69,6 +69,9 @@ func newFilesProjection(c *FilesConfig, o *owner) (projection, error) {
 		Dir: c.Dir, Mode: mode, DirMode: dmode, UID: uid, GID: gid,
 		Fsync: *c.Fsync, Snapshot: c.Atomic == AtomicSnapshot, Logger: m.logger,
 	}
+	// A local edit in a file kvsync replaces or removes is held and handed
+	// to push-back (Result.Displaced).
+	p.opts.KeepEdits = c.Push.Enabled && !o.a.opts.Once
 	// A folder that cannot be opened now (a file where it should be, no
 	// permission) is this projection's error, not the agent's: the others
 	// run, and update opens it again with the owner's retry backoff.
@@ -87,11 +90,7 @@ func (p *filesProjection) open() error {
 	}
 	p.dir = d
 	if p.cfg.Push.Enabled && !p.o.a.opts.Once {
-		if p.push, err = newPusher(p, p.o); err != nil {
-			p.dir, p.push = nil, nil
-			_ = d.Close() // the pusher's error is the one to report
-			return fmt.Errorf("push-back on %s: %w", p.cfg.Dir, err)
-		}
+		p.push = newPusher(p, p.o)
 		if p.ctx != nil { // the owner runs already: start it now
 			p.push.start(p.ctx, p.wg)
 		}
@@ -119,11 +118,6 @@ func (p *filesProjection) noteKey(_, key string) { p.pending[key] = struct{}{} }
 func (p *filesProjection) close() error {
 	if p.dir == nil {
 		return nil
-	}
-	if p.push != nil {
-		if err := p.push.close(); err != nil {
-			return errors.Join(err, p.dir.Close())
-		}
 	}
 	return p.dir.Close()
 }

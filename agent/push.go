@@ -6,19 +6,15 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -49,20 +45,26 @@ import (
 //     guarded by the revision, Delete guarded by it. A connection problem
 //     keeps the job and retries it with backoff; a compare-and-set conflict
 //     goes to the conflict policy; a refusal is reported and the file kept.
-//  4. Before kvsync replaces or removes a file (beforeWrite, beforeRemove), a
-//     local edit still on disk that no job holds is rescued into a job, so a
-//     remote change racing a local edit never silently wins: the edit ends in
-//     the bucket or in a conflict file.
+//  4. When kvsync replaces or removes a file that holds a local edit, the
+//     projector (Options.KeepEdits) swaps the file out whole, sees that it
+//     does not hold what kvsync wrote, holds it (the same inode, under
+//     .kvsync/displaced/) and reports it in Result.Displaced; afterWrite
+//     turns it into a job guarded by the revision the edit was based on
+//     (noted by beforeWrite and beforeRemove). The sender gives a held edit
+//     a debounce period (a program may still be writing into it), pushes
+//     what it then holds, and has the projector drop it once it landed or
+//     turn it into a conflict copy when it lost. So a remote change racing a
+//     local edit never silently wins, whatever the interleaving: the edit
+//     ends in the bucket or in a conflict file (projector/edits.go says what
+//     exactly is guaranteed, and what is left on file systems without
+//     RENAME_EXCHANGE).
 //  5. When the pushed value comes back from the bucket, a file that already
-//     holds it is left alone (no rewrite, no on_change); a new local file
-//     pushed with Create is adopted: set aside under a temp name, written by
-//     the projector (so it enters the manifest), the aside removed.
+//     holds it is left alone (no rewrite, no on_change) and adopted as
+//     kvsync's version (projector.Dir.Adopt: the manifest takes its hash);
+//     so is a new local file pushed with Create.
 //
-// Residual window: an edit saved between the rescue check and the rename that
-// replaces the file (microseconds, plus the fsync of the write), or written in
-// place through a descriptor opened before that rename, is lost. Closing it
-// needs an exchange-rename (renameat2 RENAME_EXCHANGE) in the projector, which
-// would hand back the replaced file for a last look.
+// Push-back never writes into the projection folder itself: it reads, adopts,
+// discards and saves conflict copies through the projector.Dir.
 
 // valueHeadroom is what a pushed value leaves of the bucket's max value size
 // for the headers the server counts too (NATS-NOTES).
@@ -96,8 +98,16 @@ type pushJob struct {
 	// stale: the revision the edit is based on is unknown and the bucket moved
 	// on (an edit made while kvsync was stopped): a conflict without asking.
 	stale bool
-	// rescue: kvsync replaced the file; these bytes exist only here.
+	// rescue: kvsync displaced the file; these bytes exist only here and
+	// in held, if set: the name under which the projector holds the
+	// displaced file (Displaced.Held) until the job drops or keeps it.
 	rescue bool
+	held   string
+	queued time.Time // when a held edit was queued
+	// dup: an earlier job took these very bytes of the file (a push still
+	// under way when the file was replaced): a held edit that still holds
+	// them needs no push of its own.
+	dup bool
 }
 
 func (j pushJob) opName() string {
@@ -168,8 +178,8 @@ func (q *pushQueue) drain() []pushJob {
 type pusher struct {
 	p        *filesProjection
 	cfg      PushConfig
-	dir      string   // absolute
-	root     *os.Root // the projection folder: reads never leave it
+	d        *projector.Dir // the projection folder: every read and write goes through it
+	dir      string         // its absolute path, for the folder watch
 	post     func(func(*owner))
 	js       jetstream.JetStream
 	logger   *slog.Logger
@@ -179,10 +189,9 @@ type pusher struct {
 
 	// Owner goroutine only.
 	settled  map[string][32]byte  // path -> bytes already queued or dealt with
-	echo     map[string][32]byte  // path -> pushed bytes the bucket sent back, left in place (the manifest has the older hash)
 	refused  map[string][32]byte  // path -> bytes refused (reported once)
 	missing  map[string]time.Time // path -> first scan that found it gone
-	asides   map[string]string    // path -> temp name of an identical foreign file, during an update
+	base     map[string]uint64    // path -> revision projected before the running update, for displaced edits
 	deferred map[string]struct{}  // scans before the first complete update
 	ready    bool                 // the first complete update ran
 
@@ -192,30 +201,27 @@ type pusher struct {
 	statusAt time.Time
 	chain    map[string]revChain
 	last     map[string]jobID
+	kept     map[string]string // held edit -> the conflict copy it became ("" dropped)
 }
 
-func newPusher(p *filesProjection, o *owner) (*pusher, error) {
-	root, err := os.OpenRoot(p.dir.Path())
-	if err != nil {
-		return nil, fmt.Errorf("push: %w", err)
-	}
+func newPusher(p *filesProjection, o *owner) *pusher {
 	d := p.cfg.Push.Debounce
 	if d <= 0 {
 		d = 100 * time.Millisecond
 	}
 	in := o.in
 	return &pusher{
-		p: p, cfg: p.cfg.Push, dir: p.dir.Path(), root: root,
+		p: p, cfg: p.cfg.Push, d: p.dir, dir: p.dir.Path(),
 		post:     func(f func(*owner)) { in.push(f) },
 		js:       o.js,
 		logger:   p.m.logger.With("push", true),
 		metrics:  o.a.metrics,
 		q:        &pushQueue{wake: make(chan struct{}, 1)},
 		debounce: d,
-		settled:  map[string][32]byte{}, refused: map[string][32]byte{}, echo: map[string][32]byte{},
-		missing: map[string]time.Time{}, asides: map[string]string{}, deferred: map[string]struct{}{},
-		chain: map[string]revChain{}, last: map[string]jobID{},
-	}, nil
+		settled:  map[string][32]byte{}, refused: map[string][32]byte{},
+		missing: map[string]time.Time{}, base: map[string]uint64{}, deferred: map[string]struct{}{},
+		chain: map[string]revChain{}, last: map[string]jobID{}, kept: map[string]string{},
+	}
 }
 
 // start runs the folder watcher and the sender until ctx is done.
@@ -230,8 +236,6 @@ func (ps *pusher) start(ctx context.Context, wg *sync.WaitGroup) {
 		ps.send(ctx)
 	}()
 }
-
-func (ps *pusher) close() error { return ps.root.Close() }
 
 // ---- (1) the folder watcher ----
 
@@ -256,7 +260,7 @@ func (ps *pusher) watch(ctx context.Context) {
 	recheck := func() {
 		ps.post(func(*owner) {
 			select {
-			case owned <- slices.Sorted(maps.Keys(ps.p.dir.Files())):
+			case owned <- slices.Sorted(maps.Keys(ps.d.Files())):
 			default: // one is pending already; the owner never blocks here
 			}
 		})
@@ -401,14 +405,10 @@ func (ps *pusher) relOf(abs string) (string, bool) {
 }
 
 // skipPath reports whether a path is never pushed and not worth a look:
-// kvsync's state folder and temp files, reserved names, editor temp files.
+// the projector's own names (state folder, temp files, reserved names) and
+// editor temp files.
 func skipPath(rel string) bool {
-	for _, seg := range strings.Split(rel, "/") {
-		if strings.HasPrefix(seg, ".kvsync") || strings.HasPrefix(seg, "..") {
-			return true
-		}
-	}
-	return editorTemp(path.Base(rel))
+	return projector.Reserved(rel) || editorTemp(path.Base(rel))
 }
 
 // editorTemp reports names editors use for probes, swap, backup, lock and
@@ -452,7 +452,7 @@ func (ps *pusher) scan(o *owner, rels []string) {
 }
 
 func (ps *pusher) scanOne(rel string, b *bucketState) {
-	fi, err := ps.root.Lstat(rel)
+	fi, err := ps.d.Lstat(rel)
 	if errors.Is(err, fs.ErrNotExist) {
 		ps.gone(rel)
 		return
@@ -487,8 +487,8 @@ func (ps *pusher) scanOne(rel string, b *bucketState) {
 		return // replaced by something else meanwhile: its own event follows
 	}
 	sum := sha256.Sum256(data)
-	own, owned := ps.p.dir.Hash(rel)
-	if owned && ps.ours(rel, own, sum) {
+	own, owned := ps.d.Hash(rel)
+	if owned && own == sum {
 		return // what kvsync wrote: never echoed back
 	}
 	if s, ok := ps.settled[rel]; ok && s == sum {
@@ -498,9 +498,7 @@ func (ps *pusher) scanOne(rel string, b *bucketState) {
 		return
 	}
 	if e, ok := b.entries[key]; ok && bytes.Equal(e.Value, data) {
-		if !owned {
-			ps.adopt(rel, data)
-		}
+		ps.adopt(rel, data)
 		return // the bucket holds these bytes already
 	}
 	// The guard is the revision kvsync projected at this path. A file kvsync
@@ -517,11 +515,11 @@ func (ps *pusher) scanOne(rel string, b *bucketState) {
 // gone handles a path found missing: a removal to push (twice seen, a
 // debounce apart, with push.delete), or a folder whose files went with it.
 func (ps *pusher) gone(rel string) {
-	_, owned := ps.p.dir.Hash(rel)
+	_, owned := ps.d.Hash(rel)
 	rev, known := ps.p.revs[rel]
 	if !owned && !known {
 		prefix := rel + "/"
-		for f := range ps.p.dir.Files() {
+		for f := range ps.d.Files() {
 			if strings.HasPrefix(f, prefix) {
 				ps.gone(f)
 			}
@@ -552,7 +550,7 @@ func (ps *pusher) enqueue(j pushJob) {
 	if j.op == pushPut {
 		ps.settled[j.rel] = j.sum
 	}
-	ps.logger.Debug("local change queued", "path", j.rel, "key", j.key, "op", j.opName(), "guard", j.guard, "rescue", j.rescue)
+	ps.logger.Debug("local change queued", "path", j.rel, "key", j.key, "op", j.opName(), "guard", j.guard, "held", j.held)
 	ps.q.push(j)
 }
 
@@ -567,83 +565,53 @@ func (ps *pusher) fail(rel string, err error) {
 
 // read returns the content of a regular file, without following a symlink.
 func (ps *pusher) read(rel string) ([]byte, bool) {
-	f, err := ps.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, false
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, false
-	}
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return nil, false
-	}
-	return data, true
-}
-
-// ours reports whether sum is the content kvsync accounts for at rel: what
-// it wrote (own), or a pushed edit the bucket sent back.
-func (ps *pusher) ours(rel string, own, sum [32]byte) bool {
-	if sum == own {
-		return true
-	}
-	e, ok := ps.echo[rel]
-	return ok && e == sum
+	data, err := ps.d.ReadFile(rel)
+	return data, err == nil
 }
 
 // beforeWrite runs on the owner goroutine before kvsync writes data at rel
 // (full: in a Reconcile, which also rewrites a file whose bytes on disk
-// differ). A local edit still on disk is rescued; a foreign file that holds
-// exactly data (a new file pushed with Create, coming back) is set aside so
-// that the write makes it kvsync's. held reports that the file already holds
-// data (a pushed edit coming back): the caller leaves it alone rather than
-// replace it with identical bytes, which would run on_change for nothing and
-// could swallow a write in progress into a replaced inode.
+// differ). A file that holds exactly data already (a pushed edit coming
+// back, or a new file pushed with Create) is adopted as kvsync's version,
+// and held reports it: the caller leaves it alone rather than replace it
+// with identical bytes, which would run on_change for nothing. Any other
+// local edit is the projector's to keep (Result.Displaced).
 func (ps *pusher) beforeWrite(rel, key string, data []byte, b *bucketState, full bool) (held bool) {
+	ps.noteBase(rel, key, b)
 	sum := sha256.Sum256(data)
-	own, owned := ps.p.dir.Hash(rel)
+	own, owned := ps.d.Hash(rel)
 	if !full && owned && own == sum {
 		return false // Apply leaves the file alone
 	}
-	disk, ok := ps.read(rel)
-	if !ok {
-		return false
-	}
-	if bytes.Equal(disk, data) {
-		if !owned {
-			if aside, err := ps.setAside(rel); err == nil {
-				ps.asides[rel] = aside
-			}
-			return false
-		}
-		if !full {
-			ps.echo[rel] = sum
-			return true
-		}
-		return false
-	}
-	if owned {
-		ps.rescue(rel, key, disk, own, b)
+	if disk, ok := ps.read(rel); ok && bytes.Equal(disk, data) {
+		return ps.adopt(rel, data)
 	}
 	return false
 }
 
 // beforeRemove runs on the owner goroutine before kvsync removes rel.
-func (ps *pusher) beforeRemove(rel, key string, b *bucketState) {
-	own, owned := ps.p.dir.Hash(rel)
-	if !owned {
+func (ps *pusher) beforeRemove(rel, key string, b *bucketState) { ps.noteBase(rel, key, b) }
+
+// noteBase remembers the revision an edit of rel displaced by the running
+// update would be based on: the revision projected there, or, when kvsync
+// does not know it (the first update after a start), the key's revision if
+// the bucket still holds what kvsync wrote.
+func (ps *pusher) noteBase(rel, key string, b *bucketState) {
+	if rev, ok := ps.p.revs[rel]; ok {
+		ps.base[rel] = rev
 		return
 	}
-	if disk, ok := ps.read(rel); ok {
-		ps.rescue(rel, key, disk, own, b)
+	if own, owned := ps.d.Hash(rel); owned {
+		if e, ok := b.entries[key]; ok && sha256.Sum256(e.Value) == own {
+			ps.base[rel] = e.Revision
+		}
 	}
 }
 
 // beforeReconcile is beforeRemove for every owned path not in want, the
 // paths a complete update writes (the caller runs beforeWrite for those).
 func (ps *pusher) beforeReconcile(want map[string]uint64, b *bucketState) {
-	for rel := range ps.p.dir.Files() {
+	for rel := range ps.d.Files() {
 		if _, ok := want[rel]; ok {
 			continue
 		}
@@ -655,37 +623,41 @@ func (ps *pusher) beforeReconcile(want map[string]uint64, b *bucketState) {
 	}
 }
 
-// rescue queues an edit kvsync is about to replace.
-func (ps *pusher) rescue(rel, key string, disk []byte, own [32]byte, b *bucketState) {
-	sum := sha256.Sum256(disk)
-	if ps.ours(rel, own, sum) {
+// displaced queues a local edit the projector found in a file it had just
+// replaced or removed, guarded by the revision it was based on.
+func (ps *pusher) displaced(dp projector.Displaced) {
+	if dp.Err != nil {
+		ps.logger.Error("local edit displaced by a remote change could not be held as a file; pushing it from memory",
+			"path", dp.Path, "held", dp.Held, "err", dp.Err)
+	}
+	key, err := projector.PathKey(dp.Path, ps.p.cfg.StripPrefix, ps.p.layout)
+	if err != nil {
+		name, kerr := ps.d.KeepHeld(dp.Held)
+		ps.fail(dp.Path, fmt.Errorf("displaced local edit kept as %s: %w", name, errors.Join(err, kerr)))
 		return
 	}
-	if s, ok := ps.settled[rel]; ok && s == sum {
-		return // a job holds these bytes already
+	j := pushJob{op: pushPut, rel: dp.Path, key: key, data: dp.Data, sum: sha256.Sum256(dp.Data), rescue: true, held: dp.Held, queued: time.Now()}
+	if s, ok := ps.settled[dp.Path]; ok && s == j.sum {
+		j.dup = true
 	}
-	j := pushJob{op: pushPut, rel: rel, key: key, data: disk, sum: sum, rescue: true}
-	if rev, ok := ps.p.revs[rel]; ok {
+	if rev, ok := ps.base[dp.Path]; ok {
 		j.guard = rev
-	} else if e, ok := b.entries[key]; ok && sha256.Sum256(e.Value) == own {
-		j.guard = e.Revision // the bucket still holds what the edit started from
 	} else {
 		j.stale = true
 	}
-	ps.logger.Info("local edit meets a remote change: pushing it first", "path", rel, "key", key)
+	ps.logger.Info("local edit meets a remote change: pushing it first", "path", dp.Path, "key", key)
 	ps.enqueue(j)
 }
 
 // afterWrite runs on the owner goroutine after an Apply or Reconcile.
 func (ps *pusher) afterWrite(res projector.Result) {
-	for rel, aside := range ps.asides {
-		ps.putBack(rel, aside, slices.Contains(res.Written, rel))
+	for _, dp := range res.Displaced {
+		ps.displaced(dp)
 	}
-	clear(ps.asides)
+	clear(ps.base)
 	for _, rel := range slices.Concat(res.Written, res.Removed) {
 		delete(ps.settled, rel)
 		delete(ps.refused, rel)
-		delete(ps.echo, rel)
 	}
 	if !ps.ready {
 		ps.ready = true
@@ -699,42 +671,12 @@ func (ps *pusher) afterWrite(res projector.Result) {
 
 // adopt makes a foreign file that holds exactly what the bucket holds
 // kvsync's, so later remote changes can replace it.
-func (ps *pusher) adopt(rel string, data []byte) {
-	aside, err := ps.setAside(rel)
+func (ps *pusher) adopt(rel string, data []byte) bool {
+	ok, err := ps.d.Adopt(rel, data)
 	if err != nil {
-		return
+		ps.logger.Warn("adopt local file", "path", rel, "err", err)
 	}
-	res, err := ps.p.dir.Apply([]projector.Change{{Path: rel, Data: data}})
-	ps.putBack(rel, aside, err == nil && slices.Contains(res.Written, rel))
-}
-
-// setAside renames the file at rel to a temp name beside it, which the
-// projector then writes in its place. The temp name starts with the
-// projector's temp prefix, so a crash leaves nothing it does not clean.
-func (ps *pusher) setAside(rel string) (string, error) {
-	aside := ".kvsync-tmp-adopt-" + strconv.FormatUint(rand.Uint64(), 36)
-	if d := path.Dir(rel); d != "." {
-		aside = d + "/" + aside
-	}
-	if err := ps.root.Rename(rel, aside); err != nil {
-		return "", err
-	}
-	return aside, nil
-}
-
-// putBack removes the set-aside file once kvsync wrote the same bytes in
-// its place, or moves it back if the write did not happen.
-func (ps *pusher) putBack(rel, aside string, written bool) {
-	if written {
-		_ = ps.root.Remove(aside) // identical bytes are at rel now
-		return
-	}
-	if _, err := ps.root.Lstat(rel); errors.Is(err, fs.ErrNotExist) {
-		if err := ps.root.Rename(aside, rel); err == nil {
-			return
-		}
-	}
-	ps.logger.Warn("could not put a local file back; it is kept aside", "path", rel, "aside", aside)
+	return ok
 }
 
 // ---- (3) the sender ----
@@ -783,8 +725,16 @@ func (ps *pusher) send(ctx context.Context) {
 // handle sends one job. It returns an error only when the job must be tried
 // again (no connection, no answer); every other outcome is dealt with here.
 func (ps *pusher) handle(ctx context.Context, j pushJob) error {
+	if j.held != "" {
+		read := j.sum
+		if j = ps.settleHeld(ctx, j); j.dup && j.sum == read {
+			ps.release(j)
+			return nil
+		}
+	}
 	id := jobID{op: j.op, sum: j.sum, guard: j.guard}
 	if last, ok := ps.last[j.rel]; ok && last == id && !j.stale {
+		ps.release(j)
 		return nil // the same bytes from the same base were handled already
 	}
 	kv, err := ps.bucket(ctx)
@@ -825,6 +775,47 @@ func (ps *pusher) handle(ctx context.Context, j pushJob) error {
 	}
 	ps.last[j.rel] = id
 	return nil
+}
+
+// settleHeld gives a held edit a debounce period from the moment it was
+// displaced — a program that truncated the file before the swap may still be
+// writing into it — and then takes what it holds as the job's bytes.
+func (ps *pusher) settleHeld(ctx context.Context, j pushJob) pushJob {
+	if wait := time.Until(j.queued.Add(ps.debounce)); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	if _, done := ps.kept[j.held]; done {
+		return j
+	}
+	if data, err := ps.d.ReadHeld(j.held); err == nil {
+		j.data, j.sum = data, sha256.Sum256(data)
+	}
+	return j
+}
+
+// release lets the projector drop a held edit whose bytes are safe (in the
+// bucket, or handled by an earlier job); one written again after it was
+// read becomes a conflict copy instead.
+func (ps *pusher) release(j pushJob) {
+	if j.held == "" {
+		return
+	}
+	if _, done := ps.kept[j.held]; done {
+		return
+	}
+	kept, err := ps.d.DropHeld(j.held, j.sum)
+	switch {
+	case err != nil:
+		ps.logger.Warn("release a pushed local edit", "path", j.rel, "held", j.held, "err", err)
+	case kept != "":
+		ps.logger.Warn("displaced local edit was written again after it was pushed; kept", "path", j.rel, "saved_as", kept)
+	}
+	ps.kept[j.held] = kept
 }
 
 func (ps *pusher) write(ctx context.Context, kv jetstream.KeyValue, j pushJob) (uint64, error) {
@@ -925,7 +916,7 @@ func (ps *pusher) latest(ctx context.Context, kv jetstream.KeyValue, key string)
 
 // reproject, on the owner goroutine, writes the remote value over a local edit
 // that lost (keep-remote) and is still on disk. A foreign file (a new local
-// file whose key exists) is removed first, to make room. When the disk holds
+// file whose key exists) is discarded first, to make room. When the disk holds
 // something else, kvsync already wrote the remote value there, or the file
 // was edited again and that edit has its own turn.
 func (ps *pusher) reproject(j pushJob) {
@@ -935,46 +926,38 @@ func (ps *pusher) reproject(j pushJob) {
 			return
 		}
 		ps.settled[j.rel] = j.sum // saved: the forced write below must not rescue it again
-		if _, owned := ps.p.dir.Hash(j.rel); !owned {
-			if err := ps.root.Remove(j.rel); err != nil {
+		if _, owned := ps.d.Hash(j.rel); !owned {
+			saved, err := ps.d.Discard(j.rel, j.sum)
+			switch {
+			case err != nil:
 				ps.logger.Warn("remove local file after a conflict", "path", j.rel, "err", err)
+			case saved != "":
+				ps.logger.Warn("local file changed again after a conflict; kept", "path", j.rel, "saved_as", saved)
 			}
 		}
 	}
 	ps.p.m.markDirty(time.Now(), true, "push-back conflict on "+j.rel)
 }
 
-// saveConflict writes the local bytes of a losing edit to
-// <dir>/.kvsync/conflicts/<path>.<unix-nanos>, keeping the sub-folders of
-// path, and returns that name.
+// saveConflict keeps the local bytes of a losing edit in a conflict copy,
+// <dir>/.kvsync/conflicts/<path>.<unix-nanos> (made by the projector: the
+// held displaced file itself, or a new file), and returns its name.
 func (ps *pusher) saveConflict(j pushJob) (string, error) {
-	dir := path.Join(".kvsync", "conflicts", path.Dir(j.rel))
-	if err := ps.root.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("create %s: %w", filepath.Join(ps.dir, dir), err)
+	if j.held == "" {
+		return ps.d.SaveConflict(j.rel, j.data)
 	}
-	for n := time.Now().UnixNano(); ; n++ {
-		name := path.Join(".kvsync", "conflicts", j.rel) + "." + strconv.FormatInt(n, 10)
-		f, err := ps.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, fs.ErrExist) {
-			continue
+	if name, done := ps.kept[j.held]; done {
+		if name != "" {
+			return name, nil
 		}
-		abs := filepath.Join(ps.dir, filepath.FromSlash(name))
-		if err != nil {
-			return "", fmt.Errorf("write %s: %w", abs, err)
-		}
-		_, err = f.Write(j.data)
-		if err == nil {
-			err = f.Sync()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			_ = ps.root.Remove(name) // partial: the retry writes a new one
-			return "", fmt.Errorf("write %s: %w", abs, err)
-		}
-		return abs, nil
+		return ps.d.SaveConflict(j.rel, j.data) // dropped: these bytes were safe elsewhere
 	}
+	name, err := ps.d.KeepHeld(j.held)
+	if err != nil {
+		return "", err
+	}
+	ps.kept[j.held] = name
+	return name, nil
 }
 
 // pushed records a successful push.
@@ -990,6 +973,7 @@ func (ps *pusher) landed(j pushJob, rev uint64) {
 	if j.op != pushPut {
 		return
 	}
+	ps.release(j)
 	ps.post(func(*owner) {
 		if cur, ok := ps.p.revs[j.rel]; !ok || cur < rev {
 			ps.p.revs[j.rel] = rev

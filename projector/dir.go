@@ -29,7 +29,12 @@ type Options struct {
 	UID, GID int         // owner of what kvsync creates; -1 leaves it as is (the zero value 0 means root)
 	Fsync    bool        // make every Apply durable before it returns
 	Snapshot bool        // atomic "snapshot": the whole set is swapped at once through a ..data symlink
-	Logger   *slog.Logger
+	// KeepEdits ("file" mode): a file kvsync replaces or removes that does
+	// not hold what kvsync last wrote there is a local edit; it is moved,
+	// whole, into <Dir>/.kvsync/displaced/ and reported in Result.Displaced
+	// instead of being deleted. See edits.go for what this guarantees.
+	KeepEdits bool
+	Logger    *slog.Logger
 }
 
 // Change is one file to write or remove. Path comes from KeyPath.
@@ -45,6 +50,9 @@ type Change struct {
 type Result struct {
 	Written, Removed []string
 	Errors           []PathError // per-path problems; the other paths were still applied
+	// Displaced holds, with Options.KeepEdits, the local edits found in
+	// files kvsync replaced or removed, each held for the caller to settle.
+	Displaced []Displaced
 }
 
 // Changed reports whether any file was written or removed.
@@ -91,11 +99,14 @@ type Dir struct {
 	// system or /proc cannot do it.
 	tmpfiles int
 	err      error // sticky: the manifest could not be written; Close and Open again
+	// noExchange: the file system refused renameat2(RENAME_EXCHANGE); owned
+	// files are replaced by a second name (linkat) and a rename instead.
+	noExchange bool
 
 	// The old contents of replaced files, under temp names, are unlinked by
 	// a goroutine of their own: freeing an inode is the slow part of a
 	// replace, and it need not hold up the next batch.
-	trash   chan []string
+	trash   chan trashBatch
 	trashed sync.WaitGroup // batches sent and not yet unlinked
 }
 
@@ -132,7 +143,7 @@ func Open(opts Options) (*Dir, error) {
 		_ = d.closeAll() // the open error is the one to report
 		return nil, fmt.Errorf("open projection %s: %w", abs, err)
 	}
-	d.trash = make(chan []string, 16)
+	d.trash = make(chan trashBatch, 16)
 	go d.emptyTrash(d.root, d.trash)
 	if n := tmpfileBudget(); n > 0 {
 		d.tmpfiles = n
@@ -158,17 +169,77 @@ func tmpfileBudget() int {
 	return int(min(uint64(maxTmpfiles), (lim.Cur-1024)/2))
 }
 
-// emptyTrash unlinks the temp names of replaced files' old contents. A
-// failure leaves a temp file that the next Open removes; it is logged.
-func (d *Dir) emptyTrash(root *os.Root, trash <-chan []string) {
-	for olds := range trash {
-		for _, o := range olds {
-			if err := root.Remove(o); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o), slog.String("error", err.Error()))
+// trashBatch is the old contents one batch replaced, sent to emptyTrash.
+type trashBatch struct {
+	sent time.Time
+	olds []trashed
+}
+
+// trashed is the temp name (relative to the top) of a replaced file's old
+// content. With check, it held one of sums when the batch compared it.
+type trashed struct {
+	name, path string
+	sums       [2][32]byte
+	check      bool
+}
+
+// trashGrace is how long, with KeepEdits, the old content of a replaced
+// file is kept before it is compared once more and unlinked: a program that
+// resolved the file's name before the swap may truncate and write it a
+// moment after the batch compared it.
+const trashGrace = 50 * time.Millisecond
+
+// emptyTrash unlinks the temp names of replaced files' old contents. One
+// that changed since the batch compared it (KeepEdits) is kept as a conflict
+// copy instead. A failure leaves a temp file that the next Open removes; it
+// is logged.
+func (d *Dir) emptyTrash(root *os.Root, trash <-chan trashBatch) {
+	for b := range trash {
+		for i, o := range b.olds {
+			if o.check {
+				if i == 0 {
+					time.Sleep(time.Until(b.sent.Add(trashGrace)))
+				}
+				if d.changedOld(o) {
+					continue
+				}
+			}
+			if err := root.Remove(o.name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o.name), slog.String("error", err.Error()))
 			}
 		}
 		d.trashed.Done()
 	}
+}
+
+// changedOld reports whether the old content o no longer holds what it held
+// when its batch compared it (a write through a descriptor opened before the
+// swap), and then keeps it as a conflict copy. It runs on the trash
+// goroutine, which Close waits for before it closes the folders.
+func (d *Dir) changedOld(o trashed) bool {
+	q := parent(o.name)
+	fd := int(d.top.Fd())
+	if q != "" {
+		var err error
+		if fd, err = openFolder(fd, q); err != nil {
+			return false
+		}
+		defer func() { _ = unix.Close(fd) }() // read-only descriptor
+	}
+	data, _, err := readAt(fd, path.Base(o.name))
+	if err != nil {
+		return false
+	}
+	if sum := sha256.Sum256(data); sum == o.sums[0] || sum == o.sums[1] {
+		return false
+	}
+	name, err := d.moveIn(conflictsDir, fd, path.Base(o.name), o.path, data)
+	if err != nil {
+		d.log.Error("a replaced file was written after kvsync compared it and cannot be kept", "path", o.path, "err", err)
+		return true // left under its temp name, removed at the next start
+	}
+	d.log.Warn("a replaced file was written after kvsync compared it; kept as a conflict copy", "path", o.path, "saved_as", name)
+	return true
 }
 
 // waitTrash returns once every old content sent to the trash is unlinked.
@@ -207,6 +278,9 @@ func (d *Dir) open() error {
 		d.log.Warn("dropped the incomplete last record of the manifest, cut short by a crash")
 	}
 	if err := d.removeTemps(); err != nil {
+		return err
+	}
+	if err := d.recoverHeld(); err != nil {
 		return err
 	}
 	if d.opts.Snapshot {
@@ -426,6 +500,7 @@ func (d *Dir) ReconcileSeq(want iter.Seq2[string, []byte]) (Result, error) {
 		res.Written = append(res.Written, r.Written...)
 		res.Removed = append(res.Removed, r.Removed...)
 		res.Errors = append(res.Errors, r.Errors...)
+		res.Displaced = append(res.Displaced, r.Displaced...)
 		clear(changes)
 		changes = changes[:0]
 		clear(force)
@@ -513,11 +588,15 @@ type put struct {
 //     and '+' for folders and files about to appear), fdatasync'ed: a crash never
 //     leaves a file kvsync wrote but does not own.
 //  6. Link every unnamed temp file at its target (linkat(2), which fails
-//     rather than replace a file that appeared meanwhile), and rename every
-//     temp file over its target. A target kvsync owns is first given a
-//     second, temp name (linkat(2)), so the rename does not free its inode:
-//     freeing it is most of a replace's cost on ext4, and is left to step 8,
-//     after the new bytes are visible.
+//     rather than replace a file that appeared meanwhile), rename a temp file
+//     to a new target (renameat2 RENAME_NOREPLACE, which fails the same way),
+//     and swap a temp file with the target kvsync owns (renameat2
+//     RENAME_EXCHANGE): the old file stays under the temp name, so its inode
+//     is not freed (freeing it is most of a replace's cost on ext4, and is
+//     left to step 8, after the new bytes are visible), and with KeepEdits it
+//     is compared with what kvsync wrote: a local edit is kept (edits.go).
+//     Without RENAME_EXCHANGE the target is first given a second, temp name
+//     (linkat(2)) and the temp file renamed over it.
 //  7. Fsync the touched folders (or syncfs(2) when there are many).
 //  8. Hand the old contents' temp names to the goroutine that unlinks them
 //     while the next batch is being written.
@@ -560,7 +639,9 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 	var emptied []string
 	for _, p := range removes {
 		err := d.checkParents(p, checked, nil)
-		if err == nil {
+		if err == nil && d.opts.KeepEdits {
+			err = d.removeKeeping(fc, p, &res)
+		} else if err == nil {
 			err = fc.unlink(p, 0)
 		}
 		switch {
@@ -653,11 +734,11 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 	// (6)
 	clear(syncDirs)
 	undo := false
-	var olds []string
+	var olds []trashed
 	defer func() { // (8)
 		if len(olds) > 0 {
 			d.trashed.Add(1)
-			d.trash <- olds
+			d.trash <- trashBatch{sent: time.Now(), olds: olds}
 		}
 	}()
 	for _, w := range puts {
@@ -681,18 +762,32 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 		if w.tmp == "" {
 			continue
 		}
-		if w.owned {
-			if old := fc.keepOld(w.path); old != "" {
-				olds = append(olds, old)
+		if !w.owned {
+			if err := fc.place(w.tmp, w.path); err != nil {
+				if errors.Is(err, fs.ErrExist) {
+					err = fmt.Errorf("%w (it appeared during the write)", ErrForeign)
+				}
+				res.fail(w.path, fmt.Errorf("write: %w", err))
+				d.man.remove(w.path)
+				undo = true
+				continue
+			}
+			res.Written = append(res.Written, w.path)
+			syncDirs[parent(w.path)] = true
+			continue
+		}
+		aside, err := fc.swap(w.tmp, w.path, w.old, w.sum, &res)
+		if err == nil && aside != "" {
+			switch d.settle(fc, aside, w.path, w.old, w.sum, &res) {
+			case settleUnlink:
+				olds = append(olds, trashed{name: aside, path: w.path, sums: [2][32]byte{w.old, w.sum}, check: d.opts.KeepEdits})
+			case settleFolder:
+				err = fc.swapBack(aside, w.path)
 			}
 		}
-		if err := fc.rename(w.tmp, w.path); err != nil {
+		if err != nil {
 			res.fail(w.path, fmt.Errorf("rename: %w", err))
-			if w.owned {
-				d.man.add(w.path, w.old) // the file still holds the old bytes
-			} else {
-				d.man.remove(w.path)
-			}
+			d.man.add(w.path, w.old) // the file still holds the old bytes
 			undo = true
 			continue
 		}

@@ -6,6 +6,11 @@
 //     manifest of files kvsync wrote (so foreign files are never touched), pruning
 //     of folders it created, and the snapshot mode in which a "..data" symlink swap
 //     gives readers one consistent revision of the whole set;
+//   - local edits of the files it projects (edits.go): a file it replaces or
+//     removes is swapped out whole (renameat2 RENAME_EXCHANGE) and a local
+//     edit found in it is held and reported, never deleted; reads without
+//     following symlinks, adoption of a local file, conflict copies in
+//     <dir>/.kvsync/conflicts: push-back does all of its disk work here;
 //   - single-file atomic writes for templates and dotenv files (WriteFile), with an
 //     in-place fallback for single-file bind mounts;
 //   - environment variable names and dotenv encoding (EnvName, EnvVars, EncodeDotenv).
