@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -193,17 +192,11 @@ func TestToxiResetPeer(t *testing.T) {
 // in the middle of a message; values of 4 KiB keep coming. The agent resumes
 // on each new connection and ends with the bucket exactly.
 //
-// SKIP (BUG) unless KVSYNC_KNOWN_BUGS is set: in about 1 run of 7 a cut lands
-// while the watcher lists the bucket's keys after a reconnect. That listing
-// (agent/watch.go, watcher.list) is bounded at 30 s and is not given up when
-// the connection comes back, unlike the watcher's other requests (bounded):
-// its request died with the old connection, and the watcher stalls 30 s
-// ("reconcile after reconnect ... stream info: context deadline exceeded"),
-// then converges. Measured: converged 30.05 s after the fault was removed.
+// A cut that lands while the watcher lists the bucket's keys after a
+// reconnect once stalled it 30 s (the listing was not given up when the
+// connection came back); the watcher now gives its listings up on a
+// reconnect like its other requests.
 func TestToxiLimitData(t *testing.T) {
-	if os.Getenv("KVSYNC_KNOWN_BUGS") == "" {
-		t.Skip("BUG: the watcher's key listing after a reconnect is not given up when the connection comes back again: a 30 s stall in ~1 run of 7 (set KVSYNC_KNOWN_BUGS=1 to run)")
-	}
 	kv, fp, a, dir := faultSetup(t, "log: {level: debug}\n")
 	fp.add(t, "limit", "limit_data", "downstream", map[string]any{"bytes": 64 << 10})
 	ctx := context.Background()
