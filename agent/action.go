@@ -28,7 +28,7 @@ const (
 	actionRestart = "restart"
 )
 
-// Defaults of the actions (SPEC §3).
+// Defaults of the actions (docs/CONFIG.md).
 const (
 	defaultCommandTimeout = 30 * time.Second
 	defaultHTTPTimeout    = 10 * time.Second

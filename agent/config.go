@@ -325,7 +325,7 @@ type LogConfig struct {
 	Format string `koanf:"format"`
 }
 
-// Default returns a Config with every default of SPEC §3 filled in. Projections
+// Default returns a Config with every default of docs/CONFIG.md filled in. Projections
 // get their defaults in (*Config).Default, which runs after loading.
 func Default() Config {
 	return Config{

@@ -135,7 +135,7 @@ func killGroup(pgid int, sig syscall.Signal) error {
 	return nil
 }
 
-// supervisor runs the exec child (SPEC §4 "Env and exec"): it starts it in a
+// supervisor runs the exec child: it starts it in a
 // process group of its own with the projected environment, restarts or
 // signals it on change, relays kvsync's signals to it, and reports when it
 // exits by itself so that kvsync can exit with its code.

@@ -67,7 +67,9 @@ import (
 // discards and saves conflict copies through the projector.Dir.
 
 // valueHeadroom is what a pushed value leaves of the bucket's max value size
-// for the headers the server counts too (NATS-NOTES).
+// for the headers the server counts too: a bucket's max value size includes
+// the message's header bytes, so a delete or a TTL create on a tight bucket
+// would otherwise be refused.
 const valueHeadroom = 150
 
 // pushTimeout bounds one KV call of the sender.

@@ -24,8 +24,8 @@ import (
 
 // firstPutBudget is how long the first put after a server restart or a
 // leader change may take to reach disk. It is a functional requirement (the
-// agent must resume within a second, not after a watcher stall of ~18 s, see
-// NATS-NOTES trap 4), not a performance target: the budget is generous next to
+// agent must resume within a second, not after the ~18 s stall a plain
+// library watcher showed after a server restart), not a performance target: the budget is generous next to
 // the milliseconds it takes on an idle machine, so that it holds under -race on
 // a busy 2-core runner. The measured figure is logged.
 const firstPutBudget = time.Second

@@ -13,7 +13,8 @@ import (
 	"syscall"
 )
 
-// Exit codes of SPEC §2.
+// Exit codes: 0 ok, 1 runtime failure, 2 usage or config error; in exec mode
+// the child's code.
 const (
 	exitOK      = 0
 	exitFailure = 1
