@@ -183,13 +183,13 @@ func fillApp(t testing.TB, js jetstream.JetStream, n, size int) jetstream.KeyVal
 }
 
 // TestPermissionsDocAgent: with each agent user of the doc, the real agent
-// finishes the initial sync of 1,500 values of 4 KiB in a bucket with
+// finishes the initial sync of 1,500 values of 8 KiB (the shape that once lost a key) in a bucket with
 // history, follows a change, and the server refuses nothing. The push-back
 // user pushes a local edit; the watch-only user's push is refused, clearly.
 func TestPermissionsDocAgent(t *testing.T) {
 	conf, _ := docBlocks(t)
 	ps := startPermServer(t, conf)
-	kv := fillApp(t, ps.admin, 1500, 4<<10)
+	kv := fillApp(t, ps.admin, 1500, 8<<10)
 	for _, user := range []string{"kvsync-watch", "kvsync-push", "kvsync-report"} {
 		t.Run(user, func(t *testing.T) {
 			dir := t.TempDir()
