@@ -899,24 +899,20 @@ func (w *watcher) notDelivered(gen uint64, keys map[string]struct{}) (lost []str
 // after the last one handed on is left to the consumer, which delivers it in
 // order.
 func (w *watcher) repair(ctx context.Context, st jetstream.Stream, gen uint64, keys []string) error {
-	prefix := "$KV." + w.bucket + "."
 	for _, k := range keys {
-		gctx, cancel := context.WithTimeout(ctx, apiTimeout(0))
-		m, err := st.GetLastMsgForSubject(gctx, prefix+k)
-		cancel()
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
+		ev, ok, err := lastEntry(ctx, st, w.bucket, k)
+		if err != nil {
+			return err
+		}
+		if !ok {
 			continue // removed since the listing
 		}
-		if err != nil {
-			return fmt.Errorf("get %s: %w", k, err)
-		}
-		ev, ok := parseEntry(m.Subject, m.Header, m.Data, prefix, w.bucket, m.Sequence, m.Time)
 		w.mu.Lock()
 		if gen != w.gen {
 			w.mu.Unlock()
 			return nil // a new consumer takes over
 		}
-		if ok && m.Sequence <= w.seen {
+		if ev.rev <= w.seen {
 			w.delivered[ev.key] = struct{}{}
 			if kvkey.MatchAny(w.filters, ev.key) {
 				w.out.push(ev)
@@ -925,6 +921,24 @@ func (w *watcher) repair(ctx context.Context, st jetstream.Stream, gen uint64, k
 		w.mu.Unlock()
 	}
 	return nil
+}
+
+// lastEntry reads the last message of key in the bucket's stream st; ok is
+// false when the key has none (removed since it was listed) or its subject is
+// not a key.
+func lastEntry(ctx context.Context, st jetstream.Stream, bucket, key string) (ev event, ok bool, err error) {
+	prefix := "$KV." + bucket + "."
+	gctx, cancel := context.WithTimeout(ctx, apiTimeout(0))
+	m, err := st.GetLastMsgForSubject(gctx, prefix+key)
+	cancel()
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return event{}, false, nil
+	}
+	if err != nil {
+		return event{}, false, fmt.Errorf("get %s: %w", key, err)
+	}
+	ev, ok = parseEntry(m.Subject, m.Header, m.Data, prefix, bucket, m.Sequence, m.Time)
+	return ev, ok, nil
 }
 
 // streamKeys lists the keys that have a message in the stream and fall under

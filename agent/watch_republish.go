@@ -415,23 +415,16 @@ func (w *republishWatcher) verify(ctx context.Context, delivered map[string]stru
 		return fmt.Errorf("stream info: %w", err)
 	}
 	slices.Sort(lost)
-	prefix := "$KV." + w.bucket + "."
 	fetched := 0
 	for _, k := range lost {
-		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		m, err := st.GetLastMsgForSubject(gctx, prefix+k)
-		cancel()
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue // removed since the listing
-		}
+		ev, ok, err := lastEntry(ctx, st, w.bucket, k)
 		if err != nil {
-			return fmt.Errorf("get %s: %w", k, err)
+			return err
 		}
-		if m.Sequence > w.seen {
-			continue // written after the sync: its republished copy follows
+		if !ok || ev.rev > w.seen {
+			continue // removed since the listing, or written after the sync: its republished copy follows
 		}
-		ev, ok := parseEntry(m.Subject, m.Header, m.Data, prefix, w.bucket, m.Sequence, m.Time)
-		if ok && kvkey.MatchAny(w.filters, ev.key) {
+		if kvkey.MatchAny(w.filters, ev.key) {
 			w.out.push(ev)
 		}
 		fetched++

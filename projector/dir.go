@@ -742,10 +742,9 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 		}
 	}()
 	for _, w := range puts {
-		if w.tf >= 0 {
-			err := fc.link(w.tf, w.path)
-			_ = unix.Close(w.tf) // written, and synced with the batch when asked
-			w.tf = -1
+		// placed records the placing of a new file: written, or refused when
+		// a file appeared at its name meanwhile (never replaced).
+		placed := func(err error) {
 			if err != nil {
 				if errors.Is(err, fs.ErrExist) {
 					err = fmt.Errorf("%w (it appeared during the write)", ErrForeign)
@@ -753,27 +752,23 @@ func (d *Dir) applyFiles(changes []Change, force map[string]bool) (Result, error
 				res.fail(w.path, fmt.Errorf("write: %w", err))
 				d.man.remove(w.path)
 				undo = true
-				continue
+				return
 			}
 			res.Written = append(res.Written, w.path)
 			syncDirs[parent(w.path)] = true
+		}
+		if w.tf >= 0 {
+			err := fc.link(w.tf, w.path)
+			_ = unix.Close(w.tf) // written, and synced with the batch when asked
+			w.tf = -1
+			placed(err)
 			continue
 		}
 		if w.tmp == "" {
 			continue
 		}
 		if !w.owned {
-			if err := fc.place(w.tmp, w.path); err != nil {
-				if errors.Is(err, fs.ErrExist) {
-					err = fmt.Errorf("%w (it appeared during the write)", ErrForeign)
-				}
-				res.fail(w.path, fmt.Errorf("write: %w", err))
-				d.man.remove(w.path)
-				undo = true
-				continue
-			}
-			res.Written = append(res.Written, w.path)
-			syncDirs[parent(w.path)] = true
+			placed(fc.place(w.tmp, w.path))
 			continue
 		}
 		aside, err := fc.swap(w.tmp, w.path, w.old, w.sum, &res)
