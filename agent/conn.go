@@ -29,7 +29,8 @@ import (
 // The cost, at fleet size: 10,000 agents each send one PING every 2 s, so the
 // servers answer 5,000 PINGs/s with 5,000 PONGs/s, 6 bytes each way: 60 KB/s
 // of payload and about 10,000 small TCP segments/s, spread over the servers
-// the agents use. A PING is answered in the client's read loop and touches
+// the agents use. An idle agent's stale-link check (link) adds at most one
+// more PING every 2 s: twice that at worst. A PING is answered in the client's read loop and touches
 // no consumer, so it is cheaper than the watcher heartbeat every agent
 // already receives once a second per bucket (10,000 heartbeat messages/s for
 // one bucket). A server that stalls for more than 4 to 6 s (a long GC or
@@ -497,8 +498,11 @@ func (r *Refusals) Explain(err error) error {
 
 // link tells whether the server is still heard from. The connection only
 // notices a silent link when its PINGs go unanswered; link notices it as
-// soon as nothing at all arrived for staleAfter, without sending anything:
-// it watches the connection's inbound byte count.
+// soon as nothing at all arrived for staleAfter. It watches the connection's
+// inbound messages, and when none came for pingInterval (an idle agent: the
+// watcher's heartbeat comes every 5 s, and the republish mode has none) it
+// asks for a PONG itself: the client's own PONGs are not counted in its
+// statistics.
 type link struct {
 	heard atomic.Int64     // unix nanos of the last inbound traffic seen
 	stale atomic.Int64     // unix nanos since when nothing arrived, when stale; 0 if not
@@ -517,14 +521,15 @@ func (l *link) run(ctx context.Context, nc *nats.Conn, logger *slog.Logger) {
 	const every = 250 * time.Millisecond
 	t := time.NewTicker(every)
 	defer t.Stop()
-	prev := nc.Stats().InBytes
+	inbound := func() uint64 { st := nc.Stats(); return st.InMsgs + st.InBytes }
+	prev := inbound()
 	l.heard.Store(time.Now().UnixNano())
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			in := nc.Stats().InBytes
+			in := inbound()
 			if in != prev || !nc.IsConnected() {
 				// Traffic, or no connection at all (reported as
 				// disconnected; a new connection starts fresh).
@@ -539,6 +544,15 @@ func (l *link) run(ctx context.Context, nc *nats.Conn, logger *slog.Logger) {
 				continue
 			}
 			heard := l.heard.Load()
+			if silent := now.Sub(time.Unix(0, heard)); silent >= pingInterval && silent < staleAfter {
+				// A PING of its own, answered within the time left before
+				// the link would count as stale.
+				if err := nc.FlushTimeout(staleAfter - silent); err == nil {
+					l.heard.Store(time.Now().UnixNano())
+					continue
+				}
+				heard = l.heard.Load()
+			}
 			if now.Sub(time.Unix(0, heard)) >= staleAfter && l.stale.CompareAndSwap(0, heard) {
 				l.setGauge(1)
 				logger.Warn("NATS link stale: nothing received from the server; the agent is blind to changes until the link or a new connection is back",
