@@ -75,7 +75,7 @@ func (e *env) burstRun(ctx context.Context, wait time.Duration) (Result, error) 
 
 	settled := make(chan time.Time, 1)
 	done := map[string]bool{} // touched by the watcher goroutine only
-	stopFiles, err := watchFiles([]string{dir}, func(path string) {
+	stopFiles, err := watchFiles([]string{dir}, func(path string, _ bool) {
 		at := time.Now()
 		want, ok := final[path]
 		if !ok || done[path] {
