@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"os"
 	"path"
 	"slices"
@@ -183,9 +182,7 @@ func (l *execLoop) childExited(code int) (time.Duration, bool) {
 	}
 	d := l.backoff
 	l.backoff = min(2*l.backoff, b.Max)
-	if half := d / 2; half > 0 {
-		d = half + rand.N(d-half+1)
-	}
+	d = equalJitter(d, nil)
 	next := now.Add(d)
 	l.nextStart = &next
 	l.metrics.childBackoff.Set(d.Seconds())

@@ -230,7 +230,9 @@ func (w *republishWatcher) run(ctx context.Context) error {
 		case errors.Is(err, errNotRepublishing):
 			w.tell(fmt.Errorf("%w to %s (watch mode republish): give it one (kvsync bucket add %s --republish, or nats stream edit %s --republish-source '$KV.%s.>' --republish-destination '%s'), or set watch mode auto",
 				errNotRepublishing, RepublishSubject(w.bucket), w.bucket, w.stream(), w.bucket, RepublishSubject(w.bucket)))
-			wait = w.every // or until the stream reports an update
+			// Jittered like every wait here, so a fleet does not come back in step;
+			// or until the stream reports an update.
+			wait = equalJitter(w.every, nil)
 		case errors.Is(err, errRecreated):
 			w.logger.Warn("bucket was recreated: following the new one from its start")
 			w.synced = false
@@ -241,9 +243,6 @@ func (w *republishWatcher) run(ctx context.Context) error {
 		if time.Since(started) > 2*time.Second {
 			bo.reset()
 		}
-		// Half of the wait is random, so a fleet whose server refused
-		// them all does not come back in step.
-		wait = wait/2 + rand.N(wait/2+1)
 		select {
 		case <-ctx.Done():
 		case <-w.nudge:
@@ -275,7 +274,7 @@ func (w *republishWatcher) decide(ctx context.Context) bool {
 		case <-ctx.Done():
 		case <-w.nudge:
 		case <-w.resumed:
-		case <-time.After(wait/2 + rand.N(wait/2+1)):
+		case <-time.After(wait):
 		}
 	}
 	return false
@@ -697,7 +696,7 @@ func (w *republishWatcher) live(ctx context.Context, cfg jetstream.StreamConfig)
 // nextCheck is when an idle watcher next asks the stream: a random point of
 // the check interval, so a fleet's agents do not ask at once.
 func (w *republishWatcher) nextCheck() time.Duration {
-	return w.every/2 + rand.N(w.every/2+1)
+	return equalJitter(w.every, nil)
 }
 
 // sequence returns the stream sequence of a republished copy of this
