@@ -278,14 +278,13 @@ func (a *Agent) runConfig(ctx context.Context, cfg *Config, js jetstream.JetStre
 
 // Ready reports whether every projection finished its initial sync, no
 // bucket is missing, and every template rendered at least once.
-func (a *Agent) Ready() bool { return a.ready.Load() && templatesReady(a.status.Load()) }
+func (a *Agent) Ready() bool { return a.ready.Load() }
 
 // Status returns the latest status snapshot.
 // The exec child's part is read at the time of the call: the child restarts
 // on the exec loop's own time, after the owner published its snapshot.
 func (a *Agent) Status() *Status {
 	c := *a.status.Load()
-	c.Ready = c.Ready && templatesReady(&c)
 	if l := a.exec.Load(); l != nil {
 		c.Child = l.status()
 	}

@@ -678,7 +678,6 @@ func (o *owner) publishStatus() {
 			ready = false
 		}
 	}
-	s.Ready = ready
 	if ready && !o.a.ready.Load() && !o.freed {
 		// The initial sync's transient memory (every entry as received, the
 		// complete update's maps) is garbage now: hand it back to the OS
@@ -687,8 +686,10 @@ func (o *owner) publishStatus() {
 		o.freed = true
 		go debug.FreeOSMemory()
 	}
-	o.a.ready.Store(ready)
-	if ready && templatesReady(s) {
+	// Ready also waits for every template's first render.
+	s.Ready = ready && templatesReady(s)
+	o.a.ready.Store(s.Ready)
+	if s.Ready {
 		o.a.metrics.ready.Set(1)
 	} else {
 		o.a.metrics.ready.Set(0)

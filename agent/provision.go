@@ -50,7 +50,7 @@ func provision(ctx context.Context, js jetstream.JetStream, buckets []BucketConf
 		if diff := bucketDiff(want, st); diff != "" {
 			logger.Warn("bucket exists with other settings; leaving it as it is", "bucket", b.Name, "differences", diff)
 		}
-		have := streamMaxConsumers(st)
+		have := StreamMaxConsumers(st)
 		switch {
 		case b.MaxConsumers != 0 && have != b.MaxConsumers:
 			if err := SetMaxConsumers(ctx, js, b.Name, b.MaxConsumers); err != nil {
@@ -74,9 +74,9 @@ func (b BucketConfig) maxConsumers() int {
 	return b.MaxConsumers
 }
 
-// streamMaxConsumers is the max_consumers of a bucket's stream (-1 when it
+// StreamMaxConsumers is the max_consumers of a bucket's stream (-1 when it
 // has none of its own, or the status does not say).
-func streamMaxConsumers(st jetstream.KeyValueStatus) int {
+func StreamMaxConsumers(st jetstream.KeyValueStatus) int {
 	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
 		if mc := bs.StreamInfo().Config.MaxConsumers; mc > 0 {
 			return mc

@@ -217,7 +217,7 @@ func (o *owner) noteAction(bm batchMember, r ActionResult) {
 func (o *owner) record(s *Status) *Record {
 	r := &Record{
 		ID: o.cfg.Agent.ID, Labels: o.cfg.Agent.Labels, Version: o.a.opts.Version,
-		Started: o.a.started, Ready: s.Ready && templatesReady(s),
+		Started: o.a.started, Ready: s.Ready,
 		Projections: make([]ProjectionRecord, 0, len(o.projs)),
 	}
 	if o.cfg.Report != nil {

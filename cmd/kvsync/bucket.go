@@ -248,7 +248,7 @@ func (c *BucketCommand) add(ctx context.Context, js jetstream.JetStream, name st
 		if d := s.differences(st.Config()); len(d) > 0 {
 			return fmt.Errorf("bucket %s exists with other settings: %s", name, strings.Join(d, ", "))
 		}
-		have := maxConsumers(st)
+		have := agent.StreamMaxConsumers(st)
 		switch {
 		case s.maxConsumersSet && have != s.maxConsumers:
 			if err := agent.SetMaxConsumers(ctx, js, name, s.maxConsumers); err != nil {
@@ -297,15 +297,6 @@ func (c *BucketCommand) add(ctx context.Context, js jetstream.JetStream, name st
 		fmt.Fprintf(c.io.out, "bucket %s created\n", name)
 	}
 	return nil
-}
-
-// maxConsumers is the max_consumers of a bucket's stream, -1 when it has none
-// of its own.
-func maxConsumers(st jetstream.KeyValueStatus) int {
-	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil && bs.StreamInfo().Config.MaxConsumers > 0 {
-		return bs.StreamInfo().Config.MaxConsumers
-	}
-	return -1
 }
 
 // consumersLimit shows a max_consumers value.
@@ -367,7 +358,7 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 		Compressed:     cfg.Compression,
 		LimitMarkerTTL: cfg.LimitMarkerTTL.String(),
 		Stream:         "KV_" + name,
-		MaxConsumers:   maxConsumers(st),
+		MaxConsumers:   agent.StreamMaxConsumers(st),
 	}
 	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
 		si := bs.StreamInfo()
