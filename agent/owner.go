@@ -243,8 +243,7 @@ func (o *owner) watch(bucket string, filters []string) {
 	case *watcher:
 		cw.missing = o.a.metrics.missing.WithLabelValues(bucket)
 	case *republishWatcher:
-		cw.missing = o.a.metrics.missing.WithLabelValues(bucket)
-		cw.lister.missing = cw.missing
+		cw.lister.missing = o.a.metrics.missing.WithLabelValues(bucket)
 	}
 	o.watched[bucket] = w
 	o.st.bucket(bucket)

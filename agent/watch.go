@@ -502,14 +502,7 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 	if err != nil {
 		return n, fmt.Errorf("create consumer: %w", err)
 	}
-	defer func() {
-		// Best effort: the inactive threshold removes it anyway.
-		go func() {
-			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			_ = w.js.DeleteConsumer(dctx, w.stream(), cons.CachedInfo().Name)
-		}()
-	}()
+	defer func() { go dropConsumer(w.js, w.stream(), cons.CachedInfo().Name) }()
 	*started = time.Now()
 	w.running()
 	activity.Store(started.UnixNano())
@@ -693,11 +686,7 @@ func (w *watcher) create(ctx context.Context, cfg jetstream.ConsumerConfig, chos
 			results <- result{name, cons, err}
 		}()
 	}
-	drop := func(name string) {
-		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = w.js.DeleteConsumer(dctx, w.stream(), name)
-	}
+	drop := func(name string) { dropConsumer(w.js, w.stream(), name) }
 	attempt(cfg.Name)
 	asked, pending := 1, 1
 	timer := time.NewTimer(hedge)
@@ -921,6 +910,14 @@ func (w *watcher) repair(ctx context.Context, st jetstream.Stream, gen uint64, k
 		w.mu.Unlock()
 	}
 	return nil
+}
+
+// dropConsumer deletes a consumer the watcher left, best effort: its
+// inactive threshold removes it anyway.
+func dropConsumer(js jetstream.JetStream, stream, name string) {
+	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = js.DeleteConsumer(dctx, stream, name)
 }
 
 // lastEntry reads the last message of key in the bucket's stream st; ok is

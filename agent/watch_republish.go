@@ -14,7 +14,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
@@ -120,7 +119,6 @@ type republishWatcher struct {
 	bucket  string
 	filters []string
 	out     *inbox
-	base    *slog.Logger // the owner's, for a consumer watcher taking over
 	logger  *slog.Logger
 	mode    string        // WatchRepublish or WatchAuto
 	every   time.Duration // check interval
@@ -131,10 +129,12 @@ type republishWatcher struct {
 	fallback atomic.Pointer[watcher]
 
 	// Owned by run.
-	msgs    chan *nats.Msg
-	sub     *nats.Subscription
-	lister  *watcher           // lists the keys (its list and streamKeys methods)
-	missing prometheus.Counter // keys the initial sync's check found missing; may be nil
+	msgs chan *nats.Msg
+	sub  *nats.Subscription
+	// lister lists the keys (its list and streamKeys methods), counts the
+	// keys a check found missing (its missing), and follows the bucket when
+	// it does not republish (handOver).
+	lister  *watcher
 	epoch   uint64
 	created time.Time // the stream's creation time: a new stream is a new epoch
 	synced  bool      // the epoch's initial sync is done
@@ -156,7 +156,7 @@ const defaultRepublishBuffer = 1024
 
 func newRepublishWatcher(js jetstream.JetStream, bucket string, filters []string, out *inbox, logger *slog.Logger, mode string, check time.Duration) *republishWatcher {
 	return &republishWatcher{
-		js: js, bucket: bucket, filters: filters, out: out, base: logger,
+		js: js, bucket: bucket, filters: filters, out: out,
 		logger: logger.With("bucket", bucket, "watch", "republish"),
 		mode:   mode, every: check, buffer: defaultRepublishBuffer,
 		resumed: make(chan struct{}, 1),
@@ -286,8 +286,7 @@ func (w *republishWatcher) handOver(ctx context.Context) error {
 		return nil
 	}
 	w.logger.Info("bucket does not republish to " + RepublishSubject(w.bucket) + ": following it with a consumer")
-	fb := newWatcher(w.js, w.bucket, w.filters, w.out, w.base)
-	fb.missing = w.missing
+	fb := w.lister // built with the same arguments; the republish loop is done with it
 	w.fallback.Store(fb)
 	return fb.run(ctx)
 }
@@ -431,8 +430,8 @@ func (w *republishWatcher) verify(ctx context.Context, delivered map[string]stru
 	if fetched > 0 {
 		w.logger.Error("the initial sync missed keys the stream holds: fetched them", "missing", fetched,
 			"keys", strings.Join(lost[:min(len(lost), 5)], ","))
-		if w.missing != nil {
-			w.missing.Add(float64(fetched))
+		if m := w.lister.missing; m != nil {
+			m.Add(float64(fetched))
 		}
 	}
 	return nil
@@ -466,14 +465,7 @@ func (w *republishWatcher) read(ctx context.Context, cfg jetstream.ConsumerConfi
 	if err != nil {
 		return 0, fmt.Errorf("create consumer: %w", err)
 	}
-	defer func() {
-		// Best effort: the inactive threshold removes it anyway.
-		go func() {
-			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			_ = w.js.DeleteConsumer(dctx, w.stream(), cfg.Name)
-		}()
-	}()
+	defer func() { go dropConsumer(w.js, w.stream(), cfg.Name) }()
 	if cons.CachedInfo().NumPending == 0 {
 		return 0, nil
 	}
