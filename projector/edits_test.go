@@ -281,6 +281,7 @@ func TestKeepEditsFileVanishes(t *testing.T) {
 		if got := readFile(t, p); got != "remote" || len(res.Errors)+len(res.Displaced) != 0 {
 			t.Fatalf("file %q, result %+v", got, res)
 		}
+		d.waitTrash() // replaced contents are freed off the writer's path
 		noTempNames(t, dir)
 	})
 }
@@ -310,6 +311,7 @@ func TestPlaceNeverReplaces(t *testing.T) {
 	if got := readFile(t, filepath.Join(dir, "new.conf")); got != "local" {
 		t.Fatalf("new.conf holds %q", got)
 	}
+	d.waitTrash() // replaced contents are freed off the writer's path
 	noTempNames(t, dir)
 }
 
@@ -415,6 +417,7 @@ func TestDirLocalFileAPI(t *testing.T) {
 	if got := readFile(t, name); got != "edit" || readFile(t, filepath.Join(dir, "sub", "a")) != "kvsync" {
 		t.Fatalf("a refused held-file call changed a file")
 	}
+	d.waitTrash() // replaced contents are freed off the writer's path
 	noTempNames(t, dir)
 
 	// Adopt of an owned file: an edit pushed and coming back becomes
@@ -525,6 +528,7 @@ func TestKeepEditsWriteAfterCompare(t *testing.T) {
 		if got := conflictCopies(t, dir, "a.conf"); !slices.Equal(got, []string{"XY"}) {
 			t.Fatalf("conflict copies %q, want the late write", got)
 		}
+		d.waitTrash() // replaced contents are freed off the writer's path
 		noTempNames(t, dir)
 	})
 }
