@@ -22,9 +22,7 @@ func (a *Agent) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.Ready() {
-			s := *a.Status()
-			s.Connected = a.conn.Load()
-			s.Connection = a.connStatus()
+			s := a.liveStatus()
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.Header().Set("X-Content-Type-Options", "nosniff")
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -35,9 +33,7 @@ func (a *Agent) Handler() http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		s := *a.Status()
-		s.Connected = a.conn.Load()
-		s.Connection = a.connStatus()
+		s := a.liveStatus()
 		js := a.jetStream()
 		if !s.Connected || (s.Connection != nil && s.Connection.State == "stale") {
 			// A request would wait for the connection or a silent link:
@@ -51,6 +47,15 @@ func (a *Agent) Handler() http.Handler {
 		_ = enc.Encode(s)
 	})
 	return mux
+}
+
+// liveStatus is the latest status snapshot with the connection as it is now:
+// the owner publishes its snapshot only when something happens.
+func (a *Agent) liveStatus() Status {
+	s := *a.Status()
+	s.Connected = a.conn.Load()
+	s.Connection = a.connStatus()
+	return s
 }
 
 // templatesReady reports whether no projection holds readiness back: a
