@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -173,6 +174,33 @@ func (s *actionSlot) take() ([]batchMember, string) {
 // (kvsync diff reads the notes of a files projection).
 type noter interface {
 	noteRollback(st *RollbackStatus)
+}
+
+// writeChecked stages data for the single file path, checks it (with
+// check:) and puts it in place. It returns what it replaced, nil when the file
+// held data already. A failed check leaves the file as it was; its error says
+// what is kept (keeping).
+func writeChecked(o *owner, m *projMeta, path string, data []byte, fopts projector.FileOptions, keeping string) (*fileUndo, error) {
+	st, err := projector.Stage(path, data, fopts)
+	if err != nil {
+		o.a.metrics.errors.WithLabelValues(m.name, "write").Inc()
+		return nil, err
+	}
+	if st == nil {
+		return nil, nil // unchanged
+	}
+	if err := checkStaged(o, m, st.Path()); err != nil {
+		if derr := st.Discard(); derr != nil {
+			m.logger.Warn("discard staged file", "err", derr)
+		}
+		return nil, fmt.Errorf("%s: keeping %s: %w", m.name, keeping, err)
+	}
+	old, existed := st.Previous()
+	if err := st.Commit(); err != nil {
+		o.a.metrics.errors.WithLabelValues(m.name, "write").Inc()
+		return nil, err
+	}
+	return &fileUndo{old: old, existed: existed, sum: sha256.Sum256(data)}, nil
 }
 
 // checkStaged runs m's check, if it has one, on the staged path and records

@@ -130,26 +130,7 @@ func (p *envProjection) update(s *state, _ bool) (bool, error) {
 // place. It returns what it replaced, nil when the file held data already.
 // A failed check leaves the file and the exec environment as they were.
 func (p *envProjection) writeFile(data []byte) (*fileUndo, error) {
-	st, err := projector.Stage(p.cfg.File, data, p.fopts)
-	if err != nil {
-		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
-		return nil, err
-	}
-	if st == nil {
-		return nil, nil
-	}
-	if err := checkStaged(p.o, p.m, st.Path()); err != nil {
-		if derr := st.Discard(); derr != nil {
-			p.m.logger.Warn("discard staged file", "err", derr)
-		}
-		return nil, fmt.Errorf("%s: keeping the last good env file and environment: %w", p.m.name, err)
-	}
-	old, existed := st.Previous()
-	if err := st.Commit(); err != nil {
-		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
-		return nil, err
-	}
-	return &fileUndo{old: old, existed: existed, sum: sha256.Sum256(data)}, nil
+	return writeChecked(p.o, p.m, p.cfg.File, data, p.fopts, "the last good env file and environment")
 }
 
 // rollback puts back the variables and the env file the last change

@@ -316,27 +316,12 @@ func (p *templateProjection) update(s *state, _ bool) (bool, error) {
 // write stages out next to the dest, checks it (with check:), and puts it
 // in place. A failed check leaves the dest as it was.
 func (p *templateProjection) write(out []byte) (bool, error) {
-	st, err := projector.Stage(p.cfg.Dest, out, p.fopts)
-	if err != nil {
-		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
-		return false, err
-	}
-	if st == nil {
-		return false, nil // unchanged
-	}
-	if err := checkStaged(p.o, p.m, st.Path()); err != nil {
-		if derr := st.Discard(); derr != nil {
-			p.m.logger.Warn("discard staged file", "err", derr)
-		}
-		return false, fmt.Errorf("%s: keeping the last good file: %w", p.m.name, err)
-	}
-	old, existed := st.Previous()
-	if err := st.Commit(); err != nil {
-		p.o.a.metrics.errors.WithLabelValues(p.m.name, "write").Inc()
+	u, err := writeChecked(p.o, p.m, p.cfg.Dest, out, p.fopts, "the last good file")
+	if err != nil || u == nil {
 		return false, err
 	}
 	if p.m.rollback {
-		p.undo = &fileUndo{old: old, existed: existed, sum: sha256.Sum256(out)}
+		p.undo = u
 	}
 	return true, nil
 }
