@@ -103,16 +103,118 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 
 // Run connects, starts the watchers and projections, serves HTTP, and returns
 // when ctx is done (nil), when the exec child exits (*ChildExit), in Once mode
-// when everything was written, or on a fatal error. It returns only after every
-// goroutine it started has stopped.
+// when everything was written, or on a fatal error, a failure of the HTTP
+// server among them. It returns only after every goroutine it started has
+// returned.
+//
+// Run first opens the HTTP listener, so that an address in use fails it at
+// once, before it connects to NATS and before anything is written; then it
+// connects. From there it is a group of actors (see group): the first actor
+// to return stops the others, one after the other, in this order:
+//
+//  1. projections: the running config (the owner with its watchers,
+//     projections, actions and push-back) and its reloads. It returns when
+//     ctx is done, when the exec child exits by itself, in Once mode when
+//     everything was written, or on a fatal error. Stopping it first stops
+//     all writing, and waits for the last action.
+//  2. exec: the exec child's loop. The child is stopped (kill_signal, SIGKILL
+//     after kill_timeout) only after the last action ran.
+//  3. reaper: as PID 1 or a subreaper, the waiter of every child; it
+//     outlives the exec child and the command actions.
+//  4. report: the fleet record, purged on the way out while the connection
+//     is still open.
+//  5. http: the endpoints answer until here.
+//  6. link: the stale-link monitor.
+//
+// The NATS connection, when Run dialled it, is closed after all of them.
 func (a *Agent) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
-	nc := a.opts.Conn
-	reconnects := make(chan struct{}, 1)
-	if nc == nil {
+	var ln net.Listener
+	if !a.opts.Once {
 		var err error
+		if ln, err = a.listen(); err != nil {
+			return err
+		}
+	}
+	nc, js, reconnects, closeConn, err := a.connect(ctx)
+	if err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return err
+	}
+	defer closeConn()
+
+	// As PID 1 or a subreaper, kvsync reaps orphans. The one reaper is then
+	// the only waiter for children: the exec child and command actions get
+	// their exit status from it.
+	if reaperWanted() {
+		a.reaper = newProcReaper(a.logger)
+	}
+	var exec *execLoop
+	if a.cfg.Exec != nil && !a.opts.Once && !a.opts.DryRun {
+		exec, err = newExecLoop(*a.cfg.Exec, a.logger, a.reaper, a.metrics)
+		if err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			return err
+		}
+		a.exec.Store(exec)
+	}
+
+	// Every actor but the first runs on a context of its own, which only its
+	// interrupt cancels: ctx ending stops the projections, and the group
+	// stops the rest in order.
+	base := context.WithoutCancel(ctx)
+	g := group{logger: a.logger}
+	pctx, pcancel := context.WithCancel(ctx)
+	defer pcancel()
+	g.add("projections",
+		func() error { return a.runConfigs(pctx, js, exec, reconnects) },
+		func(error) { pcancel() })
+	if exec != nil {
+		ectx, ecancel := context.WithCancel(base)
+		defer ecancel()
+		g.add("exec",
+			func() error { exec.run(ectx); return nil },
+			func(error) { ecancel() })
+	}
+	if a.reaper != nil {
+		rctx, rcancel := context.WithCancel(base)
+		defer rcancel()
+		g.add("reaper",
+			func() error { a.reaper.run(rctx); return nil },
+			func(error) { rcancel() })
+	}
+	// The reporter outlives reloads: a reload must not delete the record.
+	if a.rep != nil {
+		a.rep.js = js
+		rctx, rcancel := context.WithCancel(base)
+		defer rcancel()
+		g.add("report",
+			func() error { a.rep.run(rctx); return nil },
+			func(error) { rcancel() })
+	}
+	if ln != nil {
+		h := a.newHTTPServer(ln)
+		g.add("http", h.serve, func(error) { h.stop() })
+	}
+	lctx, lcancel := context.WithCancel(base)
+	defer lcancel()
+	g.add("link",
+		func() error { a.link.run(lctx, nc, a.logger); return nil },
+		func(error) { lcancel() })
+	return g.run()
+}
+
+// connect dials cfg.NATS, or takes Options.Conn, and makes the JetStream
+// handle. reconnects gets a value for each reconnect. closeConn closes the
+// connection when connect dialled it, and does nothing for Options.Conn.
+func (a *Agent) connect(ctx context.Context) (nc *nats.Conn, js jetstream.JetStream, reconnects chan struct{}, closeConn func(), err error) {
+	reconnects = make(chan struct{}, 1)
+	closeConn = func() {}
+	nc = a.opts.Conn
+	if nc == nil {
 		nc, err = Connect(ctx, a.cfg.NATS,
 			nats.ErrorHandler(a.refusals.Handler(nil)),
 			nats.Name(connName(a.cfg)),
@@ -133,9 +235,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			}),
 		)
 		if err != nil {
-			return err
+			return nil, nil, nil, nil, err
 		}
-		defer nc.Close()
+		closeConn = nc.Close
 	} else {
 		nc.SetErrorHandler(a.refusals.Handler(nc.Opts.AsyncErrorCB))
 		prev := nc.Opts.ReconnectedCB
@@ -150,71 +252,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	a.setConnected(nc.IsConnected())
-	js, err := JetStream(nc, a.cfg.NATS)
+	js, err = JetStream(nc, a.cfg.NATS)
 	if err != nil {
-		return err
+		closeConn()
+		return nil, nil, nil, nil, err
 	}
 	a.js.Store(&js)
+	return nc, js, reconnects, closeConn, nil
+}
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.link.run(ctx, nc, a.logger)
-	}()
-
-	// The reporter outlives reloads (a reload must not delete the record)
-	// and stops after the projections, deleting the record on its way out.
-	if a.rep != nil {
-		a.rep.js = js
-		rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
-		repDone := make(chan struct{})
-		go func() {
-			defer close(repDone)
-			a.rep.run(rctx)
-		}()
-		defer func() { rcancel(); <-repDone }()
-	}
-
-	if !a.opts.Once {
-		if err := a.serveHTTP(ctx, &wg); err != nil {
-			return err
-		}
-	}
-
-	// As PID 1 or a subreaper, kvsync reaps orphans. The one reaper is then
-	// the only waiter for children: the exec child and command actions get
-	// their exit status from it.
-	if reaperWanted() {
-		a.reaper = newProcReaper(a.logger)
-		rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
-		defer rcancel() // after the child is stopped: deferred calls run in reverse
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.reaper.run(rctx)
-		}()
-	}
-	var exec *execLoop
-	if a.cfg.Exec != nil && !a.opts.Once && !a.opts.DryRun {
-		exec, err = newExecLoop(*a.cfg.Exec, a.logger, a.reaper, a.metrics)
-		if err != nil {
-			return err
-		}
-		a.exec.Store(exec)
-		ectx, ecancel := context.WithCancel(context.WithoutCancel(ctx))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			exec.run(ectx)
-		}()
-		// The child is stopped after everything else (deferred calls run
-		// last-in first-out): the agent stops writing first.
-		defer ecancel()
-	}
-
+// runConfigs runs the config, and each config a reload brings, until ctx is
+// done or the running one ends.
+func (a *Agent) runConfigs(ctx context.Context, js jetstream.JetStream, exec *execLoop, reconnects <-chan struct{}) error {
 	cfg := a.cfg
 	for {
 		rctx, rcancel := context.WithCancel(ctx)
@@ -225,6 +274,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if next == nil {
 			return err
 		}
+		// The running config is waited for before the next one starts.
 		if err := <-res; err != nil && !errors.Is(err, context.Canceled) {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -71,36 +72,84 @@ func templatesReady(s *Status) bool {
 	return true
 }
 
-// serveHTTP starts the listener, if any, in a goroutine tracked by wg.
-func (a *Agent) serveHTTP(ctx context.Context, wg *sync.WaitGroup) error {
-	ln := a.opts.Listener
-	if ln == nil {
-		if a.cfg.HTTP.Listen == "" {
-			return nil
-		}
-		var err error
-		ln, err = net.Listen("tcp", a.cfg.HTTP.Listen)
-		if err != nil {
-			return fmt.Errorf("http listen: %w", err)
-		}
+// listen opens the HTTP listener: Options.Listener, else cfg.HTTP.Listen;
+// nil when HTTP is off. An address that cannot be bound is an error naming it.
+func (a *Agent) listen() (net.Listener, error) {
+	if a.opts.Listener != nil {
+		return a.opts.Listener, nil
 	}
-	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	a.logger.Info("serving http", "addr", ln.Addr().String())
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.logger.Error("http server", "err", err)
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	return nil
+	if a.cfg.HTTP.Listen == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", a.cfg.HTTP.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("http listen %s: %w", a.cfg.HTTP.Listen, err)
+	}
+	return ln, nil
+}
+
+// httpServer serves the endpoints on one listener as an actor of Run.
+type httpServer struct {
+	srv    *http.Server
+	ln     net.Listener
+	logger *slog.Logger
+	cancel context.CancelFunc // ends the requests' base context
+	// inflight is read-locked by every request while its handler runs;
+	// write-locked (once, by drain), it waits for them all and turns later
+	// ones away.
+	inflight sync.RWMutex
+	drained  sync.Once
+}
+
+func (a *Agent) newHTTPServer(ln net.Listener) *httpServer {
+	bctx, cancel := context.WithCancel(context.Background())
+	h := &httpServer{ln: ln, logger: a.logger, cancel: cancel}
+	handler := a.Handler()
+	h.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !h.inflight.TryRLock() {
+				http.Error(w, "stopping", http.StatusServiceUnavailable)
+				return
+			}
+			defer h.inflight.RUnlock()
+			handler.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return bctx },
+	}
+	return h
+}
+
+// serve serves until stop, or until the listener fails: the error then names
+// the address, and Run stops with it.
+func (h *httpServer) serve() error {
+	addr := h.ln.Addr().String()
+	h.logger.Info("serving http", "addr", addr)
+	err := h.srv.Serve(h.ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil // stop waits for the requests
+	}
+	h.drain()
+	return fmt.Errorf("serve http on %s: %w", addr, err)
+}
+
+// stop closes the listener, lets the requests in flight finish (2 s at most,
+// then cancels them) and returns when no handler runs any more.
+func (h *httpServer) stop() {
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = h.srv.Shutdown(sctx) // on a timeout drain cuts what is left
+	h.drain()
+}
+
+// drain cancels the requests still running, closes their connections and
+// waits for their handlers. Serve failing and stop may both call it.
+func (h *httpServer) drain() {
+	h.drained.Do(func() {
+		h.cancel()
+		_ = h.srv.Close()
+		h.inflight.Lock()
+	})
 }
 
 // notReady is the body of a 503 from /readyz: one line per reason, the
