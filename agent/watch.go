@@ -155,6 +155,10 @@ type watcher struct {
 	// drop, in tests, discards a delivered message of key as if the server
 	// had never sent it.
 	drop func(key string) bool
+
+	// bg holds what outlives one consumer (its delete, late answers to
+	// its creation); run waits for it before it returns.
+	bg sync.WaitGroup
 }
 
 func newWatcher(js jetstream.JetStream, bucket string, filters []string, out *inbox, logger *slog.Logger) *watcher {
@@ -268,6 +272,7 @@ func (w *watcher) bounded(ctx context.Context, timeout time.Duration, req func(c
 
 // run follows the bucket until ctx is done.
 func (w *watcher) run(ctx context.Context) error {
+	defer w.bg.Wait()
 	bo := newBackoff(100*time.Millisecond, 5*time.Second)
 	// A stream at its consumer limit stays there until an operator acts:
 	// its refusals back off longer, so that the agents it refuses do not
@@ -502,7 +507,7 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 	if err != nil {
 		return n, fmt.Errorf("create consumer: %w", err)
 	}
-	defer func() { go dropConsumer(w.js, w.stream(), cons.CachedInfo().Name) }()
+	defer dropConsumer(&w.bg, w.js, w.stream(), cons.CachedInfo().Name)
 	*started = time.Now()
 	w.running()
 	activity.Store(started.UnixNano())
@@ -529,13 +534,13 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 	earlyCh := make(chan *snapshot, 1)
 	lctx, stopListing := context.WithCancel(ctx)
 	defer stopListing()
-	go func() {
+	w.bg.Go(func() {
 		snap, err := w.streamKeys(lctx)
 		if err != nil {
 			snap = nil // the check takes one itself
 		}
 		earlyCh <- snap
-	}()
+	})
 	var resumed bool // a request of the check was given up for a reconnect
 	runVerify := func() bool {
 		if earlyCh != nil {
@@ -675,18 +680,15 @@ func (w *watcher) create(ctx context.Context, cfg jetstream.ConsumerConfig, chos
 		err  error
 	}
 	results := make(chan result, maxAsks)
-	var wg sync.WaitGroup
 	attempt := func(name string) {
 		c := cfg
 		c.Name = name
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		w.bg.Go(func() {
 			cons, err := w.js.CreatePushConsumer(ctx, w.stream(), c)
 			results <- result{name, cons, err}
-		}()
+		})
 	}
-	drop := func(name string) { dropConsumer(w.js, w.stream(), name) }
+	drop := func(name string) { dropConsumer(&w.bg, w.js, w.stream(), name) }
 	attempt(cfg.Name)
 	asked, pending := 1, 1
 	timer := time.NewTimer(hedge)
@@ -695,13 +697,13 @@ func (w *watcher) create(ctx context.Context, cfg jetstream.ConsumerConfig, chos
 	var lastErr error
 	defer func() {
 		// Late answers: every consumer but the chosen one goes.
-		go func() {
+		w.bg.Go(func() {
 			for range pending {
 				if r := <-results; r.err == nil && (found == nil || r.name != found.CachedInfo().Name) {
 					drop(r.name)
 				}
 			}
-		}()
+		})
 	}()
 	for {
 		select {
@@ -719,7 +721,7 @@ func (w *watcher) create(ctx context.Context, cfg jetstream.ConsumerConfig, chos
 				found = r.cons
 				return r.cons, nil
 			}
-			go drop(name) // another one delivers already
+			drop(name) // another one delivers already
 		case <-timer.C:
 			if asked < maxAsks {
 				attempt(fmt.Sprintf("kvsync_%s_%x", w.bucket, rand.Uint64()))
@@ -912,12 +914,15 @@ func (w *watcher) repair(ctx context.Context, st jetstream.Stream, gen uint64, k
 	return nil
 }
 
-// dropConsumer deletes a consumer the watcher left, best effort: its
-// inactive threshold removes it anyway.
-func dropConsumer(js jetstream.JetStream, stream, name string) {
-	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_ = js.DeleteConsumer(dctx, stream, name)
+// dropConsumer deletes a consumer the watcher left, best effort (its
+// inactive threshold removes it anyway), in a goroutine of bg: the caller
+// goes on at once, and whoever waits for bg waits 2 s at most.
+func dropConsumer(bg *sync.WaitGroup, js jetstream.JetStream, stream, name string) {
+	bg.Go(func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = js.DeleteConsumer(dctx, stream, name)
+	})
 }
 
 // lastEntry reads the last message of key in the bucket's stream st; ok is

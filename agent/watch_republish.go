@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -142,6 +143,8 @@ type republishWatcher struct {
 	dropped int       // the subscription's drop count when last looked at
 	told    error     // what the owner was last told is wrong with the bucket
 	checks  int       // checks made; every fullCheck-th asks for the stream info
+
+	bg sync.WaitGroup // consumer deletes; run waits for them
 }
 
 // fullCheck: every so many checks the watcher asks for the stream info (which
@@ -188,6 +191,7 @@ func (w *republishWatcher) poke() {
 
 // run follows the bucket until ctx is done.
 func (w *republishWatcher) run(ctx context.Context) error {
+	defer w.bg.Wait()
 	if w.mode == WatchAuto && !w.decide(ctx) {
 		return w.handOver(ctx)
 	}
@@ -465,7 +469,7 @@ func (w *republishWatcher) read(ctx context.Context, cfg jetstream.ConsumerConfi
 	if err != nil {
 		return 0, fmt.Errorf("create consumer: %w", err)
 	}
-	defer func() { go dropConsumer(w.js, w.stream(), cfg.Name) }()
+	defer dropConsumer(&w.bg, w.js, w.stream(), cfg.Name)
 	if cons.CachedInfo().NumPending == 0 {
 		return 0, nil
 	}
