@@ -160,6 +160,8 @@ type supervisor struct {
 	cur     *supervisedChild
 	stopped bool
 
+	watches sync.WaitGroup // one watch per child started; Stop waits for them
+
 	// terminating is set once SIGINT, SIGTERM or SIGQUIT was forwarded: the
 	// child's exit that follows ends kvsync, whatever exec.on_exit says.
 	terminating atomic.Bool
@@ -250,6 +252,7 @@ func (s *supervisor) Stop(ctx context.Context) error {
 	if err := s.stopLocked(ctx); err != nil {
 		return fmt.Errorf("stop exec child: %w", err)
 	}
+	s.watches.Wait() // every child is gone: their watches end at once
 	return nil
 }
 
@@ -355,7 +358,7 @@ func (s *supervisor) startLocked(env []string) error {
 	c := &supervisedChild{proc: p}
 	s.cur = c
 	s.logger.Info("exec child started", "pid", p.pid, "command", s.argv)
-	go s.watch(c)
+	s.watches.Go(func() { s.watch(c) })
 	return nil
 }
 

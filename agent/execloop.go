@@ -192,8 +192,10 @@ func (l *execLoop) childExited(code int) (time.Duration, bool) {
 // run starts, restarts and finally stops the child. On return the child is gone.
 func (l *execLoop) run(ctx context.Context) {
 	fctx, fcancel := context.WithCancel(context.Background())
+	var fwd sync.WaitGroup
+	fwd.Go(func() { l.sup.forwardSignals(fctx) })
+	defer fwd.Wait()
 	defer fcancel()
-	go l.sup.forwardSignals(fctx)
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), l.cfg.KillTimeout+5*time.Second)
 		defer cancel()
