@@ -683,7 +683,7 @@ func (o *owner) publishStatus() {
 		// at once rather than when the scavenger gets to it, so a sidecar's
 		// steady RSS is its working set.
 		o.freed = true
-		go debug.FreeOSMemory()
+		o.wg.Go(debug.FreeOSMemory)
 	}
 	// Ready also waits for every template's first render.
 	s.Ready = ready && templatesReady(s)
