@@ -70,7 +70,8 @@ func Connect(ctx context.Context, cfg NATSConfig, opts ...nats.Option) (*nats.Co
 // ConnectOnce is Connect for one-shot commands: the first connect is tried
 // once against each server of the list and an unreachable server is an error,
 // returned within about 3 s per server, or when ctx is done. Once
-// connected, it reconnects like Connect.
+// connected, it reconnects like Connect. Both return only after the attempt
+// under way ended, also when ctx ends first.
 func ConnectOnce(ctx context.Context, cfg NATSConfig, opts ...nats.Option) (*nats.Conn, error) {
 	return dial(ctx, cfg, false, opts)
 }
@@ -107,13 +108,12 @@ func dial(ctx context.Context, cfg NATSConfig, retry bool, extra []nats.Option) 
 		}
 		return r.nc, nil
 	case <-ctx.Done():
-		// nats.Connect takes no context: let the attempt finish on its own
-		// and close whatever it produced.
-		go func() {
-			if r := <-done; r.nc != nil {
-				r.nc.Close()
-			}
-		}()
+		// nats.Connect takes no context: wait for the attempt (a dial
+		// timeout per server at most) and close whatever it produced, so
+		// that no goroutine outlives the call.
+		if r := <-done; r.nc != nil {
+			r.nc.Close()
+		}
 		return nil, fmt.Errorf("connect to %s: %w", redact(servers), ctx.Err())
 	}
 }
@@ -469,14 +469,17 @@ func (r *Refusals) Err() error {
 // command fails at once with the reason instead of waiting out its timeout.
 func (r *Refusals) Context(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		select {
 		case <-ctx.Done():
 		case <-r.first:
 			cancel(r.Err())
 		}
 	}()
-	return ctx, func() { cancel(context.Canceled) }
+	// The cancel function returns after the goroutine did.
+	return ctx, func() { cancel(context.Canceled); <-done }
 }
 
 // Explain returns err as the refusal that caused it when the connection

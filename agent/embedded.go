@@ -44,7 +44,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded server: %w", err)
 	}
-	go s.Start()
+	s.Start() // starts the listeners in goroutines of its own and returns
 	if !s.ReadyForConnections(10 * time.Second) {
 		s.Shutdown()
 		return nil, fmt.Errorf("embedded server: not ready within 10s (is %s in use?)", cfg.Listen)
