@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -196,5 +198,137 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 				return nil
 			})
 		})
+	}
+}
+
+// TestGroupStopsInOrder: the first actor to return stops the others one at
+// a time in the order they were added, each after the one before returned,
+// and run returns the first error.
+func TestGroupStopsInOrder(t *testing.T) {
+	var events []string // appended by the group's goroutine and the actors, in turn
+	var mu sync.Mutex
+	note := func(s string) {
+		mu.Lock()
+		events = append(events, s)
+		mu.Unlock()
+	}
+	boom := errors.New("boom")
+	g := group{logger: slog.New(slog.DiscardHandler)}
+	fail := make(chan struct{})
+	for _, name := range []string{"a", "b", "c", "d"} {
+		stop := make(chan struct{})
+		g.add(name, func() error {
+			if name == "c" {
+				<-fail
+				note("c returned")
+				return boom
+			}
+			<-stop
+			note(name + " returned")
+			if name == "d" {
+				return errors.New("later error")
+			}
+			return nil
+		}, func(err error) {
+			if !errors.Is(err, boom) {
+				t.Errorf("%s interrupted with %v, want boom", name, err)
+			}
+			note(name + " interrupted")
+			close(stop)
+		})
+	}
+	close(fail)
+	if err := g.run(); !errors.Is(err, boom) {
+		t.Fatalf("run: %v, want boom", err)
+	}
+	want := []string{"c returned", "a interrupted", "a returned", "b interrupted", "b returned", "d interrupted", "d returned"}
+	if got := strings.Join(events, ", "); got != strings.Join(want, ", ") {
+		t.Fatalf("events: %s\nwant:   %s", got, strings.Join(want, ", "))
+	}
+}
+
+// TestListenAddressInUse: an HTTP address that cannot be bound fails Run at
+// once with an error naming it, before NATS is dialled (the server never
+// saw a connection) and before anything is written.
+func TestListenAddressInUse(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	s := testServer(t)
+
+	dir := filepath.Join(t.TempDir(), "files")
+	cfg := filesCfg(s.ClientURL(), "app", dir)
+	cfg.HTTP.Listen = busy.Addr().String()
+	cfg.Default()
+	a, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "http listen "+busy.Addr().String()) || !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("Run: %v, want an address-in-use error naming %s", err, busy.Addr())
+	}
+	if _, err := os.Lstat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s: %v, want nothing written", dir, err)
+	}
+	vz, err := s.Varz(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vz.TotalConnections != 0 {
+		t.Fatalf("the server saw %d connections, want none", vz.TotalConnections)
+	}
+}
+
+// TestServeFailureStopsAgent: when the HTTP listener fails while the agent
+// runs, Run stops everything and returns an error naming the address.
+func TestServeFailureStopsAgent(t *testing.T) {
+	s := testServer(t)
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
+	put(t, kv, "a", "1")
+	dir := t.TempDir()
+	cfg := filesCfg(s.ClientURL(), "app", dir)
+	cfg.Exec = &ExecConfig{Command: []string{"sleep", "60"}, KillTimeout: 2 * time.Second}
+	cfg.Env = []EnvConfig{{Name: "env", Bucket: "app", Prefix: "F_"}}
+	cfg.Default()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	a, err := New(cfg, Options{Listener: ln})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background()) }()
+	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+	var pid int
+	waitFor(t, 10*time.Second, func() error {
+		c := a.Status().Child
+		if c == nil || c.PID == 0 {
+			return errors.New("child not started")
+		}
+		pid = c.PID
+		return nil
+	})
+	if code, _, err := httpGet("http://" + addr + "/healthz"); err != nil || code != http.StatusOK {
+		t.Fatalf("GET /healthz: %d %v", code, err)
+	}
+
+	ln.Close() // the listener fails under the server
+	select {
+	case err = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return within 20s")
+	}
+	if err == nil || !strings.Contains(err.Error(), "serve http on "+addr) || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Run: %v, want a serve error naming %s", err, addr)
+	}
+	// Run stopped the child on its way out.
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("child %d after Run returned: %v, want it gone", pid, err)
 	}
 }
