@@ -35,6 +35,7 @@ type Options struct {
 	Reloads <-chan struct{}
 	Reload  func() (*Config, error)
 	// Listener, when set, serves the HTTP endpoints instead of cfg.HTTP.Listen.
+	// Run closes it when it returns; Once mode does not use it.
 	Listener net.Listener
 	// Version is kvsync's version, shown in the fleet record.
 	Version string
@@ -51,7 +52,7 @@ type ChildExit struct{ Code int }
 func (e *ChildExit) Error() string { return fmt.Sprintf("child exited with code %d", e.Code) }
 
 // Agent keeps projections in step with buckets. Create it with New, start it
-// with Run.
+// with Run, once: Run's goroutines are all gone when it returns.
 type Agent struct {
 	cfg     *Config
 	opts    Options
@@ -83,7 +84,9 @@ func (a *Agent) jetStream() jetstream.JetStream {
 	return nil
 }
 
-// New checks cfg and returns an agent. It does no I/O.
+// New checks cfg and returns an agent. It starts no goroutine, opens no
+// connection and writes nothing; its only I/O is cfg.Validate's check that
+// every template source file exists.
 func New(cfg *Config, opts Options) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err

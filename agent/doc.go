@@ -17,6 +17,28 @@
 // or restarting server never blanks a file; files are removed only on explicit
 // delete, purge or expiry markers, or by a complete listing.
 //
+// Lifecycle: New checks the config and starts nothing. Run opens the HTTP
+// listener first (an address in use fails it before it connects or writes),
+// connects, and then runs a group of actors (group.go): the running config
+// (the owner with its watchers, projections, actions and push-back), the
+// exec child's loop, the reaper, the fleet reporter, the HTTP server and the
+// stale-link monitor. The first actor to return stops the others, one after
+// the other in that order, so the child is stopped after the last action and
+// the fleet record is purged while the connection is open; the connection
+// Run dialled closes last. An HTTP listener that fails while the agent runs
+// stops it with that error.
+//
+// Every goroutine has an owner that waits for it: the group for the actors,
+// the owner for the watchers, the projections' goroutines and the action
+// loops, each watcher for its best-effort consumer deletes (2 s at most) and
+// the other requests it leaves running, the exec loop for its signal
+// forwarder and the supervisor for its child watches. Run returns only when
+// they are all gone. Two kinds may outlive it, both waiting on a process
+// rather than on the agent: the reader of a command action's output, when a
+// daemon the command started keeps that output open (a check's process group
+// is killed, an action's is not), and the reaper's waits for children still
+// running when it stops.
+//
 // The package must not parse config files (cmd/kvsync does, with koanf) and
 // must not write bytes to disk itself: that is the projector's job.
 package agent
