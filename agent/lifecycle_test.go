@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // goroutines returns every goroutine of the process by id, with its stack.
@@ -87,7 +89,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 		{"server_gone", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := testServer(t)
+			s := testutil.RunServer(t, nil)
 			nc, app := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 8})
 			js, _ := jetstream.New(nc)
 			flags, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "flags"})
@@ -132,9 +134,9 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 			done := make(chan error, 1)
 			go func() { done <- a.Run(ctx) }()
 
-			waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
-			waitFor(t, 10*time.Second, fileIs(dest, "1"))
-			waitFor(t, 10*time.Second, func() error {
+			testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+			testutil.CheckFor(t, 10*time.Second, fileIs(dest, "1"))
+			testutil.CheckFor(t, 10*time.Second, func() error {
 				if _, err := os.Stat(pid); err != nil {
 					return err
 				}
@@ -147,7 +149,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "b"), []byte("local"), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 10*time.Second, func() error {
+			testutil.CheckFor(t, 10*time.Second, func() error {
 				e, err := app.Get(context.Background(), "b")
 				if err != nil {
 					return err
@@ -191,7 +193,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 				t.Fatalf("%d goroutines of the agent still wait after Run returned:\n\n%s", len(left), strings.Join(left, "\n\n"))
 			}
 			nc.Close() // the agent does not close a connection it was given
-			waitFor(t, 10*time.Second, func() error {
+			testutil.CheckFor(t, 10*time.Second, func() error {
 				if left := started(before); len(left) > 0 {
 					return fmt.Errorf("%d goroutines left:\n\n%s", len(left), strings.Join(left, "\n\n"))
 				}
@@ -256,7 +258,7 @@ func TestListenAddressInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 
 	dir := filepath.Join(t.TempDir(), "files")
 	cfg := filesCfg(s.ClientURL(), "app", dir)
@@ -285,7 +287,7 @@ func TestListenAddressInUse(t *testing.T) {
 // TestServeFailureStopsAgent: when the HTTP listener fails while the agent
 // runs, Run stops everything and returns an error naming the address.
 func TestServeFailureStopsAgent(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "a", "1")
 	dir := t.TempDir()
@@ -304,9 +306,9 @@ func TestServeFailureStopsAgent(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(context.Background()) }()
-	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+	testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
 	var pid int
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		c := a.Status().Child
 		if c == nil || c.PID == 0 {
 			return errors.New("child not started")
