@@ -28,12 +28,15 @@ type BenchCommand struct {
 // Run implements command.
 func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	fs := newFlagSet("bench", c.io.err)
-	scenario := fs.String("scenario", bench.All, "what to measure: "+strings.Join(bench.Scenarios(), "|")+"|all (comma-separated list allowed)")
+	scenario := fs.String("scenario", bench.All, "what to measure: "+strings.Join(bench.Scenarios(), "|")+"|all (all: every one but storm; comma-separated list allowed)")
 	keys := fs.Int("keys", 0, "size of the data set (default per scenario: initial-sync 100000, once 10000, burst 1000, idle 1000, latency templates 1000 and 10x)")
 	count := fs.Int("count", 0, "samples (default: latency 500 per case and pacing, fanout 100 puts)")
 	pacing := fs.String("pacing", "", "gap between a sample being seen and the next put, e.g. 20ms or 0 (default: both 20ms and 0)")
 	fsync := fs.Bool("fsync", true, "files projections fsync every write")
-	agents := fs.Int("agents", 200, "agents of the fanout scenario")
+	agents := fs.Int("agents", 200, "agents of the fanout and storm scenarios")
+	conns := fs.Int("conns", 0, "connections the fanout and storm agents share, round-robin (default: one per agent)")
+	natsServer := fs.String("nats-server", "", "run this nats-server binary as a child process (loopback port, store in the work folder) instead of an embedded server: its memory and CPU are measured on their own; the storm scenario needs it")
+	fleetIdle := fs.Duration("fleet-idle", 3*time.Second, "how long the fanout and storm scenarios measure the CPU of their ready agents (and of the server) idle")
 	maxConsumers := fs.Int("max-consumers", agent.DefaultMaxConsumers, "consumer limit of the buckets the bench makes, as bucket add takes it; -1: none of their own (the server's default, 1,000 unless configured)")
 	watch := fs.String("watch", bench.WatchConsumer, "watch mode of the fanout agents: consumer|republish")
 	idle := fs.Duration("idle", 10*time.Second, "how long the idle scenario leaves the agent alone")
@@ -51,10 +54,13 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	}
 	o := bench.Options{
 		Keys: *keys, Count: *count, Fsync: *fsync, Agents: *agents, Watch: *watch, IdleFor: *idle, Dir: *dir,
-		Child: c.child, MaxConsumers: *maxConsumers,
+		Child: c.child, MaxConsumers: *maxConsumers, Conns: *conns, ServerBin: *natsServer, FleetIdle: *fleetIdle,
 	}
-	if *keys < 0 || *count < 0 || *agents < 1 || *idle <= 0 {
-		return usagef("--keys and --count must not be negative, --agents and --idle must be positive")
+	if *keys < 0 || *count < 0 || *agents < 1 || *idle <= 0 || *fleetIdle <= 0 {
+		return usagef("--keys and --count must not be negative, --agents, --idle and --fleet-idle must be positive")
+	}
+	if *conns < 0 {
+		return usagef("--conns %d: give a positive number of connections, or 0 for one per agent", *conns)
 	}
 	if *maxConsumers < -1 || *maxConsumers == 0 {
 		return usagef("--max-consumers %d: give a positive limit, or -1 to leave it to the server", *maxConsumers)
@@ -68,6 +74,17 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 			return usagef("--scenario %q: want %s or %s", s, strings.Join(bench.Scenarios(), ", "), bench.All)
 		}
 		o.Scenarios = append(o.Scenarios, s)
+	}
+	if *natsServer != "" && (conn.server != "" || conn.context != "") {
+		return usagef("--nats-server runs a server of the bench's own: give it or -s/--context, not both")
+	}
+	if slices.Contains(o.Scenarios, bench.Storm) && *natsServer == "" {
+		return usagef("--scenario storm restarts the server: give a nats-server binary with --nats-server PATH")
+	}
+	if *natsServer != "" {
+		if _, err := exec.LookPath(*natsServer); err != nil {
+			return usagef("--nats-server %q: %v", *natsServer, err)
+		}
 	}
 	if *pacing != "" {
 		d, err := time.ParseDuration(*pacing)

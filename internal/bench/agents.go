@@ -18,10 +18,12 @@ import (
 	"github.com/kvsync/kvsync/agent"
 )
 
-// running is an agent hosted in this process, on a connection of its own.
+// running is an agent hosted in this process, on a connection of its own or
+// on one it shares with other agents (see fleet).
 type running struct {
 	a      *agent.Agent
 	nc     *nats.Conn
+	ownsNC bool // the connection is the agent's alone: stop closes it
 	cancel context.CancelFunc
 	done   chan error
 
@@ -40,28 +42,42 @@ func (e *env) baseConfig() *agent.Config {
 
 // startAgent fills cfg's defaults and runs an agent on a new connection.
 func (e *env) startAgent(ctx context.Context, cfg *agent.Config) (*running, error) {
+	return e.startAgentOn(ctx, cfg, nil)
+}
+
+// startAgentOn runs an agent on shared, a connection other agents use too,
+// or on a new connection of its own when shared is nil. The agent does not
+// close a connection it is given; stop closes only one of its own.
+func (e *env) startAgentOn(ctx context.Context, cfg *agent.Config, shared *nats.Conn) (*running, error) {
 	cfg.Default()
-	nc, _, err := e.connect(ctx)
-	if err != nil {
-		return nil, err
+	nc := shared
+	if nc == nil {
+		var err error
+		if nc, _, err = e.connect(ctx); err != nil {
+			return nil, err
+		}
 	}
 	a, err := agent.New(cfg, agent.Options{Conn: nc, Logger: e.logger})
 	if err != nil {
-		nc.Close()
+		if shared == nil {
+			nc.Close()
+		}
 		return nil, err
 	}
 	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r := &running{a: a, nc: nc, cancel: cancel, done: make(chan error, 1)}
+	r := &running{a: a, nc: nc, ownsNC: shared == nil, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- a.Run(actx) }()
 	return r, nil
 }
 
-// stop stops the agent and closes its connection. Later calls return the
-// first call's result.
+// stop stops the agent and closes its connection when it is its own. Later
+// calls return the first call's result.
 func (r *running) stop() error {
 	r.stopOnce.Do(func() {
 		r.cancel()
-		defer r.nc.Close()
+		if r.ownsNC {
+			defer r.nc.Close()
+		}
 		select {
 		case r.stopErr = <-r.done:
 		case <-time.After(30 * time.Second):

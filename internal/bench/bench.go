@@ -30,11 +30,18 @@ const (
 	Burst       = "burst"
 	Idle        = "idle"
 	Fanout      = "fanout"
+	Storm       = "storm"
 	All         = "all"
 )
 
 // Scenarios lists every scenario name Run knows, All excluded.
 func Scenarios() []string {
+	return []string{Latency, InitialSync, Once, Burst, Idle, Fanout, Storm}
+}
+
+// allScenarios is what All runs: every scenario but the storm, which needs
+// a server process of its own to restart (Options.ServerBin).
+func allScenarios() []string {
 	return []string{Latency, InitialSync, Once, Burst, Idle, Fanout}
 }
 
@@ -58,13 +65,26 @@ type Options struct {
 	Pacings []time.Duration
 	// Fsync makes files projections durable before they report a write.
 	Fsync bool
-	// Agents is the number of agents of the fanout scenario (200).
+	// Agents is the number of agents of the fanout and storm scenarios (200).
 	Agents int
+	// Conns, when positive and below Agents, is the number of connections
+	// the fanout and storm agents share, round-robin; 0 gives each agent a
+	// connection of its own.
+	Conns int
+	// ServerBin, when set (and NATS names no server), is a nats-server
+	// binary that Run starts as a child process on a free loopback port with
+	// its store in the work folder, instead of embedding a server: its memory
+	// and CPU are then measured on their own, and the storm scenario restarts it.
+	ServerBin string
 	// Watch is the fanout agents' watch mode: WatchConsumer (default) or
 	// WatchRepublish (the bucket is made to republish).
 	Watch string
 	// IdleFor is how long the idle scenario leaves the agent alone (10 s).
 	IdleFor time.Duration
+	// FleetIdle is how long the fanout and storm scenarios measure the
+	// CPU of their agents (and of the server) idle, after 2 s of settling
+	// once every agent is ready (3 s).
+	FleetIdle time.Duration
 	// Dir is where the run's work folder (projected files, the embedded
 	// server's store) is made, fresh for each run and removed at the end;
 	// empty means the system's temp folder. Point it at the disk to measure.
@@ -127,7 +147,47 @@ type Result struct {
 	CPU        time.Duration `json:"cpu_ns,omitempty"`
 	Actions    int           `json:"actions,omitempty"`
 	Keys       int           `json:"keys,omitempty"`
-	Note       string        `json:"note,omitempty"`
+	// Fleets (fanout, storm): the consumers on the bucket's stream once the
+	// agents were ready and the bench process's CPU while they were idle (in
+	// cores: 0.01 is 1 % of one); with the server as a process of its own
+	// (Options.ServerBin), its RSS with the agents, its RSS growth per agent
+	// over the bucket without agents, and its idle CPU.
+	Consumers         int          `json:"consumers,omitempty"`
+	ProcessIdleCPU    float64      `json:"process_idle_cpu_cores,omitempty"`
+	ServerRSS         int64        `json:"server_rss_bytes,omitempty"`
+	ServerRSSPerAgent int64        `json:"server_rss_per_agent_bytes,omitempty"`
+	ServerIdleCPU     float64      `json:"server_idle_cpu_cores,omitempty"`
+	Storm             *StormResult `json:"storm,omitempty"`
+	Note              string       `json:"note,omitempty"`
+}
+
+// StormResult is what the storm scenario measured: the server restarted under its
+// agents. Durations count from the moment the restarted server accepted
+// connections again.
+type StormResult struct {
+	Down        time.Duration `json:"down_ns"`        // stop signal → accepting connections again
+	Reconnected time.Duration `json:"reconnected_ns"` // → every agent's connection up
+	PutAcked    time.Duration `json:"put_acked_ns"`   // → the put made right after the restart acknowledged
+	CaughtUp    time.Duration `json:"caught_up_ns"`   // → every agent's file holds that put and every agent is ready
+	// The account's JetStream API counters: of the server before it was
+	// stopped (since its start), and of the restarted one once every agent
+	// caught up.
+	APIBefore APIStats `json:"api_before"`
+	APIAfter  APIStats `json:"api_after"`
+	// Requests the server dropped because a JetStream API queue was full:
+	// the sum over the "API limit reached" advisories heard (the bench's
+	// system-account connection hears those published after it reconnected),
+	// and the server's log lines saying so ("limit reached, dropping N
+	// requests", logged once per run of the server process).
+	Dropped      int64 `json:"api_dropped"`
+	Advisories   int64 `json:"api_limit_advisories"`
+	DropLogLines int   `json:"api_drop_log_lines"`
+}
+
+// APIStats are an account's JetStream API counters.
+type APIStats struct {
+	Total  uint64 `json:"total"`
+	Errors uint64 `json:"errors"`
 }
 
 // Run runs the scenarios of o and returns what they measured. A scenario that
@@ -168,6 +228,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			res, err = e.idle(ctx)
 		case Fanout:
 			res, err = e.fanout(ctx)
+		case Storm:
+			res, err = e.storm(ctx)
 		}
 		rep.Results = append(rep.Results, res...)
 		if err != nil {
@@ -180,13 +242,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 // expand checks the scenario names and replaces All by every scenario.
 func expand(names []string) ([]string, error) {
 	if len(names) == 0 {
-		return Scenarios(), nil
+		return allScenarios(), nil
 	}
 	var out []string
 	for _, n := range names {
 		switch {
 		case n == All:
-			out = append(out, Scenarios()...)
+			out = append(out, allScenarios()...)
 		case slices.Contains(Scenarios(), n):
 			out = append(out, n)
 		default:
@@ -203,6 +265,7 @@ type env struct {
 	nats   agent.NATSConfig
 	server string // "embedded" or the URL, for the report
 	srv    *server.Server
+	proc   *serverProc // the server as a child process (Options.ServerBin)
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	dir    string
@@ -229,7 +292,15 @@ func newEnv(ctx context.Context, o Options) (*env, error) {
 		return nil, fmt.Errorf("work folder: %w", err)
 	}
 	e.dir, e.rmDir = d, true
-	if e.nats.URL == "" && e.nats.Context == "" {
+	if e.nats.URL == "" && e.nats.Context == "" && o.ServerBin != "" {
+		p, err := startServerProc(ctx, o.ServerBin, e.path("server"))
+		if err != nil {
+			e.close()
+			return nil, err
+		}
+		e.proc, e.server = p, "process "+p.url()
+		e.nats.URL = p.url()
+	} else if e.nats.URL == "" && e.nats.Context == "" {
 		srv, err := agent.StartEmbedded(agent.EmbeddedConfig{StoreDir: e.path("server"), Listen: "127.0.0.1:0"})
 		if err != nil {
 			e.close()
@@ -273,6 +344,9 @@ func (e *env) close() {
 	if e.srv != nil {
 		e.srv.Shutdown()
 		e.srv.WaitForShutdown()
+	}
+	if e.proc != nil {
+		e.proc.close()
 	}
 	if e.rmDir {
 		_ = os.RemoveAll(e.dir)

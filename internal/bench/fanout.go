@@ -10,8 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/kvsync/kvsync/agent"
 )
 
 // round is one fanout put: when each agent's file held its value.
@@ -23,8 +21,8 @@ type round struct {
 }
 
 // fanoutAgents: Agents agents (200), each hosted in a goroutine of this process
-// with a connection of its own, project the same key; per put, the time until
-// each agent's file holds it, and until all do.
+// with a connection of its own or sharing Conns connections, project the same
+// key; per put, the time until each agent's file holds it, and until all do.
 func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 	n := orDefault(e.o.Agents, 200)
 	count := orDefault(e.o.Count, 100)
@@ -73,33 +71,15 @@ func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 	}
 	defer stopFiles()
 
-	step := e.prog.start(fmt.Sprintf("fanout: start %d agents", n), n)
-	agents := make([]*running, 0, n)
-	defer func() { stopAll(agents) }()
-	fsync := e.o.Fsync
 	var cost fleetCost
-	cost.before()
-	for i := 0; i < n; i++ {
-		cfg := e.baseConfig()
-		cfg.Watch.Mode = e.watchMode()
-		cfg.Files = []agent.FilesConfig{{Name: "files", Bucket: kv.Bucket(), Keys: []string{"fan"}, Dir: dirs[i], Fsync: &fsync}}
-		r, err := e.startAgent(ctx, cfg)
-		if err != nil {
-			step.done()
-			return nil, fmt.Errorf("agent %d: %w", i, err)
-		}
-		agents = append(agents, r)
-		step.set(i + 1)
+	cost.before(e)
+	fl, err := e.startFleet(ctx, kv.Bucket(), dirs)
+	if err != nil {
+		return nil, err
 	}
-	for i, r := range agents {
-		if err := r.waitReady(ctx, 2*time.Minute); err != nil {
-			step.done()
-			return nil, fmt.Errorf("agent %d: %w", i, err)
-		}
-	}
-	step.done()
-	step = e.prog.start("fanout: idle agents", 0)
-	cost.after(ctx, e, kv.Bucket(), n, 3*time.Second)
+	defer fl.stop()
+	step := e.prog.start("fanout: idle agents", 0)
+	cost.after(ctx, e, kv.Bucket(), n, e.settle(), e.idleWindow())
 	step.done()
 
 	rawHits, stopRaw, err := rawWatch(ctx, kv, "fan")
@@ -159,23 +139,28 @@ func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 	if st, err := procStatus(os.Getpid()); err == nil {
 		res.RSS = st.rss
 	}
-	res.Note = fmt.Sprintf("%d agents as goroutines of one process, one connection each; latency over every agent and put, all = until the last agent had it; fsync=%v; RSS is the whole bench process (server included when embedded); %s (3 s idle after 2 s of settling, server and agents together when embedded)", n, e.o.Fsync, &cost)
+	cost.fill(&res)
+	res.Note = fmt.Sprintf("%d agents as goroutines of one process, %s; latency over every agent and put, all = until the last agent had it; fsync=%v; RSS is the whole bench process (server included when embedded); %s", n, e.shareNote(n), e.o.Fsync, &cost)
 	return []Result{res}, nil
 }
 
-// fanout is fanoutAgents, then the disk alone: the same number of files
-// replaced at once by plain goroutines, once the agents are stopped.
+// fanout is fanoutAgents, then, once the agents are stopped, the same fan-out
+// without kvsync: raw core subscriptions, the same that each write a file, and
+// the disk alone (the same number of files replaced at once by plain
+// goroutines).
 func (e *env) fanout(ctx context.Context) ([]Result, error) {
 	out, err := e.fanoutAgents(ctx)
 	if err != nil {
 		return nil, err
 	}
 	n := orDefault(e.o.Agents, 200)
-	raw, err := e.rawFanout(ctx, n, orDefault(e.o.Count, 100), e.o.Pacings[0])
-	if err != nil {
-		return out, fmt.Errorf("raw fanout: %w", err)
+	for _, write := range []bool{false, true} {
+		raw, err := e.rawFanout(ctx, n, orDefault(e.o.Count, 100), e.o.Pacings[0], write)
+		if err != nil {
+			return out, fmt.Errorf("raw fanout: %w", err)
+		}
+		out = append(out, raw)
 	}
-	out = append(out, raw)
 	rounds := min(orDefault(e.o.Count, 100), 30)
 	step := e.prog.start(fmt.Sprintf("fanout: %d files replaced at once by plain goroutines (the disk alone)", n), 0)
 	walls, err := diskFanout(e.path("fanout", "disk"), n, rounds, e.o.Fsync)
@@ -204,4 +189,15 @@ func stopAll(agents []*running) {
 		}()
 	}
 	wg.Wait()
+}
+
+// settle is how long the fleet scenarios let a ready fleet settle before
+// measuring it idle: the start's consumers deleted, memory handed back.
+func (e *env) settle() time.Duration {
+	return 2 * time.Second
+}
+
+// idleWindow is how long the fleet scenarios measure a settled fleet idle.
+func (e *env) idleWindow() time.Duration {
+	return orDefault(e.o.FleetIdle, 3*time.Second)
 }

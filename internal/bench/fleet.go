@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -59,43 +60,76 @@ func (e *env) watchMode() string {
 	return e.o.Watch
 }
 
-// fleetCost is what a fleet of agents costs, measured on this process (the
-// embedded server and the agents, which are goroutines of it).
+// fleetCost is what a fleet of agents costs: measured on this process (the
+// agents, which are goroutines of it, and the server when it is embedded),
+// and on the server alone when the bench runs it as a process of its own.
 type fleetCost struct {
-	rssBefore int64
+	n         int
+	rssBefore int64         // this process, before the agents
 	consumers int           // consumers of the bucket's stream once every agent is ready
-	rssPer    int64         // process RSS growth per agent
-	idleCPU   time.Duration // process CPU per second of wall time, all agents idle
+	rssPer    int64         // this process's RSS growth per agent
+	idleCPU   time.Duration // this process's CPU per second of wall time, all agents idle
+	window    time.Duration // the idle window
+
+	// The server as a process of its own (Options.ServerBin).
+	server               bool
+	srvBefore, srvAfter  int64         // RSS with the bucket and no agents; with the agents, idle
+	srvIdleCPU           time.Duration // per second of wall time, all agents idle
+	srvErrRSS, srvErrCPU error
+	settle               time.Duration
 }
 
-// before records the process's RSS before the agents start.
-func (c *fleetCost) before() {
+// before records the RSS of this process and of the server process before
+// the agents start (the bucket exists).
+func (c *fleetCost) before(e *env) {
 	runtime.GC()
 	if st, err := procStatus(os.Getpid()); err == nil {
 		c.rssBefore = st.rss
 	}
+	if e.proc != nil {
+		c.server = true
+		c.srvBefore, c.srvErrRSS = e.proc.rss()
+	}
 }
 
-// after measures, once n agents are ready and 2 s later: the process's CPU
-// over idle seconds with nothing put, then the bucket's consumers (the short-lived ones
-// of the republish mode are gone by then) and the RSS per agent.
-func (c *fleetCost) after(ctx context.Context, e *env, bucket string, n int, idle time.Duration) {
+// after measures, once n agents are ready and settle later: the CPU of this
+// process and of the server process over window with nothing put, then the
+// bucket's consumers (the short-lived ones of the republish mode are gone by
+// then) and the RSS per agent.
+func (c *fleetCost) after(ctx context.Context, e *env, bucket string, n int, settle, window time.Duration) {
+	c.n, c.settle, c.window = n, settle, window
 	// The start's own work (consumers deleted, memory handed back) settles
 	// first.
 	select {
 	case <-ctx.Done():
 		return
-	case <-time.After(2 * time.Second):
+	case <-time.After(settle):
 	}
 	cpu0, err := procCPU(os.Getpid())
+	var srv0 time.Duration
+	var serr error
+	if e.proc != nil {
+		srv0, serr = procCPU(e.proc.pid())
+	}
 	t0 := time.Now()
 	select {
 	case <-ctx.Done():
 		return
-	case <-time.After(idle):
+	case <-time.After(window):
 	}
+	wall := time.Since(t0).Seconds()
 	if cpu1, err1 := procCPU(os.Getpid()); err == nil && err1 == nil {
-		c.idleCPU = time.Duration(float64(cpu1-cpu0) / time.Since(t0).Seconds())
+		c.idleCPU = time.Duration(float64(cpu1-cpu0) / wall)
+	}
+	if e.proc != nil {
+		if srv1, err1 := procCPU(e.proc.pid()); serr == nil && err1 == nil {
+			c.srvIdleCPU = time.Duration(float64(srv1-srv0) / wall)
+		} else {
+			c.srvErrCPU = errors.Join(serr, err1)
+		}
+		if c.srvAfter, err = e.proc.rss(); err != nil {
+			c.srvErrRSS = err
+		}
 	}
 	if st, err := e.js.Stream(ctx, "KV_"+bucket); err == nil {
 		c.consumers = st.CachedInfo().State.Consumers
@@ -106,18 +140,74 @@ func (c *fleetCost) after(ctx context.Context, e *env, bucket string, n int, idl
 	}
 }
 
+// serverPer is the server's RSS growth per agent.
+func (c *fleetCost) serverPer() int64 {
+	if !c.server || c.srvErrRSS != nil || c.n == 0 {
+		return 0
+	}
+	return (c.srvAfter - c.srvBefore) / int64(c.n)
+}
+
+// fill sets the cost fields of res.
+func (c *fleetCost) fill(res *Result) {
+	res.ProcessIdleCPU = c.idleCPU.Seconds()
+	res.Consumers = c.consumers
+	if c.server && c.srvErrRSS == nil {
+		res.ServerRSS = c.srvAfter
+		res.ServerRSSPerAgent = c.serverPer()
+	}
+	if c.server && c.srvErrCPU == nil {
+		res.ServerIdleCPU = c.srvIdleCPU.Seconds()
+	}
+}
+
 func (c *fleetCost) String() string {
-	return fmt.Sprintf("consumers on the stream %d; process RSS +%d KiB per agent; idle process CPU %.1f%% of a core",
-		c.consumers, c.rssPer>>10, 100*c.idleCPU.Seconds())
+	idle := fmt.Sprintf("idle = %v with nothing put, after %v of settling", c.window, c.settle)
+	if !c.server {
+		return fmt.Sprintf("consumers on the stream %d; process RSS +%d KiB per agent; idle process CPU %.1f%% of a core (%s; server and agents together when embedded)",
+			c.consumers, c.rssPer>>10, 100*c.idleCPU.Seconds(), idle)
+	}
+	srv := "server RSS unreadable: " + fmt.Sprint(c.srvErrRSS)
+	if c.srvErrRSS == nil {
+		srv = fmt.Sprintf("server process RSS %.1f MiB with the bucket and no agents, %.1f MiB with %d agents: %+.1f KiB per agent",
+			float64(c.srvBefore)/(1<<20), float64(c.srvAfter)/(1<<20), c.n, float64(c.srvAfter-c.srvBefore)/1024/float64(c.n))
+	}
+	cpu := "idle server CPU unreadable: " + fmt.Sprint(c.srvErrCPU)
+	if c.srvErrCPU == nil {
+		cpu = fmt.Sprintf("idle server CPU %.2f%% of a core", 100*c.srvIdleCPU.Seconds())
+	}
+	return fmt.Sprintf("consumers on the stream %d; %s; %s; bench process (agents, no server): RSS +%d KiB per agent, idle CPU %.2f%% of a core, %.1f µs per agent per second (%s)",
+		c.consumers, srv, cpu, c.rssPer>>10, 100*c.idleCPU.Seconds(), float64(c.idleCPU.Microseconds())/float64(max(c.n, 1)), idle)
 }
 
 // rawFanout is the physical limit of a fanout to n: n plain core
-// subscriptions to one subject, over as many connections as the agents use
-// at most (50 here, each carrying n/50 subscriptions), and per publish of a
-// 100 B message the time until each, and until the last, had it.
-func (e *env) rawFanout(ctx context.Context, n, rounds int, pacing time.Duration) (Result, error) {
+// subscriptions to one subject, over the connections the agents share
+// (Options.Conns) or else 50 (each carrying n/50 subscriptions), and per
+// publish of a 100 B message the time until each, and until the last, had
+// it. With write, each subscription also replaces a file of its own with the
+// message, as an agent's files projection does (temp file, fsync when asked,
+// rename, folder fsync), and counts once it is done: the fan-out and the disk
+// without kvsync.
+func (e *env) rawFanout(ctx context.Context, n, rounds int, pacing time.Duration, write bool) (Result, error) {
 	res := Result{Scenario: Fanout, Case: fmt.Sprintf("%d core subscriptions, raw (the physical limit)", n), Pacing: pacing.String()}
+	if write {
+		res.Case = fmt.Sprintf("%d core subscriptions, each writes its file", n)
+	}
 	conns := min(n, 50)
+	if e.o.Conns > 0 {
+		conns = min(n, e.o.Conns)
+	}
+	var dirs []string
+	if write {
+		dirs = make([]string, n)
+		for i := range dirs {
+			dirs[i] = e.path("fanout", "raw-write", fmt.Sprintf("s%05d", i))
+			if err := os.MkdirAll(dirs[i], 0o755); err != nil {
+				return res, fmt.Errorf("create %s: %w", dirs[i], err)
+			}
+		}
+	}
+	var writeErr atomic.Pointer[error]
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	subject := "kvsync.bench.raw." + hex.EncodeToString(b[:])
@@ -145,6 +235,12 @@ func (e *env) rawFanout(ctx context.Context, n, rounds int, pacing time.Duration
 		ncs = append(ncs, nc)
 		for j := i; j < n; j += conns {
 			_, err := nc.Subscribe(subject, func(m *nats.Msg) {
+				if write {
+					if err := replace(dirs[j], "fan", m.Data, e.o.Fsync); err != nil {
+						writeErr.CompareAndSwap(nil, &err)
+						return
+					}
+				}
 				at := time.Now()
 				r, _, _ := strings.Cut(string(m.Data), "-")
 				var round int
@@ -190,6 +286,9 @@ func (e *env) rawFanout(ctx context.Context, n, rounds int, pacing time.Duration
 					each = append(each, d)
 				}
 			case <-timeout:
+				if err := writeErr.Load(); err != nil {
+					return res, fmt.Errorf("raw fanout: write: %w", *err)
+				}
 				return res, fmt.Errorf("raw fanout: %d of %d subscriptions had round %d within 30s", got, n, r)
 			case <-ctx.Done():
 				return res, ctx.Err()
@@ -209,5 +308,12 @@ func (e *env) rawFanout(ctx context.Context, n, rounds int, pacing time.Duration
 	}
 	res.Latency, res.All = summarize(each), summarize(all)
 	res.Note = fmt.Sprintf("publish -> each core subscription's handler; %d subscriptions over %d connections of this process; all = until the last had it", n, conns)
+	if write {
+		how := "temp file, rename"
+		if e.o.Fsync {
+			how = "temp file, fsync, rename, folder fsync"
+		}
+		res.Note = fmt.Sprintf("publish -> each core subscription's handler replaced a 100 B file in a folder of its own with the message (%s); %d subscriptions over %d connections of this process; all = until the last file was replaced", how, n, conns)
+	}
 	return res, nil
 }
