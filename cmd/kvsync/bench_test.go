@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/kvsync/kvsync/internal/bench"
@@ -41,8 +44,15 @@ func benchChild(ctx context.Context, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// runBench runs `kvsync bench --json args...` and decodes the report.
+// runBench runs `kvsync bench --json args...` against an embedded server and
+// decodes the report.
 func runBench(t *testing.T, args ...string) *bench.Report {
+	t.Helper()
+	return runBenchOn(t, "embedded", args...)
+}
+
+// runBenchOn is runBench for a server the report names with the prefix server.
+func runBenchOn(t *testing.T, server string, args ...string) *bench.Report {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	c := &BenchCommand{io: ioStreams{in: strings.NewReader(""), out: &out, err: &errOut}, child: benchChild}
@@ -54,10 +64,35 @@ func runBench(t *testing.T, args ...string) *bench.Report {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("decode report: %v\n%s", err, out.String())
 	}
-	if got, want := rep.Machine.Server, "embedded"; got != want {
+	if got, want := rep.Machine.Server, server; !strings.HasPrefix(got, want) {
 		t.Fatalf("Machine.Server=%q, want %q", got, want)
 	}
 	return &rep
+}
+
+// natsServerBin builds the nats-server binary of go.mod once per test binary,
+// for the bench runs that start the server as a process of their own.
+var natsServerBin = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "kvsync-bench-nats-server-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "nats-server")
+	build := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
+	build.Dir = "../.." // the module root: its go.mod pins the version
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build nats-server: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func serverBin(t *testing.T) string {
+	t.Helper()
+	bin, err := natsServerBin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }
 
 // checkSummary asserts a distribution of n samples is ordered and positive.
@@ -202,20 +237,94 @@ func TestBenchFanout(t *testing.T) {
 			if !strings.Contains(r.Note, consumers) || !strings.Contains(r.Note, "idle process CPU") {
 				t.Fatalf("note %q lacks %q and the idle CPU", r.Note, consumers)
 			}
-			if len(rep.Results) != 3 {
-				t.Fatalf("%d results, want 3 (the agents, raw core subscriptions, the disk alone)", len(rep.Results))
+			if len(rep.Results) != 4 {
+				t.Fatalf("%d results, want 4 (the agents, raw core subscriptions, the same writing files, the disk alone)", len(rep.Results))
 			}
-			raw := rep.Results[1]
-			if !strings.Contains(raw.Case, "3 core subscriptions") {
-				t.Fatalf("second result %+v, want the raw core subscriptions", raw)
-			}
-			checkSummary(t, "raw fanout", raw.Latency, 3*4)
-			checkSummary(t, "raw fanout, all", raw.All, 4)
-			disk := rep.Results[2]
+			checkRaw(t, rep.Results[1:3], 3, 4)
+			disk := rep.Results[3]
 			if !strings.HasSuffix(disk.Case, "disk alone") || disk.Latency != nil {
 				t.Fatalf("third result %+v, want the disk alone", disk)
 			}
 			checkSummary(t, "disk alone", disk.All, 4)
+		})
+	}
+}
+
+// checkRaw checks the fan-out without kvsync: raw core subscriptions, then
+// the same each writing a file, n subscriptions and count rounds.
+func checkRaw(t *testing.T, raws []bench.Result, n, count int) {
+	t.Helper()
+	for i, want := range []string{fmt.Sprintf("%d core subscriptions, raw", n), fmt.Sprintf("%d core subscriptions, each writes its file", n)} {
+		r := raws[i]
+		if !strings.Contains(r.Case, want) {
+			t.Fatalf("result %+v, want %q", r, want)
+		}
+		checkSummary(t, r.Case, r.Latency, n*count)
+		checkSummary(t, r.Case+", all", r.All, count)
+	}
+}
+
+// The agents share two connections and the server is a process of its own:
+// every agent converges, the server's figures are its own.
+func TestBenchFanoutSharedConns(t *testing.T) {
+	bin := serverBin(t)
+	rep := runBenchOn(t, "process nats://127.0.0.1:", "--scenario", "fanout", "--agents", "5", "--conns", "2", "--count", "3",
+		"--pacing", "0", "--watch", "republish", "--nats-server", bin, "--fleet-idle", "300ms")
+	if len(rep.Results) != 4 {
+		t.Fatalf("%d results, want 4", len(rep.Results))
+	}
+	r := rep.Results[0]
+	checkSummary(t, "per agent", r.Latency, 5*3)
+	checkSummary(t, "all agents", r.All, 3)
+	for _, want := range []string{"2 connections shared round-robin, 2-3 agents each", "server process RSS", "idle server CPU", "bench process (agents, no server)"} {
+		if !strings.Contains(r.Note, want) {
+			t.Fatalf("note %q lacks %q", r.Note, want)
+		}
+	}
+	if r.ServerRSS <= 0 || r.ServerIdleCPU < 0 || r.ProcessIdleCPU < 0 || r.Consumers != 0 {
+		t.Fatalf("ServerRSS=%d ServerIdleCPU=%v ProcessIdleCPU=%v Consumers=%d, want a server RSS, no negative CPU, no consumer (republish)",
+			r.ServerRSS, r.ServerIdleCPU, r.ProcessIdleCPU, r.Consumers)
+	}
+	checkRaw(t, rep.Results[1:3], 5, 3)
+	if !strings.Contains(rep.Results[1].Note, "over 2 connections") {
+		t.Fatalf("raw fan-out note %q: want the agents' 2 connections", rep.Results[1].Note)
+	}
+}
+
+// The server restarted under five agents: every agent catches up, on
+// connections of its own and shared ones, in both watch modes.
+func TestBenchStorm(t *testing.T) {
+	bin := serverBin(t)
+	for _, tt := range []struct{ watch, conns string }{{"consumer", "0"}, {"republish", "2"}} {
+		t.Run(tt.watch, func(t *testing.T) {
+			rep := runBenchOn(t, "process nats://127.0.0.1:", "--scenario", "storm", "--agents", "5", "--conns", tt.conns,
+				"--watch", tt.watch, "--nats-server", bin, "--fleet-idle", "300ms")
+			if len(rep.Results) != 1 {
+				t.Fatalf("%d results, want 1", len(rep.Results))
+			}
+			r := rep.Results[0]
+			st := r.Storm
+			if r.Scenario != "storm" || st == nil {
+				t.Fatalf("result %+v, want the storm's", r)
+			}
+			checkSummary(t, "per agent", r.Latency, 5)
+			checkSummary(t, "caught up", r.All, 1)
+			if st.Down <= 0 || st.Reconnected <= 0 || st.PutAcked <= 0 || st.CaughtUp < st.PutAcked || st.CaughtUp < r.Latency.Max {
+				t.Fatalf("storm %+v (slowest agent %v): want positive times, caught up after the put and the slowest agent", st, r.Latency.Max)
+			}
+			// The agents asked the first server (their initial sync) and the
+			// restarted one (the bench's own API calls at least); at five
+			// agents no queue comes near its limit.
+			if st.APIBefore.Total == 0 || st.APIAfter.Total == 0 || st.Dropped != 0 || st.Advisories != 0 || st.DropLogLines != 0 {
+				t.Fatalf("storm %+v: want API requests on both servers, none dropped", st)
+			}
+			if got, want := r.Consumers, map[string]int{"consumer": 5, "republish": 0}[tt.watch]; got != want {
+				t.Fatalf("consumers before the restart: %d, want %d", got, want)
+			}
+			share := map[string]string{"0": "one connection each", "2": "2 connections shared"}[tt.conns]
+			if !strings.Contains(r.Note, share) || !strings.Contains(r.Note, "every agent was ready after") {
+				t.Fatalf("note %q lacks %q or the caught-up time", r.Note, share)
+			}
 		})
 	}
 }
@@ -243,6 +352,11 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--pacing", "fast"},
 		{"bench", "--agents", "0"},
 		{"bench", "--watch", "pull"},
+		{"bench", "--conns", "-1"},
+		{"bench", "--fleet-idle", "0s"},
+		{"bench", "--scenario", "storm"},                                 // no server of its own to restart
+		{"bench", "--nats-server", "/nonexistent/nats-server"},           // not a program
+		{"bench", "--nats-server", "nats-server", "-s", "nats://x:4222"}, // two servers
 		{"bench", "extra"},
 	} {
 		var out, errOut bytes.Buffer
