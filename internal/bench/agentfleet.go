@@ -43,7 +43,7 @@ func (e *env) startFleet(ctx context.Context, bucket string, dirs []string) (*ag
 	if c >= n {
 		c = 0
 	}
-	step := e.prog.start(fmt.Sprintf("start %d agents (%s)", n, e.shareNote(n)), n)
+	step := e.prog.start(fmt.Sprintf("start %d agents on %d connections", n, e.connCount(n)), n)
 	defer step.done()
 	for range c {
 		nc, _, err := e.connect(ctx)
