@@ -7,14 +7,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/kvsync/kvsync/internal/bench"
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // benchChildEnv makes this test binary act as kvsync (see
@@ -68,31 +67,6 @@ func runBenchOn(t *testing.T, server string, args ...string) *bench.Report {
 		t.Fatalf("Machine.Server=%q, want %q", got, want)
 	}
 	return &rep
-}
-
-// natsServerBin builds the nats-server binary of go.mod once per test binary,
-// for the bench runs that start the server as a process of their own.
-var natsServerBin = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "kvsync-bench-nats-server-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "nats-server")
-	build := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
-	build.Dir = "../.." // the module root: its go.mod pins the version
-	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build nats-server: %v\n%s", err, out)
-	}
-	return bin, nil
-})
-
-func serverBin(t *testing.T) string {
-	t.Helper()
-	bin, err := natsServerBin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
 }
 
 // checkSummary asserts a distribution of n samples is ordered and positive.
@@ -267,7 +241,7 @@ func checkRaw(t *testing.T, raws []bench.Result, n, count int) {
 // The agents share two connections and the server is a process of its own:
 // every agent converges, the server's figures are its own.
 func TestBenchFanoutSharedConns(t *testing.T) {
-	bin := serverBin(t)
+	bin := testutil.NATSServerBin(t)
 	rep := runBenchOn(t, "process nats://127.0.0.1:", "--scenario", "fanout", "--agents", "5", "--conns", "2", "--count", "3",
 		"--pacing", "0", "--watch", "republish", "--nats-server", bin, "--fleet-idle", "300ms")
 	if len(rep.Results) != 4 {
@@ -294,7 +268,7 @@ func TestBenchFanoutSharedConns(t *testing.T) {
 // The server restarted under five agents: every agent catches up, on
 // connections of its own and shared ones, in both watch modes.
 func TestBenchStorm(t *testing.T) {
-	bin := serverBin(t)
+	bin := testutil.NATSServerBin(t)
 	for _, tt := range []struct{ watch, conns string }{{"consumer", "0"}, {"republish", "2"}} {
 		t.Run(tt.watch, func(t *testing.T) {
 			rep := runBenchOn(t, "process nats://127.0.0.1:", "--scenario", "storm", "--agents", "5", "--conns", tt.conns,
