@@ -35,6 +35,8 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	fsync := fs.Bool("fsync", true, "files projections fsync every write")
 	agents := fs.Int("agents", 200, "agents of the fanout and storm scenarios")
 	conns := fs.Int("conns", 0, "connections the fanout and storm agents share, round-robin (default: one per agent)")
+	procs := fs.Int("procs", 1, "processes the fanout and storm agents run in: above 1, child processes of kvsync host them (a files projection holds 4 descriptors, so one process's file limit caps its agents)")
+	agentHost := fs.Bool("agent-host", false, "internal: host agents for a bench process with --procs (reads its job on stdin)")
 	natsServer := fs.String("nats-server", "", "run this nats-server binary as a child process (loopback port, store in the work folder) instead of an embedded server: its memory and CPU are measured on their own; the storm scenario needs it")
 	fleetIdle := fs.Duration("fleet-idle", 3*time.Second, "how long the fanout and storm scenarios measure the CPU of their ready agents (and of the server) idle")
 	maxConsumers := fs.Int("max-consumers", agent.DefaultMaxConsumers, "consumer limit of the buckets the bench makes, as bucket add takes it; -1: none of their own (the server's default, 1,000 unless configured)")
@@ -52,15 +54,25 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	if len(pos) > 0 {
 		return usagef("unexpected argument %q", pos[0])
 	}
+	if *agentHost {
+		logger := slog.New(slog.NewTextHandler(c.io.err, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		if err := bench.HostAgents(ctx, c.io.in, c.io.out, logger); err != nil {
+			return fmt.Errorf("bench agent host: %w", err)
+		}
+		return nil
+	}
 	o := bench.Options{
 		Keys: *keys, Count: *count, Fsync: *fsync, Agents: *agents, Watch: *watch, IdleFor: *idle, Dir: *dir,
-		Child: c.child, MaxConsumers: *maxConsumers, Conns: *conns, ServerBin: *natsServer, FleetIdle: *fleetIdle,
+		Child: c.child, MaxConsumers: *maxConsumers, Conns: *conns, Procs: *procs, ServerBin: *natsServer, FleetIdle: *fleetIdle,
 	}
 	if *keys < 0 || *count < 0 || *agents < 1 || *idle <= 0 || *fleetIdle <= 0 {
 		return usagef("--keys and --count must not be negative, --agents, --idle and --fleet-idle must be positive")
 	}
 	if *conns < 0 {
 		return usagef("--conns %d: give a positive number of connections, or 0 for one per agent", *conns)
+	}
+	if *procs < 1 || *conns > 0 && *procs > *conns {
+		return usagef("--procs %d: give at least 1, and no more than --conns (each process needs a connection of its own)", *procs)
 	}
 	if *maxConsumers < -1 || *maxConsumers == 0 {
 		return usagef("--max-consumers %d: give a positive limit, or -1 to leave it to the server", *maxConsumers)

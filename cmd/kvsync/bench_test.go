@@ -269,10 +269,10 @@ func TestBenchFanoutSharedConns(t *testing.T) {
 // connections of its own and shared ones, in both watch modes.
 func TestBenchStorm(t *testing.T) {
 	bin := testutil.NATSServerBin(t)
-	for _, tt := range []struct{ watch, conns string }{{"consumer", "0"}, {"republish", "2"}} {
+	for _, tt := range []struct{ watch, conns, procs string }{{"consumer", "0", "1"}, {"republish", "2", "2"}} {
 		t.Run(tt.watch, func(t *testing.T) {
 			rep := runBenchOn(t, "process nats://127.0.0.1:", "--scenario", "storm", "--agents", "5", "--conns", tt.conns,
-				"--watch", tt.watch, "--nats-server", bin, "--fleet-idle", "300ms")
+				"--procs", tt.procs, "--watch", tt.watch, "--nats-server", bin, "--fleet-idle", "300ms")
 			if len(rep.Results) != 1 {
 				t.Fatalf("%d results, want 1", len(rep.Results))
 			}
@@ -295,7 +295,8 @@ func TestBenchStorm(t *testing.T) {
 			if got, want := r.Consumers, map[string]int{"consumer": 5, "republish": 0}[tt.watch]; got != want {
 				t.Fatalf("consumers before the restart: %d, want %d", got, want)
 			}
-			share := map[string]string{"0": "one connection each", "2": "2 connections shared"}[tt.conns]
+			// Republish: the agents run in two agent-host children.
+			share := map[string]string{"0": "of one process, one connection each", "2": "of 2 agent-host child processes (2-3 agents each; the bench process measures), 2 connections shared"}[tt.conns]
 			if !strings.Contains(r.Note, share) || !strings.Contains(r.Note, "every agent was ready after") {
 				t.Fatalf("note %q lacks %q or the caught-up time", r.Note, share)
 			}
@@ -327,6 +328,8 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--agents", "0"},
 		{"bench", "--watch", "pull"},
 		{"bench", "--conns", "-1"},
+		{"bench", "--procs", "0"},
+		{"bench", "--procs", "3", "--conns", "2"}, // a connection per process at least
 		{"bench", "--fleet-idle", "0s"},
 		{"bench", "--scenario", "storm"},                                 // no server of its own to restart
 		{"bench", "--nats-server", "/nonexistent/nats-server"},           // not a program

@@ -134,12 +134,17 @@ func (e *env) connCount(n int) int {
 	return n
 }
 
-// shareNote says how n agents hold their connections.
+// shareNote says where n agents run and how they hold their connections.
 func (e *env) shareNote(n int) string {
+	where := "as goroutines of one process"
+	if p := min(e.o.Procs, n); p > 1 {
+		where = fmt.Sprintf("as goroutines of %d agent-host child processes (%d-%d agents each; the bench process measures)", p, n/p, (n+p-1)/p)
+	}
 	c := e.connCount(n)
 	if c == n {
-		return "one connection each"
+		return where + ", one connection each"
 	}
-	return fmt.Sprintf("%d connections shared round-robin, %d-%d agents each (connection, its reader goroutine, buffers, pings and reconnects shared; each agent's own subscriptions, consumer or republish subscription, handlers chained)",
+	where += ", "
+	return where + fmt.Sprintf("%d connections shared round-robin, %d-%d agents each (connection, its reader goroutine, buffers, pings and reconnects shared; each agent's own subscriptions, consumer or republish subscription, handlers chained)",
 		c, n/c, (n+c-1)/c)
 }

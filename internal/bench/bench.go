@@ -71,6 +71,12 @@ type Options struct {
 	// the fanout and storm agents share, round-robin; 0 gives each agent a
 	// connection of its own.
 	Conns int
+	// Procs, when above 1, runs the fanout and storm agents in that many
+	// child processes of kvsync (`kvsync bench --agent-host`, started like
+	// Child), Agents/Procs each, sharing Conns/Procs connections each: a
+	// files projection holds four descriptors, so one process's file limit
+	// caps the agents it can host. 0 or 1: every agent in this process.
+	Procs int
 	// ServerBin, when set (and NATS names no server), is a nats-server
 	// binary that Run starts as a child process on a free loopback port with
 	// its store in the work folder, instead of embedding a server: its memory

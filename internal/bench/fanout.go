@@ -73,13 +73,13 @@ func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 
 	var cost fleetCost
 	cost.before(e)
-	fl, err := e.startFleet(ctx, kv.Bucket(), dirs)
+	fl, err := e.startAgents(ctx, kv.Bucket(), dirs)
 	if err != nil {
 		return nil, err
 	}
 	defer fl.stop()
 	step := e.prog.start("fanout: idle agents", 0)
-	cost.after(ctx, e, kv.Bucket(), n, e.settle(), e.idleWindow())
+	cost.after(ctx, e, fl, kv.Bucket(), n, e.settle(), e.idleWindow())
 	step.done()
 
 	rawHits, stopRaw, err := rawWatch(ctx, kv, "fan")
@@ -140,7 +140,7 @@ func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 		res.RSS = st.rss
 	}
 	cost.fill(&res)
-	res.Note = fmt.Sprintf("%d agents as goroutines of one process, %s; latency over every agent and put, all = until the last agent had it; fsync=%v; RSS is the whole bench process (server included when embedded); %s", n, e.shareNote(n), e.o.Fsync, &cost)
+	res.Note = fmt.Sprintf("%d agents %s; latency over every agent and put, all = until the last agent had it; fsync=%v; RSS is the whole bench process (server included when embedded); %s", n, e.shareNote(n), e.o.Fsync, &cost)
 	return []Result{res}, nil
 }
 

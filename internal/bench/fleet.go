@@ -70,6 +70,7 @@ type fleetCost struct {
 	rssPer    int64         // this process's RSS growth per agent
 	idleCPU   time.Duration // this process's CPU per second of wall time, all agents idle
 	window    time.Duration // the idle window
+	hosts     int           // agent-host child processes (Options.Procs)
 
 	// The server as a process of its own (Options.ServerBin).
 	server               bool
@@ -93,11 +94,11 @@ func (c *fleetCost) before(e *env) {
 }
 
 // after measures, once n agents are ready and settle later: the CPU of this
-// process and of the server process over window with nothing put, then the
-// bucket's consumers (the short-lived ones of the republish mode are gone by
-// then) and the RSS per agent.
-func (c *fleetCost) after(ctx context.Context, e *env, bucket string, n int, settle, window time.Duration) {
-	c.n, c.settle, c.window = n, settle, window
+// process (with the agent-host children of fl) and of the server process
+// over window with nothing put, then the bucket's consumers (the short-lived
+// ones of the republish mode are gone by then) and the RSS per agent.
+func (c *fleetCost) after(ctx context.Context, e *env, fl fleet, bucket string, n int, settle, window time.Duration) {
+	c.n, c.settle, c.window, c.hosts = n, settle, window, len(fl.pids())
 	// The start's own work (consumers deleted, memory handed back) settles
 	// first.
 	select {
@@ -105,7 +106,8 @@ func (c *fleetCost) after(ctx context.Context, e *env, bucket string, n int, set
 		return
 	case <-time.After(settle):
 	}
-	cpu0, err := procCPU(os.Getpid())
+	pids := append([]int{os.Getpid()}, fl.pids()...)
+	cpu0, err := cpuOf(pids)
 	var srv0 time.Duration
 	var serr error
 	if e.proc != nil {
@@ -118,7 +120,7 @@ func (c *fleetCost) after(ctx context.Context, e *env, bucket string, n int, set
 	case <-time.After(window):
 	}
 	wall := time.Since(t0).Seconds()
-	if cpu1, err1 := procCPU(os.Getpid()); err == nil && err1 == nil {
+	if cpu1, err1 := cpuOf(pids); err == nil && err1 == nil {
 		c.idleCPU = time.Duration(float64(cpu1-cpu0) / wall)
 	}
 	if e.proc != nil {
@@ -135,9 +137,28 @@ func (c *fleetCost) after(ctx context.Context, e *env, bucket string, n int, set
 		c.consumers = st.CachedInfo().State.Consumers
 	}
 	runtime.GC()
-	if st, err := procStatus(os.Getpid()); err == nil && c.rssBefore > 0 {
-		c.rssPer = (st.rss - c.rssBefore) / int64(n)
+	var rss int64
+	for _, pid := range pids {
+		if st, err := procStatus(pid); err == nil {
+			rss += st.rss
+		}
 	}
+	if c.rssBefore > 0 {
+		c.rssPer = (rss - c.rssBefore) / int64(n)
+	}
+}
+
+// cpuOf is the CPU time the processes pids used so far.
+func cpuOf(pids []int) (time.Duration, error) {
+	var total time.Duration
+	for _, pid := range pids {
+		d, err := procCPU(pid)
+		if err != nil {
+			return 0, err
+		}
+		total += d
+	}
+	return total, nil
 }
 
 // serverPer is the server's RSS growth per agent.
@@ -176,8 +197,12 @@ func (c *fleetCost) String() string {
 	if c.srvErrCPU == nil {
 		cpu = fmt.Sprintf("idle server CPU %.2f%% of a core", 100*c.srvIdleCPU.Seconds())
 	}
-	return fmt.Sprintf("consumers on the stream %d; %s; %s; bench process (agents, no server): RSS +%d KiB per agent, idle CPU %.2f%% of a core, %.1f µs per agent per second (%s)",
-		c.consumers, srv, cpu, c.rssPer>>10, 100*c.idleCPU.Seconds(), float64(c.idleCPU.Microseconds())/float64(max(c.n, 1)), idle)
+	who := "bench process (agents, no server)"
+	if c.hosts > 0 {
+		who = fmt.Sprintf("bench process and its %d agent-host processes (agents, no server)", c.hosts)
+	}
+	return fmt.Sprintf("consumers on the stream %d; %s; %s; %s: RSS +%d KiB per agent, idle CPU %.2f%% of a core, %.1f µs per agent per second (%s)",
+		c.consumers, srv, cpu, who, c.rssPer>>10, 100*c.idleCPU.Seconds(), float64(c.idleCPU.Microseconds())/float64(max(c.n, 1)), idle)
 }
 
 // rawFanout is the physical limit of a fanout to n: n plain core

@@ -63,13 +63,13 @@ func (e *env) storm(ctx context.Context) ([]Result, error) {
 
 	var cost fleetCost
 	cost.before(e)
-	fl, err := e.startFleet(ctx, kv.Bucket(), dirs)
+	fl, err := e.startAgents(ctx, kv.Bucket(), dirs)
 	if err != nil {
 		return nil, err
 	}
 	defer fl.stop()
 	step := e.prog.start("storm: idle agents", 0)
-	cost.after(ctx, e, kv.Bucket(), n, e.settle(), e.idleWindow())
+	cost.after(ctx, e, fl, kv.Bucket(), n, e.settle(), e.idleWindow())
 	step.done()
 
 	st := &StormResult{}
@@ -170,7 +170,7 @@ func (e *env) storm(ctx context.Context) ([]Result, error) {
 	res.Latency, res.All = summarize(each), summarize([]time.Duration{st.CaughtUp})
 	res.Storm = st
 	cost.fill(&res)
-	res.Note = fmt.Sprintf("%d agents as goroutines of one process, %s; the server (a process of its own) was stopped (SIGTERM) and started again on the same port and store: down %v; from accepting connections again: every connection back after %v, the put acknowledged after %v, every agent's file held the put and every agent was ready after %v (latency: per agent, accepting -> its file held the put; all: the caught-up time, one sample); JetStream API of the account: %d requests (%d errors) before the stop, %d (%d errors) on the restarted server once caught up; dropped API requests: %d in %d \"limit reached\" advisories heard, %d server log lines; consumers on the stream after: %d; before the restart: %s",
+	res.Note = fmt.Sprintf("%d agents %s; the server (a process of its own) was stopped (SIGTERM) and started again on the same port and store: down %v; from accepting connections again: every connection back after %v, the put acknowledged after %v, every agent's file held the put and every agent was ready after %v (latency: per agent, accepting -> its file held the put; all: the caught-up time, one sample); JetStream API of the account: %d requests (%d errors) before the stop, %d (%d errors) on the restarted server once caught up; dropped API requests: %d in %d \"limit reached\" advisories heard, %d server log lines; consumers on the stream after: %d; before the restart: %s",
 		n, e.shareNote(n), st.Down.Round(time.Millisecond), st.Reconnected.Round(time.Millisecond), st.PutAcked.Round(time.Millisecond), st.CaughtUp.Round(time.Millisecond),
 		st.APIBefore.Total, st.APIBefore.Errors, st.APIAfter.Total, st.APIAfter.Errors, st.Dropped, st.Advisories, st.DropLogLines, consumers, &cost)
 	return []Result{res}, nil
