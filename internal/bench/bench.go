@@ -184,7 +184,7 @@ type StormResult struct {
 	// the sum over the "API limit reached" advisories heard (the bench's
 	// system-account connection hears those published after it reconnected),
 	// and the server's log lines saying so ("limit reached, dropping N
-	// requests", logged once per run of the server process).
+	// requests", logged at most once a second).
 	Dropped      int64 `json:"api_dropped"`
 	Advisories   int64 `json:"api_limit_advisories"`
 	DropLogLines int   `json:"api_drop_log_lines"`

@@ -213,7 +213,7 @@ func (s *serverProc) restart(ctx context.Context) error {
 
 // dropLines counts the server's log lines saying that a JetStream API queue
 // hit its limit and requests were dropped. The server logs this at most once
-// per run of the process, so the count is of the restarts that dropped.
+// a second, so the count is of the seconds that dropped requests.
 func (s *serverProc) dropLines() int {
 	b, err := os.ReadFile(filepath.Join(s.dir, "nats-server.log"))
 	if err != nil {
