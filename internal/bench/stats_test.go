@@ -84,9 +84,12 @@ func TestExpand(t *testing.T) {
 		want string
 		err  bool
 	}{
-		{nil, strings.Join(Scenarios(), ","), false},
-		{[]string{All}, strings.Join(Scenarios(), ","), false},
+		// All is every scenario but the storm, which restarts a server of
+		// the bench's own: asked for by name only.
+		{nil, "latency,initial-sync,once,burst,idle,fanout", false},
+		{[]string{All}, "latency,initial-sync,once,burst,idle,fanout", false},
 		{[]string{Burst, Latency}, "burst,latency", false},
+		{[]string{Storm}, "storm", false},
 		{[]string{"nope"}, "", true},
 	} {
 		got, err := expand(tt.in)
