@@ -154,8 +154,8 @@ type Result struct {
 	Actions    int           `json:"actions,omitempty"`
 	Keys       int           `json:"keys,omitempty"`
 	// Fleets (fanout, storm): the consumers on the bucket's stream once the
-	// agents were ready and the bench process's CPU while they were idle (in
-	// cores: 0.01 is 1 % of one); with the server as a process of its own
+	// agents were ready and the CPU of the bench process and its agent hosts
+	// while they were idle (in cores: 0.01 is 1 % of one); with the server as a process of its own
 	// (Options.ServerBin), its RSS with the agents, its RSS growth per agent
 	// over the bucket without agents, and its idle CPU.
 	Consumers         int          `json:"consumers,omitempty"`

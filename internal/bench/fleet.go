@@ -67,8 +67,8 @@ type fleetCost struct {
 	n         int
 	rssBefore int64         // this process, before the agents
 	consumers int           // consumers of the bucket's stream once every agent is ready
-	rssPer    int64         // this process's RSS growth per agent
-	idleCPU   time.Duration // this process's CPU per second of wall time, all agents idle
+	rssPer    int64         // RSS growth per agent of this process and its agent hosts
+	idleCPU   time.Duration // CPU per second of wall time of this process and its agent hosts, all agents idle
 	window    time.Duration // the idle window
 	hosts     int           // agent-host child processes (Options.Procs)
 
