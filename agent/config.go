@@ -75,6 +75,11 @@ type NATSConfig struct {
 	TLS      TLSConfig `koanf:"tls"`
 	Name     string    `koanf:"name"`
 	Domain   string    `koanf:"domain"`
+	// PingInterval: how often the client PINGs the server (default 2 s).
+	// After two unanswered PINGs the connection is re-dialled, and a link
+	// silent for 1.5 intervals is reported stale. A large fleet may raise
+	// it: every connection costs the server one PING per interval.
+	PingInterval time.Duration `koanf:"ping_interval"`
 }
 
 // TLSConfig holds the paths of the TLS material for the NATS connection.
@@ -466,6 +471,9 @@ func (c *Config) Default() {
 	if c.NATS.Name == "" {
 		c.NATS.Name = "kvsync"
 	}
+	if c.NATS.PingInterval == 0 {
+		c.NATS.PingInterval = DefaultPingInterval
+	}
 	if c.Agent.ID == "" {
 		if h, err := os.Hostname(); err == nil {
 			c.Agent.ID = h
@@ -567,6 +575,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.NATS.TLS.Cert == "") != (c.NATS.TLS.Key == "") {
 		add("nats.tls", "cert and key go together")
+	}
+	if p := c.NATS.PingInterval; p < 0 || (p > 0 && p < 100*time.Millisecond) || p > 10*time.Minute {
+		add("nats.ping_interval", "%v is outside 100ms..10m", p)
 	}
 	if c.NATS.User == "" && c.NATS.Password != "" {
 		add("nats.user", "required with nats.password")

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,34 +22,35 @@ import (
 
 // Connection tuning.
 //
-// The client sends a PING every pingInterval and gives the connection up when
-// more than maxPingsOut are unanswered: a link that drops packets without a
-// reset (a blackhole, a half-open TCP connection after a host crash) is closed
-// and re-dialled 4 to 6 s after it went silent, instead of 10 to 15 s with
-// 5 s and 2. Before that, after staleAfter of silence, /status already says
+// The client sends a PING every ping interval (DefaultPingInterval unless
+// nats.ping_interval says otherwise) and gives the connection up when more
+// than maxPingsOut are unanswered: a link that drops packets without a reset
+// (a blackhole, a half-open TCP connection after a host crash) is closed and
+// re-dialled 4 to 6 s after it went silent, instead of 10 to 15 s with 5 s
+// and 2. Before that, after 1.5 intervals of silence, /status already says
 // the agent is blind (see link).
 //
-// The cost, at fleet size: 10,000 agents each send one PING every 2 s, so the
-// servers answer 5,000 PINGs/s with 5,000 PONGs/s, 6 bytes each way: 60 KB/s
-// of payload and about 10,000 small TCP segments/s, spread over the servers
-// the agents use. An idle agent's stale-link check (link) adds at most one
-// more PING every 2 s: twice that at worst. A PING is answered in the client's read loop and touches
-// no consumer, so it is cheaper than the watcher heartbeat every agent
-// already receives once a second per bucket (10,000 heartbeat messages/s for
-// one bucket). A server that stalls for more than 4 to 6 s (a long GC or
-// disk pause) will see its agents reconnect, with jitter (reconnectDelay).
+// The cost, at fleet size: every connection sends one PING per interval,
+// which the server answers with a PONG, 6 bytes each way. 10,000 agents on
+// their own connections at 2 s: 5,000 PINGs/s and 5,000 PONGs/s, spread over
+// the servers the agents use. A PING is answered in the client's read loop and
+// touches no consumer. The stale-link check adds no PING of its own on a
+// connection Connect made (it sees the PONGs on the socket). A server that
+// stalls for more than 4 to 6 s (a long GC or disk pause) will see its agents
+// reconnect, with jitter (reconnectDelay). A large fleet may raise the
+// interval: docs/SCALING.md shows what it costs.
 const (
-	pingInterval   = 2 * time.Second
-	maxPingsOut    = 2
-	dialTimeout    = 3 * time.Second
-	reconnectFirst = 100 * time.Millisecond
-	reconnectMax   = 600 * time.Millisecond
+	DefaultPingInterval = 2 * time.Second
+	maxPingsOut         = 2
+	dialTimeout         = 3 * time.Second
+	reconnectFirst      = 100 * time.Millisecond
+	reconnectMax        = 600 * time.Millisecond
 )
 
-// staleAfter is the silence after which the link is reported stale: with a
-// PING every pingInterval a healthy connection hears at least a PONG within
-// pingInterval plus a round trip, and a watcher's heartbeat every second.
-const staleAfter = 3 * time.Second
+// staleAfter is the silence after which a link whose client PINGs every ping
+// is reported stale: a healthy connection hears at least a PONG within ping
+// plus a round trip.
+func staleAfter(ping time.Duration) time.Duration { return ping + ping/2 }
 
 // DefaultURL is the server kvsync dials when nothing else is configured.
 const DefaultURL = "nats://127.0.0.1:4222"
@@ -85,7 +89,9 @@ func dial(ctx context.Context, cfg NATSConfig, retry bool, extra []nats.Option) 
 	if err != nil {
 		return nil, err
 	}
-	opts = append(opts, nats.RetryOnFailedConnect(retry))
+	w := &wire{}
+	opts = append(opts, nats.RetryOnFailedConnect(retry),
+		nats.SetCustomDialer(&wireDialer{d: net.Dialer{Timeout: dialTimeout}, w: w}))
 	opts = append(opts, extra...)
 	servers := serverList(cfg.URL)
 	if err := ctx.Err(); err != nil {
@@ -106,6 +112,7 @@ func dial(ctx context.Context, cfg NATSConfig, retry bool, extra []nats.Option) 
 		if r.err != nil {
 			return nil, fmt.Errorf("connect to %s: %w", redact(servers), r.err)
 		}
+		registerWire(r.nc, w)
 		return r.nc, nil
 	case <-ctx.Done():
 		// nats.Connect takes no context: wait for the attempt (a dial
@@ -159,11 +166,15 @@ func options(cfg NATSConfig, c *NATSContext) ([]nats.Option, error) {
 	if name == "" {
 		name = "kvsync"
 	}
+	ping := cfg.PingInterval
+	if ping <= 0 {
+		ping = DefaultPingInterval
+	}
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.CustomReconnectDelay(reconnectDelay),
-		nats.PingInterval(pingInterval),
+		nats.PingInterval(ping),
 		nats.MaxPingsOutstanding(maxPingsOut),
 		nats.Timeout(dialTimeout),
 	}
@@ -501,14 +512,18 @@ func (r *Refusals) Explain(err error) error {
 
 // link tells whether the server is still heard from. The connection only
 // notices a silent link when its PINGs go unanswered; link notices it as
-// soon as nothing at all arrived for staleAfter. It watches the connection's
-// inbound messages, and when none came for pingInterval (an idle agent: the
-// watcher's heartbeat comes every 5 s, and the republish mode has none) it
-// asks for a PONG itself: the client's own PONGs are not counted in its
+// soon as nothing at all arrived for 1.5 ping intervals. On a connection that
+// Connect made it watches the bytes read from the socket (a wire), PONGs
+// included, and sends nothing of its own. On any other connection (one
+// passed in by the caller, an in-process one) it watches the connection's
+// inbound messages, and when none came for a ping interval (an idle agent:
+// the watcher's heartbeat comes every 5 s, and the republish mode has none)
+// it asks for a PONG itself: the client does not count its own PONGs in its
 // statistics.
 type link struct {
 	heard atomic.Int64     // unix nanos of the last inbound traffic seen
 	stale atomic.Int64     // unix nanos since when nothing arrived, when stale; 0 if not
+	ping  atomic.Int64     // the client's ping interval, for /status; 0 before run
 	gauge prometheus.Gauge // 1 while stale; may be nil
 }
 
@@ -518,11 +533,22 @@ func (l *link) setGauge(v float64) {
 	}
 }
 
+// linkTick is how often link looks at the connection.
+const linkTick = 250 * time.Millisecond
+
 // run samples nc until ctx is done. logger gets a WARN when the link goes
 // stale and an INFO when it is heard again.
 func (l *link) run(ctx context.Context, nc *nats.Conn, logger *slog.Logger) {
-	const every = 250 * time.Millisecond
-	t := time.NewTicker(every)
+	l.ping.Store(int64(nc.Opts.PingInterval))
+	w := wireOf(nc)
+	// With a wire the client's own PINGs keep the link heard; without one
+	// link PINGs itself, every DefaultPingInterval of silence.
+	ping := DefaultPingInterval
+	if w != nil && nc.Opts.PingInterval > 0 {
+		ping = nc.Opts.PingInterval
+	}
+	staleAfter := staleAfter(ping)
+	t := time.NewTicker(linkTick)
 	defer t.Stop()
 	inbound := func() uint64 { st := nc.Stats(); return st.InMsgs + st.InBytes }
 	prev := inbound()
@@ -532,31 +558,43 @@ func (l *link) run(ctx context.Context, nc *nats.Conn, logger *slog.Logger) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			in := inbound()
-			if in != prev || !nc.IsConnected() {
-				// Traffic, or no connection at all (reported as
-				// disconnected; a new connection starts fresh).
-				prev = in
+			if !nc.IsConnected() {
+				// Reported as disconnected; a new connection starts fresh.
+				prev = inbound()
 				l.heard.Store(now.UnixNano())
-				if since := l.stale.Swap(0); since != 0 {
-					l.setGauge(0) // stale no more: heard again, or plainly disconnected
-					if nc.IsConnected() {
-						logger.Info("NATS link heard again", "silent_for", now.Sub(time.Unix(0, since)).Round(time.Millisecond).String())
-					}
+				if l.stale.Swap(0) != 0 {
+					l.setGauge(0)
 				}
 				continue
 			}
+			if w != nil {
+				if h := w.heard.Load(); h > l.heard.Load() {
+					l.heard.Store(h)
+				}
+			} else if in := inbound(); in != prev {
+				prev = in
+				l.heard.Store(now.UnixNano())
+			}
 			heard := l.heard.Load()
-			if silent := now.Sub(time.Unix(0, heard)); silent >= pingInterval && silent < staleAfter {
+			silent := now.Sub(time.Unix(0, heard))
+			if w == nil && silent >= ping && silent < staleAfter {
 				// A PING of its own, answered within the time left before
 				// the link would count as stale.
 				if err := nc.FlushTimeout(staleAfter - silent); err == nil {
 					l.heard.Store(time.Now().UnixNano())
-					continue
+					silent = 0
+				} else {
+					silent = time.Since(time.Unix(0, heard))
 				}
-				heard = l.heard.Load()
 			}
-			if now.Sub(time.Unix(0, heard)) >= staleAfter && l.stale.CompareAndSwap(0, heard) {
+			if silent < staleAfter {
+				if since := l.stale.Swap(0); since != 0 {
+					l.setGauge(0)
+					logger.Info("NATS link heard again", "silent_for", now.Sub(time.Unix(0, since)).Round(time.Millisecond).String())
+				}
+				continue
+			}
+			if l.stale.CompareAndSwap(0, heard) {
 				l.setGauge(1)
 				logger.Warn("NATS link stale: nothing received from the server; the agent is blind to changes until the link or a new connection is back",
 					"since", time.Unix(0, heard).UTC().Format(time.RFC3339Nano))
@@ -605,7 +643,7 @@ func (a *Agent) connStatus() *ConnStatus {
 		since = since.UTC()
 		s.State, s.Since = "stale", &since
 		s.Detail = fmt.Sprintf("nothing received from the server since %s: the agent is blind to changes; the connection is re-dialled after %s of unanswered pings",
-			since.Format(time.RFC3339), pingInterval*time.Duration(maxPingsOut+1))
+			since.Format(time.RFC3339), time.Duration(a.link.ping.Load())*time.Duration(maxPingsOut+1))
 	}
 	if !a.conn.Load() {
 		s.State, s.Since, s.Detail = "disconnected", nil, "not connected to NATS: reconnecting"
@@ -642,4 +680,59 @@ func (a *Agent) connHandlers() {
 		}
 		a.logger.Warn("NATS async error", "err", err)
 	}
+}
+
+// wire records when a connection last read anything from its socket: the
+// client's PONGs, which its statistics leave out, included. Connect gives
+// every connection it makes a wire (through its dialer) so that link can tell
+// a silent server without PINGs of its own.
+type wire struct {
+	heard atomic.Int64 // unix nanos of the last read that returned bytes
+}
+
+type wireConn struct {
+	net.Conn
+	w *wire
+}
+
+func (c wireConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.w.heard.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// wireDialer dials TCP as the client would, and wraps the socket in a
+// wireConn (TLS, when used, goes on top).
+type wireDialer struct {
+	d net.Dialer
+	w *wire
+}
+
+func (d *wireDialer) Dial(network, address string) (net.Conn, error) {
+	c, err := d.d.Dial(network, address)
+	if err != nil {
+		return nil, err
+	}
+	d.w.heard.Store(time.Now().UnixNano())
+	return wireConn{Conn: c, w: d.w}, nil
+}
+
+// wires maps the connections Connect made to their wire. The key is weak and
+// the entry is removed when the connection is collected.
+var wires sync.Map // weak.Pointer[nats.Conn] -> *wire
+
+func registerWire(nc *nats.Conn, w *wire) {
+	k := weak.Make(nc)
+	wires.Store(k, w)
+	runtime.AddCleanup(nc, func(k weak.Pointer[nats.Conn]) { wires.Delete(k) }, k)
+}
+
+// wireOf returns nc's wire, or nil when Connect did not make nc.
+func wireOf(nc *nats.Conn) *wire {
+	if v, ok := wires.Load(weak.Make(nc)); ok {
+		return v.(*wire)
+	}
+	return nil
 }

@@ -182,7 +182,7 @@ func TestConnectOnce(t *testing.T) {
 			if got, want := nc.Opts.MaxReconnect, -1; got != want {
 				t.Fatalf("MaxReconnect=%d, want %d", got, want)
 			}
-			if got, want := nc.Opts.PingInterval, pingInterval; got != want {
+			if got, want := nc.Opts.PingInterval, DefaultPingInterval; got != want {
 				t.Fatalf("PingInterval=%v, want %v", got, want)
 			}
 			want := tc.cfg.Name

@@ -663,13 +663,17 @@ const hedge = 500 * time.Millisecond
 // request bound, 5 s, over hedge, and the first).
 const maxAsks = 11
 
-// create creates the consumer of cfg. When the server has not answered within
-// hedge, it asks for another consumer like it (another name, the same
-// delivery subject), and again every hedge until one is answered or ctx ends:
-// right after a cluster lost the node that led the meta group, creations sent
-// before the new meta leader was elected are never answered, and later ones
-// are answered at once. That is two small requests a second per watcher, only
-// while creations go unanswered. The first consumer whose
+// create creates the consumer of cfg. When the server is part of a cluster
+// and has not answered within hedge, it asks for another consumer like it
+// (another name, the same delivery subject), and again every hedge until one
+// is answered or ctx ends: right after a cluster lost the node that led the
+// meta group, creations sent before the new meta leader was elected are never
+// answered, and later ones are answered at once. That is two small requests a
+// second per watcher, only while creations go unanswered. A server on its own
+// has no meta group to lose: a creation it has not answered yet waits in its
+// API queue, and hedging there only multiplies the queue when thousands of
+// agents reconnect at once (the server drops its whole API queue past 10,000
+// pending requests), so create asks once. The first consumer whose
 // creation is answered, or whose first message arrives, is chosen (*chosen
 // holds its name; the message handler ignores the others); every other one
 // is deleted as soon as its creation is answered.
@@ -691,6 +695,9 @@ func (w *watcher) create(ctx context.Context, cfg jetstream.ConsumerConfig, chos
 	drop := func(name string) { dropConsumer(&w.bg, w.js, w.stream(), name) }
 	attempt(cfg.Name)
 	asked, pending := 1, 1
+	if w.js.Conn().ConnectedClusterName() == "" {
+		asked = maxAsks // no meta group: no hedge
+	}
 	timer := time.NewTimer(hedge)
 	defer timer.Stop()
 	var found jetstream.PushConsumer

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -220,4 +222,73 @@ func TestToxiLimitData(t *testing.T) {
 	converges(t, 20*time.Second, kv, dir)
 	waitFile(t, filepath.Join(dir, "big.39"), fmt.Appendf(nil, "2 %s", big), time.Now(), 5*time.Second)
 	a.alive(t)
+}
+
+// TestToxiSlowServerAsksOnce: a server on its own that answers slowly (600 ms
+// each way) gets one consumer creation per watcher start, not a creation every
+// 500 ms while the first is unanswered: a standalone server has no meta leader
+// to lose a creation, and asking again only lengthens its API queue, which is
+// what overflowed it when thousands of agents reconnected at once.
+func TestToxiSlowServerAsksOnce(t *testing.T) {
+	s := startServer(t)
+	js := jetStream(t, s)
+	kv := createBucket(t, js, "app", 1)
+	if _, err := kv.Put(context.Background(), "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	created := make(chan string, 64)
+	sub, err := js.Conn().Subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.KV_app.>", func(m *nats.Msg) { created <- m.Subject })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := js.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	fp := startFaultProxy(t, strings.TrimPrefix(s.ClientURL(), "nats://"))
+	dir := t.TempDir()
+	a := startAgent(t, fp.url(), fmt.Sprintf("watch: {mode: consumer}\nfiles:\n  - {name: app, bucket: app, dir: %q, fsync: false}\n", dir))
+	a.waitReady(t, 20*time.Second)
+	converges(t, 10*time.Second, kv, dir)
+
+	// Slow the link, then delete the watcher's consumer: the watcher notices
+	// (the server says so, or the heartbeats stop) and creates a new one.
+	fp.add(t, "slow-down", "latency", "downstream", map[string]any{"latency": 600})
+	fp.add(t, "slow-up", "latency", "upstream", map[string]any{"latency": 600})
+	drain := func() []string {
+		var got []string
+		for {
+			select {
+			case s := <-created:
+				got = append(got, s)
+			default:
+				return got
+			}
+		}
+	}
+	drain()
+	stream, err := js.Stream(context.Background(), "KV_app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range stream.ConsumerNames(context.Background()).Name() {
+		if err := stream.DeleteConsumer(context.Background(), name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := kv.Put(context.Background(), "k", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	// The file, not converges: its KV watcher makes consumers of its own.
+	deadline := time.Now().Add(30 * time.Second)
+	for b, _ := os.ReadFile(filepath.Join(dir, "k")); string(b) != "after"; b, _ = os.ReadFile(filepath.Join(dir, "k")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("file k = %q 30 s after the put, want \"after\"", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // late asks, if any, have reached the server
+	if got := drain(); len(got) != 1 {
+		t.Fatalf("consumers created after the watcher lost its consumer, on a slow standalone server: %d (%v), want 1; agent log:\n%s", len(got), got, a.stderr.String())
+	}
 }
