@@ -205,7 +205,7 @@ func (d *Dir) emptyTrash(root *os.Root, trash <-chan trashBatch) {
 				}
 			}
 			if err := root.Remove(o.name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o.name), slog.String("error", err.Error()))
+				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o.name), slog.String("err", err.Error()))
 			}
 		}
 		d.trashed.Done()
