@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -12,8 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/hashicorp/go-multierror"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
@@ -486,13 +485,15 @@ func (c *Config) Default() {
 	}
 }
 
-// Validate reports every problem of the config at once, each prefixed with its
-// path (`templates[1].dest: required`). It reads template sources so that a
-// missing file is reported here, not at the first render.
+// Validate reports every problem of the config at once, one a line, each
+// prefixed with its path (`templates[1].dest: required`). Its only I/O is
+// reading: it stats each template's source and file_root and reads and parses
+// the source, so that a missing file or a template that does not parse is
+// reported here, not at the first render.
 func (c *Config) Validate() error {
-	var errs *multierror.Error
+	var errs []error
 	add := func(path, format string, args ...any) {
-		errs = multierror.Append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
 	}
 	names := map[string]string{}
 	name := func(path, n string) {
@@ -797,7 +798,7 @@ func (c *Config) Validate() error {
 	if len(c.Files)+len(c.Templates)+len(c.Env) == 0 {
 		add("files", "no projection configured: give at least one of files, templates, env")
 	}
-	return errs.ErrorOrNil()
+	return errors.Join(errs...)
 }
 
 type problem struct{ path, msg string }
@@ -893,9 +894,9 @@ func ParseSignal(s string) (syscall.Signal, error) {
 // template text, rendered with its own syntax, and the file a template's
 // source names is never touched either.
 func (c *Config) Expand(lookup func(string) (string, bool)) error {
-	var errs *multierror.Error
+	var errs []error
 	expandValue(reflect.ValueOf(c).Elem(), "", withHostname(lookup), &errs)
-	return errs.ErrorOrNil()
+	return errors.Join(errs...)
 }
 
 // withHostname makes lookup answer HOSTNAME with the kernel's host name when
@@ -917,7 +918,7 @@ func withHostname(lookup func(string) (string, bool)) func(string) (string, bool
 
 // expandValue walks v, expanding every string it can set. path is the
 // config path of v (koanf names, [i] for list items, .key for map values).
-func expandValue(v reflect.Value, path string, lookup func(string) (string, bool), errs **multierror.Error) {
+func expandValue(v reflect.Value, path string, lookup func(string) (string, bool), errs *[]error) {
 	switch v.Kind() {
 	case reflect.Pointer, reflect.Interface:
 		if !v.IsNil() {
@@ -965,7 +966,7 @@ func expandValue(v reflect.Value, path string, lookup func(string) (string, bool
 	case reflect.String:
 		s, err := ExpandString(v.String(), lookup)
 		if err != nil {
-			*errs = multierror.Append(*errs, fmt.Errorf("%s: %w", path, err))
+			*errs = append(*errs, fmt.Errorf("%s: %w", path, err))
 			return
 		}
 		if v.CanSet() {
