@@ -85,8 +85,9 @@ func (a *Agent) jetStream() jetstream.JetStream {
 }
 
 // New checks cfg and returns an agent. It starts no goroutine, opens no
-// connection and writes nothing; its only I/O is cfg.Validate's check that
-// every template source file exists.
+// connection and writes nothing; its only I/O is cfg.Validate's reading of
+// the templates: each source and file_root is looked up, and each source
+// read and parsed.
 func New(cfg *Config, opts Options) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
