@@ -33,7 +33,7 @@ func IsFunc(name string) bool {
 
 // FuncNames returns every name IsFunc accepts, sorted.
 func FuncNames() []string {
-	m := baseFuncs()
+	m := maps.Clone(baseFuncs())
 	maps.Copy(m, (&binding{}).funcs())
 	names := slices.AppendSeq(slices.Clone(builtins), maps.Keys(m))
 	slices.Sort(names)
