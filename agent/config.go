@@ -964,7 +964,7 @@ func expandValue(v reflect.Value, path string, lookup func(string) (string, bool
 			v.SetMapIndex(e.k, e.v)
 		}
 	case reflect.String:
-		s, err := ExpandString(v.String(), lookup)
+		s, err := expandString(v.String(), lookup)
 		if err != nil {
 			*errs = append(*errs, fmt.Errorf("%s: %w", path, err))
 			return
@@ -975,12 +975,12 @@ func expandValue(v reflect.Value, path string, lookup func(string) (string, bool
 	}
 }
 
-// ExpandString replaces ${VAR} and ${VAR:-default} in s with values from
+// expandString replaces ${VAR} and ${VAR:-default} in s with values from
 // lookup; $$ is a literal $; a $ followed by anything else is kept. VAR is
 // [A-Za-z_][A-Za-z0-9_]*. The default is taken literally up to the first }
 // (it is not expanded again). An unset VAR without a default, an empty or
 // malformed name and an unclosed ${ are errors.
-func ExpandString(s string, lookup func(string) (string, bool)) (string, error) {
+func expandString(s string, lookup func(string) (string, bool)) (string, error) {
 	if !strings.Contains(s, "$") {
 		return s, nil
 	}

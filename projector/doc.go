@@ -16,7 +16,7 @@
 //     than through its Dir;
 //   - single-file atomic writes for templates and dotenv files (WriteFile), with an
 //     in-place fallback for single-file bind mounts;
-//   - environment variable names and dotenv encoding (EnvName, EnvVars, EncodeDotenv).
+//   - environment variable names and dotenv encoding (EnvVars, EncodeDotenv).
 //
 // It must not import NATS code, parse configuration, or run actions: callers hand it
 // bytes and it reports what changed on disk. It never writes outside the folder or

@@ -31,8 +31,8 @@ func IsFunc(name string) bool {
 	return ok
 }
 
-// FuncNames returns every name IsFunc accepts, sorted.
-func FuncNames() []string {
+// funcNames returns every name IsFunc accepts, sorted.
+func funcNames() []string {
 	m := maps.Clone(baseFuncs())
 	maps.Copy(m, (&binding{}).funcs())
 	names := slices.AppendSeq(slices.Clone(builtins), maps.Keys(m))
