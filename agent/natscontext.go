@@ -72,9 +72,10 @@ func SelectedContext() (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-// LoadContext reads the NATS CLI context called name from contextDir. A name
-// that ends in ".json" and holds a path separator is read as a file path
-// instead, which suits a context file mounted from a secret. An unknown name
+// LoadContext reads the NATS CLI context called name from the NATS CLI's
+// context folder ($XDG_CONFIG_HOME/nats/context, or ~/.config/nats/context).
+// A name that ends in ".json" and holds a path separator is read as a file
+// path instead, which suits a context file mounted from a secret. An unknown name
 // gives an error that wraps ErrContextNotFound and names the folder looked in.
 func LoadContext(name string) (*NATSContext, error) {
 	path, err := contextPath(name)

@@ -32,13 +32,13 @@ const (
 func republishSubject(bucket string) string { return "$KVR." + bucket + ".>" }
 
 // RePublish is the stream setting that republishes every entry of bucket,
-// headers and value, to republishSubject(bucket).
+// headers and value, to $KVR.<bucket>.>.
 func RePublish(bucket string) *jetstream.RePublish {
 	return &jetstream.RePublish{Source: "$KV." + bucket + ".>", Destination: republishSubject(bucket)}
 }
 
 // Republishes reports whether a stream with the setting rp republishes every
-// entry of bucket, with its value, to republishSubject(bucket). Only then is
+// entry of bucket, with its value, to $KVR.<bucket>.>. Only then is
 // the stream sequence of the republished copies consecutive, which is how
 // the republish watcher sees what it missed.
 func Republishes(bucket string, rp *jetstream.RePublish) bool {

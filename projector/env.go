@@ -59,7 +59,9 @@ type EnvProblem struct {
 	Key, Name, Reason string
 }
 
-// EnvVars maps key->value to name->value with envName. Keys are taken in lexical
+// EnvVars maps key->value to name->value: a name is the prefix followed by the
+// key with strip removed, upper-cased (ASCII), with '.', '-' and '/' turned
+// into '_', and must be [A-Za-z_][A-Za-z0-9_]*. Keys are taken in lexical
 // order, so on a collision the lexically first key with a usable value wins,
 // deterministically; every key that is not used is reported in problems, in key
 // order.

@@ -53,7 +53,7 @@ const (
 // per kvkey.Valid (raw publishers can send any subject token), is longer than
 // 1 KiB, or, after strip, is empty, absolute, has an empty, "." or ".." segment, a
 // segment starting with ".." (reserved) or ".kvsync" (kvsync's own files), or a
-// segment longer than maxSegment bytes. In Tree layout a key containing '/' is
+// segment longer than 255 bytes. In Tree layout a key containing '/' is
 // rejected.
 func KeyPath(key, strip string, l Layout) (string, error) {
 	if err := kvkey.Valid(key); err != nil {
