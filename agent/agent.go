@@ -52,7 +52,9 @@ type ChildExit struct{ Code int }
 func (e *ChildExit) Error() string { return fmt.Sprintf("child exited with code %d", e.Code) }
 
 // Agent keeps projections in step with buckets. Create it with New, start it
-// with Run, once: Run's goroutines are all gone when it returns.
+// with Run, once: Run's goroutines are gone when it returns, but for the
+// few that wait on a process rather than on the agent (see the package
+// comment).
 type Agent struct {
 	cfg     *Config
 	opts    Options
@@ -109,7 +111,9 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 // when ctx is done (nil), when the exec child exits (*ChildExit), in Once mode
 // when everything was written, or on a fatal error, a failure of the HTTP
 // server among them. It returns only after every goroutine it started has
-// returned.
+// returned, but for those that wait on a process (the reader of a command
+// action's output that a daemon keeps open, the reaper's waits for children
+// still running): see the package comment.
 //
 // Run first opens the HTTP listener, so that an address in use fails it at
 // once, before it connects to NATS and before anything is written; then it
