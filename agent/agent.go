@@ -52,7 +52,9 @@ type ChildExit struct{ Code int }
 func (e *ChildExit) Error() string { return fmt.Sprintf("child exited with code %d", e.Code) }
 
 // Agent keeps projections in step with buckets. Create it with New, start it
-// with Run, once: Run's goroutines are all gone when it returns.
+// with Run, once: Run's goroutines are gone when it returns, but for the
+// few that wait on a process rather than on the agent (see the package
+// comment).
 type Agent struct {
 	cfg     *Config
 	opts    Options
@@ -85,8 +87,9 @@ func (a *Agent) jetStream() jetstream.JetStream {
 }
 
 // New checks cfg and returns an agent. It starts no goroutine, opens no
-// connection and writes nothing; its only I/O is cfg.Validate's check that
-// every template source file exists.
+// connection and writes nothing; its only I/O is cfg.Validate's reading of
+// the templates: each source and file_root is looked up, and each source
+// read and parsed.
 func New(cfg *Config, opts Options) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -108,7 +111,9 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 // when ctx is done (nil), when the exec child exits (*ChildExit), in Once mode
 // when everything was written, or on a fatal error, a failure of the HTTP
 // server among them. It returns only after every goroutine it started has
-// returned.
+// returned, but for those that wait on a process (the reader of a command
+// action's output that a daemon keeps open, the reaper's waits for children
+// still running): see the package comment.
 //
 // Run first opens the HTTP listener, so that an address in use fails it at
 // once, before it connects to NATS and before anything is written; then it

@@ -13,7 +13,9 @@ import (
 	"github.com/kvsync/kvsync/projector"
 )
 
-// defaultCheckTimeout applies when a check gives no timeout.
+// defaultCheckTimeout is the timeout Config.Default gives a check that has
+// none. A check of a config that skipped Default runs with the default
+// timeout of command actions, 30 s too.
 const defaultCheckTimeout = 30 * time.Second
 
 // errCheck marks a failed check: the last good version is kept and no action
@@ -71,11 +73,7 @@ func checkArgs(argv []string, path string) []string {
 // that cannot start is an error wrapping errCheck.
 func (c *checker) run(ctx context.Context, path string) (CheckStatus, error) {
 	argv := checkArgs(c.cfg.Command, path)
-	timeout := c.cfg.Timeout
-	if timeout <= 0 {
-		timeout = defaultCheckTimeout
-	}
-	r := &actionRunner{a: Action{Command: argv, Timeout: timeout}, kind: actionCommand, owner: c.owner, logger: c.logger, reaper: c.reaper, reapGroup: true}
+	r := &actionRunner{a: Action{Command: argv, Timeout: c.cfg.Timeout}, kind: actionCommand, owner: c.owner, logger: c.logger, reaper: c.reaper, reapGroup: true}
 	st := CheckStatus{At: time.Now(), Command: commandLine(argv), Path: path}
 	detail, output, err := r.command(ctx)
 	st.Detail, st.Output = strings.TrimPrefix(detail, st.Command+": "), output

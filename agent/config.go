@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -12,8 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/hashicorp/go-multierror"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
@@ -494,13 +493,15 @@ func (c *Config) Default() {
 	}
 }
 
-// Validate reports every problem of the config at once, each prefixed with its
-// path (`templates[1].dest: required`). It reads template sources so that a
-// missing file is reported here, not at the first render.
+// Validate reports every problem of the config at once, one a line, each
+// prefixed with its path (`templates[1].dest: required`). Its only I/O is
+// reading: it stats each template's source and file_root and reads and parses
+// the source, so that a missing file or a template that does not parse is
+// reported here, not at the first render.
 func (c *Config) Validate() error {
-	var errs *multierror.Error
+	var errs []error
 	add := func(path, format string, args ...any) {
-		errs = multierror.Append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
 	}
 	names := map[string]string{}
 	name := func(path, n string) {
@@ -808,7 +809,7 @@ func (c *Config) Validate() error {
 	if len(c.Files)+len(c.Templates)+len(c.Env) == 0 {
 		add("files", "no projection configured: give at least one of files, templates, env")
 	}
-	return errs.ErrorOrNil()
+	return errors.Join(errs...)
 }
 
 type problem struct{ path, msg string }
@@ -904,9 +905,9 @@ func ParseSignal(s string) (syscall.Signal, error) {
 // template text, rendered with its own syntax, and the file a template's
 // source names is never touched either.
 func (c *Config) Expand(lookup func(string) (string, bool)) error {
-	var errs *multierror.Error
+	var errs []error
 	expandValue(reflect.ValueOf(c).Elem(), "", withHostname(lookup), &errs)
-	return errs.ErrorOrNil()
+	return errors.Join(errs...)
 }
 
 // withHostname makes lookup answer HOSTNAME with the kernel's host name when
@@ -928,7 +929,7 @@ func withHostname(lookup func(string) (string, bool)) func(string) (string, bool
 
 // expandValue walks v, expanding every string it can set. path is the
 // config path of v (koanf names, [i] for list items, .key for map values).
-func expandValue(v reflect.Value, path string, lookup func(string) (string, bool), errs **multierror.Error) {
+func expandValue(v reflect.Value, path string, lookup func(string) (string, bool), errs *[]error) {
 	switch v.Kind() {
 	case reflect.Pointer, reflect.Interface:
 		if !v.IsNil() {
@@ -974,9 +975,9 @@ func expandValue(v reflect.Value, path string, lookup func(string) (string, bool
 			v.SetMapIndex(e.k, e.v)
 		}
 	case reflect.String:
-		s, err := ExpandString(v.String(), lookup)
+		s, err := expandString(v.String(), lookup)
 		if err != nil {
-			*errs = multierror.Append(*errs, fmt.Errorf("%s: %w", path, err))
+			*errs = append(*errs, fmt.Errorf("%s: %w", path, err))
 			return
 		}
 		if v.CanSet() {
@@ -985,12 +986,12 @@ func expandValue(v reflect.Value, path string, lookup func(string) (string, bool
 	}
 }
 
-// ExpandString replaces ${VAR} and ${VAR:-default} in s with values from
+// expandString replaces ${VAR} and ${VAR:-default} in s with values from
 // lookup; $$ is a literal $; a $ followed by anything else is kept. VAR is
 // [A-Za-z_][A-Za-z0-9_]*. The default is taken literally up to the first }
 // (it is not expanded again). An unset VAR without a default, an empty or
 // malformed name and an unclosed ${ are errors.
-func ExpandString(s string, lookup func(string) (string, bool)) (string, error) {
+func expandString(s string, lookup func(string) (string, bool)) (string, error) {
 	if !strings.Contains(s, "$") {
 		return s, nil
 	}

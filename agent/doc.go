@@ -29,16 +29,31 @@
 // stops it with that error.
 //
 // Every goroutine has an owner that waits for it: the group for the actors,
-// the owner for the watchers, the projections' goroutines and the action
-// loops, each watcher for its best-effort consumer deletes (2 s at most) and
-// the other requests it leaves running, the exec loop for its signal
-// forwarder and the supervisor for its child watches. Run returns only when
-// they are all gone. Two kinds may outlive it, both waiting on a process
-// rather than on the agent: the reader of a command action's output, when a
-// daemon the command started keeps that output open (a check's process group
-// is killed, an action's is not), and the reaper's waits for children still
-// running when it stops.
+// the projections actor for the running config (a reload starts the next
+// one after the last has returned), the owner for the watchers, the
+// projections' goroutines (push-back's folder watcher and sender), the
+// action loops and its returns of memory to the OS, each watcher for its
+// best-effort consumer deletes (2 s at most) and the other requests it
+// leaves running, the exec loop for its signal forwarder and the supervisor
+// for its child watches. Each projection folder (projector.Dir) has one
+// goroutine that unlinks replaced files; closing the folder waits for its
+// last unlink, after which it only returns. Run returns only when they are
+// all gone. Two kinds may outlive it, both waiting on a process rather than
+// on the agent: the reader of a command action's output, when a daemon the
+// command started keeps that output open (a check's process group is killed,
+// an action's is not), and the reaper's waits for children still running
+// when it stops.
 //
 // The package must not parse config files (cmd/kvsync does, with koanf) and
-// must not write bytes to disk itself: that is the projector's job.
+// must not write bytes to disk itself: every write goes through the
+// projector. A files projection's folder is written by its projector.Dir
+// alone — the projected files and the manifest, and for push-back the
+// adopted files, the held local edits and the conflict copies — except for
+// the notes of rolled-back paths, which projector.WriteNotes keeps in the
+// folder's .kvsync state folder. A template's or an env projection's file is
+// written with projector.Stage (put back after a failed action with
+// projector.WriteFile or projector.RemoveFile), and a files projection's
+// check tests copies that projector.StageTree writes to a private temp
+// folder. The one writer that is not the projector is the embedded server
+// (embedded:), which keeps its JetStream store in embedded.store_dir.
 package agent

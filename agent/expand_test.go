@@ -30,15 +30,15 @@ func TestExpandString(t *testing.T) {
 		{in: "${1A}", err: "is not a variable name"},
 		{in: "${A B}", err: "is not a variable name"},
 	} {
-		got, err := ExpandString(tt.in, env)
+		got, err := expandString(tt.in, env)
 		if tt.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Errorf("ExpandString(%q) err=%v, want %q", tt.in, err, tt.err)
+				t.Errorf("expandString(%q) err=%v, want %q", tt.in, err, tt.err)
 			}
 			continue
 		}
 		if err != nil || got != tt.want {
-			t.Errorf("ExpandString(%q)=%q, %v; want %q", tt.in, got, err, tt.want)
+			t.Errorf("expandString(%q)=%q, %v; want %q", tt.in, got, err, tt.want)
 		}
 	}
 }
@@ -147,7 +147,7 @@ func FuzzExpandString(f *testing.F) {
 	}
 	env := lookupMap(map[string]string{"A": "va", "B": "vb", "HOSTNAME": "h"})
 	f.Fuzz(func(t *testing.T, s string) {
-		got, err := ExpandString(s, env)
+		got, err := expandString(s, env)
 		if err != nil {
 			if got != s {
 				t.Fatalf("on error the input must come back: %q -> %q", s, got)
@@ -157,7 +157,7 @@ func FuzzExpandString(f *testing.F) {
 		if !strings.Contains(s, "$") && got != s {
 			t.Fatalf("%q changed to %q without a $", s, got)
 		}
-		again, err := ExpandString(strings.ReplaceAll(s, "$", "$$"), env)
+		again, err := expandString(strings.ReplaceAll(s, "$", "$$"), env)
 		if err != nil || again != s {
 			t.Fatalf("escaped %q expands to %q, %v; want the input", s, again, err)
 		}

@@ -294,17 +294,13 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 		p.o.a.metrics.errors.WithLabelValues(p.m.name, kind).Inc()
 		errs = append(errs, pe)
 	}
-	if len(res.Written)+len(res.Removed) > 0 {
+	if res.Changed() {
 		p.m.logger.Info("files updated", "written", len(res.Written), "removed", len(res.Removed), "took", time.Since(start))
 	}
-	changed := len(res.Written)+len(res.Removed) > 0
 	if guardErr != nil {
 		errs = append(errs, guardErr)
 	}
-	if len(errs) > 0 {
-		return changed, errors.Join(errs...)
-	}
-	return changed, nil
+	return res.Changed(), errors.Join(errs...)
 }
 
 // lookupOwner resolves user and group names (or numbers) to ids; -1 = keep.

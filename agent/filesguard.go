@@ -25,8 +25,8 @@ import (
 //     the others go live. With atomic: snapshot the whole resulting set is
 //     staged and checked once ({{.Path}} is the staged folder); a failure
 //     keeps the whole batch out. Removals are not checked in file mode.
-//  3. With rollback:, what each remaining change replaces is read from disk,
-//     for a rollback if the action fails.
+//  3. With rollback:, what each remaining change replaces, as read from disk
+//     before the check, is kept for a rollback if the action fails.
 
 // rolledMark is a path whose batch was rolled back.
 type rolledMark struct {
@@ -75,12 +75,25 @@ func (p *filesProjection) guard(changes []projector.Change, b *bucketState) ([]p
 		}
 		kept = append(kept, c)
 	}
-	// Only what differs from the disk needs a check or an undo.
+	// Only what differs from the disk needs a check or an undo. What the
+	// disk holds is read once: with rollback: it is what (3) keeps.
+	type onDisk struct {
+		data    []byte
+		existed bool
+		err     error
+	}
+	var read map[string]onDisk
+	if p.m.rollback {
+		read = make(map[string]onDisk, len(kept))
+	}
 	live := kept[:0:0]
 	for _, c := range kept {
 		cur, existed, err := p.current(c.Path)
 		if err == nil && (c.Remove && !existed || !c.Remove && existed && string(cur) == string(c.Data)) {
 			continue
+		}
+		if read != nil {
+			read[c.Path] = onDisk{cur, existed, err}
 		}
 		live = append(live, c)
 	}
@@ -98,11 +111,11 @@ func (p *filesProjection) guard(changes []projector.Change, b *bucketState) ([]p
 	if p.m.rollback {
 		undo = make(map[string]*fileUndo, len(live))
 		for _, c := range live {
-			cur, existed, err := p.current(c.Path)
-			if err != nil {
-				return nil, nil, err
+			d := read[c.Path]
+			if d.err != nil {
+				return nil, nil, d.err
 			}
-			u := &fileUndo{old: cur, existed: existed}
+			u := &fileUndo{old: d.data, existed: d.existed}
 			if !c.Remove {
 				u.sum = sha256.Sum256(c.Data)
 			}

@@ -40,9 +40,9 @@ type NATSContext struct {
 // ErrContextNotFound is wrapped by LoadContext when no context of that name exists.
 var ErrContextNotFound = errors.New("not found")
 
-// ContextDir returns the folder that holds the NATS CLI context files:
+// contextDir returns the folder that holds the NATS CLI context files:
 // $XDG_CONFIG_HOME/nats/context, or ~/.config/nats/context.
-func ContextDir() (string, error) {
+func contextDir() (string, error) {
 	base := os.Getenv("XDG_CONFIG_HOME")
 	if base == "" {
 		home, err := os.UserHomeDir()
@@ -57,7 +57,7 @@ func ContextDir() (string, error) {
 // SelectedContext returns the context name the NATS CLI has selected
 // (`nats context select`, kept in nats/context.txt), or "" when none is.
 func SelectedContext() (string, error) {
-	dir, err := ContextDir()
+	dir, err := contextDir()
 	if err != nil {
 		return "", err
 	}
@@ -72,9 +72,10 @@ func SelectedContext() (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-// LoadContext reads the NATS CLI context called name from ContextDir. A name
-// that ends in ".json" and holds a path separator is read as a file path
-// instead, which suits a context file mounted from a secret. An unknown name
+// LoadContext reads the NATS CLI context called name from the NATS CLI's
+// context folder ($XDG_CONFIG_HOME/nats/context, or ~/.config/nats/context).
+// A name that ends in ".json" and holds a path separator is read as a file
+// path instead, which suits a context file mounted from a secret. An unknown name
 // gives an error that wraps ErrContextNotFound and names the folder looked in.
 func LoadContext(name string) (*NATSContext, error) {
 	path, err := contextPath(name)
@@ -106,7 +107,7 @@ func contextPath(name string) (string, error) {
 	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) {
 		return "", fmt.Errorf("nats context %q: not a valid context name", name)
 	}
-	dir, err := ContextDir()
+	dir, err := contextDir()
 	if err != nil {
 		return "", err
 	}

@@ -124,12 +124,12 @@ func TestContextDir(t *testing.T) {
 		{"/etc/xdg", "/etc/xdg/nats/context"},
 	} {
 		t.Setenv("XDG_CONFIG_HOME", tc.xdg)
-		got, err := ContextDir()
+		got, err := contextDir()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got != tc.want {
-			t.Fatalf("XDG_CONFIG_HOME=%q: ContextDir()=%q, want %q", tc.xdg, got, tc.want)
+			t.Fatalf("XDG_CONFIG_HOME=%q: contextDir()=%q, want %q", tc.xdg, got, tc.want)
 		}
 	}
 }

@@ -89,11 +89,11 @@ func StreamMaxConsumers(st jetstream.KeyValueStatus) int {
 // maxConsumers consumers (-1: none of its own, so the server's default
 // applies: 1,000 on nats-server 2.15 unless configured). The stream is
 // otherwise the one jetstream's CreateKeyValue makes, which has no way to set
-// the limit: see BucketStreamConfig. A bucket that exists already fails with
+// the limit: see bucketStreamConfig. A bucket that exists already fails with
 // an error matching jetstream.ErrBucketExists; a limit above the account's
 // consumer limit with jetstream.ErrMaximumConsumersLimit.
 func CreateBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig, maxConsumers int) (jetstream.KeyValue, error) {
-	scfg, err := BucketStreamConfig(cfg, maxConsumers)
+	scfg, err := bucketStreamConfig(cfg, maxConsumers)
 	if err != nil {
 		return nil, err
 	}
@@ -122,12 +122,12 @@ func SetMaxConsumers(ctx context.Context, js jetstream.JetStream, bucket string,
 	return nil
 }
 
-// BucketStreamConfig is the stream config jetstream's CreateKeyValue builds
+// bucketStreamConfig is the stream config jetstream's CreateKeyValue builds
 // for cfg (nats.go v1.55.0, jetstream/kv.go prepareKeyValueConfig), with
 // MaxConsumers set to maxConsumers instead of -1. It must stay identical
 // otherwise; TestBucketStreamConfigMatchesLibrary compares the two on a
 // server.
-func BucketStreamConfig(cfg jetstream.KeyValueConfig, maxConsumers int) (jetstream.StreamConfig, error) {
+func bucketStreamConfig(cfg jetstream.KeyValueConfig, maxConsumers int) (jetstream.StreamConfig, error) {
 	if err := kvkey.ValidBucket(cfg.Bucket); err != nil {
 		return jetstream.StreamConfig{}, err
 	}

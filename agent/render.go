@@ -39,7 +39,7 @@ func (s *liveSource) bucket(name string) jetstream.KeyValue {
 }
 
 func entryOf(bucket string, e jetstream.KeyValueEntry) templates.Entry {
-	return templates.Entry{Bucket: bucket, Key: e.Key(), Value: e.Value(), Revision: e.Revision(), Created: e.Created(), Op: opName(e.Operation())}
+	return templates.Entry{Bucket: bucket, Key: e.Key(), Value: e.Value(), Revision: e.Revision(), Created: e.Created(), Op: kvOp(e.Operation()).String()}
 }
 
 // Get implements templates.Source.

@@ -168,20 +168,21 @@ func (s *state) History(ctx context.Context, bucket, key string) ([]templates.En
 	for _, h := range hist {
 		out = append(out, templates.Entry{
 			Bucket: bucket, Key: h.Key(), Value: h.Value(), Revision: h.Revision(),
-			Created: h.Created(), Op: opName(h.Operation()),
+			Created: h.Created(), Op: kvOp(h.Operation()).String(),
 		})
 	}
 	return out, nil
 }
 
-func opName(op jetstream.KeyValueOp) string {
+// kvOp is the Op of a jetstream operation.
+func kvOp(op jetstream.KeyValueOp) Op {
 	switch op {
 	case jetstream.KeyValueDelete:
-		return "DEL"
+		return OpDelete
 	case jetstream.KeyValuePurge:
-		return "PURGE"
+		return OpPurge
 	}
-	return "PUT"
+	return OpPut
 }
 
 // view returns the live entries sorted by key. It is rebuilt only after the

@@ -242,7 +242,8 @@ func TestValidateTemplateLanguage(t *testing.T) {
 				t.Fatal("Validate accepted the config")
 			}
 			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), "* "+w) {
+				// Each problem starts a line of its own.
+				if !strings.Contains("\n"+err.Error(), "\n"+w) {
 					t.Errorf("Validate does not report %q:\n%v", w, err)
 				}
 			}

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
+	"github.com/kvsync/kvsync/templates"
 )
 
 // Op is what happened to a key.
@@ -31,14 +32,16 @@ const (
 	OpPurge
 )
 
+// String is the operation's name as templates show it (Entry.Op) and as the
+// kvsync_updates_total metric labels it.
 func (o Op) String() string {
 	switch o {
 	case OpDelete:
-		return "DEL"
+		return templates.OpDel
 	case OpPurge:
-		return "PURGE"
+		return templates.OpPurge
 	}
-	return "PUT"
+	return templates.OpPut
 }
 
 // event is one KV entry as the watcher received it.

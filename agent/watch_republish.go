@@ -26,23 +26,23 @@ const (
 	WatchAuto      = "auto"
 )
 
-// RepublishSubject is the subject pattern a bucket republishes its entries
+// republishSubject is the subject pattern a bucket republishes its entries
 // to for agents in the republish watch mode: $KVR.<bucket>.>. It does not
 // overlap the bucket's own subjects ($KV.<bucket>.>), as the server requires.
-func RepublishSubject(bucket string) string { return "$KVR." + bucket + ".>" }
+func republishSubject(bucket string) string { return "$KVR." + bucket + ".>" }
 
 // RePublish is the stream setting that republishes every entry of bucket,
-// headers and value, to RepublishSubject(bucket).
+// headers and value, to $KVR.<bucket>.>.
 func RePublish(bucket string) *jetstream.RePublish {
-	return &jetstream.RePublish{Source: "$KV." + bucket + ".>", Destination: RepublishSubject(bucket)}
+	return &jetstream.RePublish{Source: "$KV." + bucket + ".>", Destination: republishSubject(bucket)}
 }
 
 // Republishes reports whether a stream with the setting rp republishes every
-// entry of bucket, with its value, to RepublishSubject(bucket). Only then is
+// entry of bucket, with its value, to $KVR.<bucket>.>. Only then is
 // the stream sequence of the republished copies consecutive, which is how
 // the republish watcher sees what it missed.
 func Republishes(bucket string, rp *jetstream.RePublish) bool {
-	if rp == nil || rp.HeadersOnly || rp.Destination != RepublishSubject(bucket) {
+	if rp == nil || rp.HeadersOnly || rp.Destination != republishSubject(bucket) {
 		return false
 	}
 	switch rp.Source {
@@ -197,9 +197,9 @@ func (w *republishWatcher) run(ctx context.Context) error {
 	}
 	nc := w.js.Conn()
 	w.msgs = make(chan *nats.Msg, w.buffer)
-	sub, err := nc.ChanSubscribe(RepublishSubject(w.bucket), w.msgs)
+	sub, err := nc.ChanSubscribe(republishSubject(w.bucket), w.msgs)
 	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", RepublishSubject(w.bucket), err)
+		return fmt.Errorf("subscribe %s: %w", republishSubject(w.bucket), err)
 	}
 	w.sub = sub
 	subs := []*nats.Subscription{sub}
@@ -233,7 +233,7 @@ func (w *republishWatcher) run(ctx context.Context) error {
 			w.tell(fmt.Errorf("bucket %s not found", w.bucket))
 		case errors.Is(err, errNotRepublishing):
 			w.tell(fmt.Errorf("%w to %s (watch mode republish): give it one (kvsync bucket add %s --republish, or nats stream edit %s --republish-source '$KV.%s.>' --republish-destination '%s'), or set watch mode auto",
-				errNotRepublishing, RepublishSubject(w.bucket), w.bucket, w.stream(), w.bucket, RepublishSubject(w.bucket)))
+				errNotRepublishing, republishSubject(w.bucket), w.bucket, w.stream(), w.bucket, republishSubject(w.bucket)))
 			// Jittered like every wait here, so a fleet does not come back in step;
 			// or until the stream reports an update.
 			wait = equalJitter(w.every, nil)
@@ -289,7 +289,7 @@ func (w *republishWatcher) handOver(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil
 	}
-	w.logger.Info("bucket does not republish to " + RepublishSubject(w.bucket) + ": following it with a consumer")
+	w.logger.Info("bucket does not republish to " + republishSubject(w.bucket) + ": following it with a consumer")
 	fb := w.lister // built with the same arguments; the republish loop is done with it
 	w.fallback.Store(fb)
 	return fb.run(ctx)

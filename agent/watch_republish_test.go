@@ -405,8 +405,8 @@ func TestRepublishes(t *testing.T) {
 			t.Errorf("Republishes(app, %s) = %v, want %v", RepublishName(tc.rp), got, tc.want)
 		}
 	}
-	if got := RepublishSubject("app"); got != "$KVR.app.>" {
-		t.Fatalf("RepublishSubject = %q", got)
+	if got := republishSubject("app"); got != "$KVR.app.>" {
+		t.Fatalf("republishSubject = %q", got)
 	}
 }
 

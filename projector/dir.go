@@ -44,7 +44,7 @@ type Change struct {
 	Remove bool
 }
 
-// Result says what an Apply or Reconcile changed on disk. Written and Removed hold
+// Result says what an Apply or ReconcileSeq changed on disk. Written and Removed hold
 // only paths whose bytes actually changed, sorted; a file already holding the
 // same bytes is neither rewritten nor listed.
 type Result struct {
@@ -205,7 +205,7 @@ func (d *Dir) emptyTrash(root *os.Root, trash <-chan trashBatch) {
 				}
 			}
 			if err := root.Remove(o.name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o.name), slog.String("error", err.Error()))
+				d.log.Warn("cannot remove the temp name of a replaced file; it is removed at the next start", slog.String("path", o.name), slog.String("err", err.Error()))
 			}
 		}
 		d.trashed.Done()
@@ -448,23 +448,18 @@ func (d *Dir) apply(changes []Change, force map[string]bool) (Result, error) {
 	return res, nil
 }
 
-// Reconcile makes the projection hold exactly want (path -> bytes). It compares
-// with the files on disk, not only with the manifest, so a local edit of a file
-// kvsync owns is repaired; it writes what differs and removes owned files that
-// are not in want. Foreign files are left alone (ErrForeign in Result.Errors).
-func (d *Dir) Reconcile(want map[string][]byte) (Result, error) {
-	return d.ReconcileSeq(maps.All(want))
-}
-
 // reconcileBatch is how many changes a file-mode reconcile applies at a time:
 // a complete update of a large bucket then holds the bookkeeping of one batch,
 // not of every file, and each batch is durable before the next starts.
 const reconcileBatch = 16384
 
-// ReconcileSeq is Reconcile with the wanted set given as a sequence of (path,
-// bytes) pairs, each path once, so that the caller need not build a map of
-// it. want may be iterated twice: once to find the owned paths it keeps, then
-// to write.
+// ReconcileSeq makes the projection hold exactly want, a sequence of (path,
+// bytes) pairs, each path once (the caller need not build a map of it). It
+// compares with the files on disk, not only with the manifest, so a local edit
+// of a file kvsync owns is repaired; it writes what differs and removes owned
+// files that are not in want. Foreign files are left alone (ErrForeign in
+// Result.Errors). want may be iterated twice: once to find the owned paths it
+// keeps, then to write.
 //
 // In "file" mode the changes are applied in batches, the removals first (a
 // file may stand where a folder of want goes); a folder that the removals

@@ -325,7 +325,7 @@ func TestDirUnchangedNotRewritten(t *testing.T) {
 	if res.Changed() || len(res.Errors) != 0 {
 		t.Fatalf("Apply of identical bytes=%+v, want no change", res)
 	}
-	res, err := d.Reconcile(map[string][]byte{"a": []byte("same"), "x/b": []byte("same")})
+	res, err := d.ReconcileSeq(maps.All(map[string][]byte{"a": []byte("same"), "x/b": []byte("same")}))
 	if err != nil || res.Changed() {
 		t.Fatalf("Reconcile of identical bytes=%+v, %v, want no change", res, err)
 	}
@@ -373,10 +373,10 @@ func TestDirForeign(t *testing.T) {
 			if got, want := errPaths(res), "f sub/g"; got != want {
 				t.Fatalf("remove: error paths=%q, want %q (%v)", got, want, res.Errors)
 			}
-			if _, err := d.Reconcile(map[string][]byte{}); err != nil {
+			if _, err := d.ReconcileSeq(maps.All(map[string][]byte{})); err != nil {
 				t.Fatal(err)
 			}
-			res, err := d.Reconcile(map[string][]byte{"f": []byte("ours")})
+			res, err := d.ReconcileSeq(maps.All(map[string][]byte{"f": []byte("ours")}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -725,7 +725,7 @@ func TestDirReconcile(t *testing.T) {
 			} else if err := os.WriteFile(edit, []byte("edited"), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			res, err := d.Reconcile(map[string][]byte{"a": []byte("orig"), "c": []byte("new"), "s/t": []byte("keep")})
+			res, err := d.ReconcileSeq(maps.All(map[string][]byte{"a": []byte("orig"), "c": []byte("new"), "s/t": []byte("keep")}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -752,7 +752,7 @@ func TestDirReconcile(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			res, err = d.Reconcile(map[string][]byte{"a": []byte("orig"), "c": []byte("new"), "s/t": []byte("keep")})
+			res, err = d.ReconcileSeq(maps.All(map[string][]byte{"a": []byte("orig"), "c": []byte("new"), "s/t": []byte("keep")}))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,9 +11,12 @@
 //     edit found in it is held and reported, never deleted; reads without
 //     following symlinks, adoption of a local file, conflict copies in
 //     <dir>/.kvsync/conflicts: push-back does all of its disk work here;
+//   - the notes of rolled-back paths in a folder's state folder (WriteNotes,
+//     ReadNotes), the one file of a projection folder written by path rather
+//     than through its Dir;
 //   - single-file atomic writes for templates and dotenv files (WriteFile), with an
 //     in-place fallback for single-file bind mounts;
-//   - environment variable names and dotenv encoding (EnvName, EnvVars, EncodeDotenv).
+//   - environment variable names and dotenv encoding (EnvVars, EncodeDotenv).
 //
 // It must not import NATS code, parse configuration, or run actions: callers hand it
 // bytes and it reports what changed on disk. It never writes outside the folder or

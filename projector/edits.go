@@ -17,7 +17,8 @@ import (
 )
 
 // Local edits: what a Dir does for a caller that lets people edit the files
-// it projects (push-back), so that the Dir stays the only writer of its folder.
+// it projects (push-back), so that the caller writes nothing into the folder
+// itself.
 //
 // With Options.KeepEdits, every owned file that Apply replaces or removes is
 // first moved out of the way as a whole — renameat2(RENAME_EXCHANGE) swaps the

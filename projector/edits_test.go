@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -481,7 +482,7 @@ func TestKeepEditsReconcile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	res, err := d.Reconcile(map[string][]byte{"kept.conf": []byte("v1"), "same.conf": []byte("v1")})
+	res, err := d.ReconcileSeq(maps.All(map[string][]byte{"kept.conf": []byte("v1"), "same.conf": []byte("v1")}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,11 +7,11 @@ import (
 	"strings"
 )
 
-// EnvName maps a key to an environment variable name: prefix followed by the key
+// envName maps a key to an environment variable name: prefix followed by the key
 // with strip removed, upper-cased (ASCII), with '.', '-' and '/' turned into '_'.
 // It returns an error when the key does not start with strip, nothing is left
 // after it, or the result is not [A-Za-z_][A-Za-z0-9_]*.
-func EnvName(key, strip, prefix string) (string, error) {
+func envName(key, strip, prefix string) (string, error) {
 	rest, ok := strings.CutPrefix(key, strip)
 	if !ok {
 		return "", fmt.Errorf("key %q does not start with strip prefix %q", key, strip)
@@ -59,7 +59,9 @@ type EnvProblem struct {
 	Key, Name, Reason string
 }
 
-// EnvVars maps key->value to name->value with EnvName. Keys are taken in lexical
+// EnvVars maps key->value to name->value: a name is the prefix followed by the
+// key with strip removed, upper-cased (ASCII), with '.', '-' and '/' turned
+// into '_', and must be [A-Za-z_][A-Za-z0-9_]*. Keys are taken in lexical
 // order, so on a collision the lexically first key with a usable value wins,
 // deterministically; every key that is not used is reported in problems, in key
 // order.
@@ -72,7 +74,7 @@ func EnvVars(kv map[string][]byte, strip, prefix string) (vars map[string]string
 	vars = make(map[string]string, len(kv))
 	winner := make(map[string]string, len(kv))
 	for _, k := range keys {
-		name, err := EnvName(k, strip, prefix)
+		name, err := envName(k, strip, prefix)
 		if err != nil {
 			problems = append(problems, EnvProblem{Key: k, Reason: err.Error()})
 			continue

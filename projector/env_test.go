@@ -28,19 +28,19 @@ func TestEnvName(t *testing.T) {
 		{"x", "", "BAD-", ""},
 		{"_x", "", "", "_X"},
 	} {
-		got, err := EnvName(tt.key, tt.strip, tt.prefix)
+		got, err := envName(tt.key, tt.strip, tt.prefix)
 		if tt.want == "" {
 			if err == nil {
-				t.Errorf("EnvName(%q, %q, %q)=%q, want error", tt.key, tt.strip, tt.prefix, got)
+				t.Errorf("envName(%q, %q, %q)=%q, want error", tt.key, tt.strip, tt.prefix, got)
 			}
 			continue
 		}
 		if err != nil {
-			t.Errorf("EnvName(%q, %q, %q): %v", tt.key, tt.strip, tt.prefix, err)
+			t.Errorf("envName(%q, %q, %q): %v", tt.key, tt.strip, tt.prefix, err)
 			continue
 		}
 		if got != tt.want {
-			t.Errorf("EnvName(%q, %q, %q)=%q, want %q", tt.key, tt.strip, tt.prefix, got, tt.want)
+			t.Errorf("envName(%q, %q, %q)=%q, want %q", tt.key, tt.strip, tt.prefix, got, tt.want)
 		}
 	}
 }
@@ -155,22 +155,22 @@ func FuzzEnvName(f *testing.F) {
 		f.Add(s, "", "")
 	}
 	f.Fuzz(func(t *testing.T, key, strip, prefix string) {
-		name, err := EnvName(key, strip, prefix)
+		name, err := envName(key, strip, prefix)
 		if err != nil {
 			return
 		}
 		if !strings.HasPrefix(name, prefix) || !validEnvName(name) {
-			t.Fatalf("EnvName(%q, %q, %q)=%q is not a valid name with the prefix", key, strip, prefix, name)
+			t.Fatalf("envName(%q, %q, %q)=%q is not a valid name with the prefix", key, strip, prefix, name)
 		}
 		if got, want := len(name), len(prefix)+len(key)-len(strip); got != want {
-			t.Fatalf("EnvName(%q, %q, %q)=%q has %d bytes, want %d", key, strip, prefix, name, got, want)
+			t.Fatalf("envName(%q, %q, %q)=%q has %d bytes, want %d", key, strip, prefix, name, got, want)
 		}
 		if rest := name[len(prefix):]; strings.ToUpper(rest) != rest {
-			t.Fatalf("EnvName(%q)=%q is not upper-cased after the prefix", key, name)
+			t.Fatalf("envName(%q)=%q is not upper-cased after the prefix", key, name)
 		}
 		vars, problems := EnvVars(map[string][]byte{key: []byte("v")}, strip, prefix)
 		if len(problems) != 0 || vars[name] != "v" {
-			t.Fatalf("EnvVars disagrees with EnvName(%q)=%q: %v %v", key, name, vars, problems)
+			t.Fatalf("EnvVars disagrees with envName(%q)=%q: %v %v", key, name, vars, problems)
 		}
 	})
 }

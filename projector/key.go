@@ -38,8 +38,8 @@ var ErrInvalidKey = errors.New("invalid key")
 // write it: such a file is never overwritten or deleted.
 var ErrForeign = errors.New("file not written by kvsync")
 
-// MaxSegment is the longest path segment (file or folder name) KeyPath accepts.
-const MaxSegment = 255
+// maxSegment is the longest path segment (file or folder name) KeyPath accepts.
+const maxSegment = 255
 
 const (
 	reservedDots   = ".."      // Kubernetes' atomic writer reserves this prefix; so do we ("..data").
@@ -53,7 +53,7 @@ const (
 // per kvkey.Valid (raw publishers can send any subject token), is longer than
 // 1 KiB, or, after strip, is empty, absolute, has an empty, "." or ".." segment, a
 // segment starting with ".." (reserved) or ".kvsync" (kvsync's own files), or a
-// segment longer than MaxSegment bytes. In Tree layout a key containing '/' is
+// segment longer than 255 bytes. In Tree layout a key containing '/' is
 // rejected.
 func KeyPath(key, strip string, l Layout) (string, error) {
 	if err := kvkey.Valid(key); err != nil {
@@ -110,8 +110,8 @@ func badSegment(seg string) string {
 		return fmt.Sprintf("segment %q starts with %q (reserved)", seg, reservedDots)
 	case strings.HasPrefix(seg, reservedKvsync):
 		return fmt.Sprintf("segment %q starts with %q (reserved for kvsync's own files)", seg, reservedKvsync)
-	case len(seg) > MaxSegment:
-		return fmt.Sprintf("segment of %d bytes, longer than %d", len(seg), MaxSegment)
+	case len(seg) > maxSegment:
+		return fmt.Sprintf("segment of %d bytes, longer than %d", len(seg), maxSegment)
 	}
 	return ""
 }

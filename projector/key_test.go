@@ -8,7 +8,7 @@ import (
 )
 
 func TestKeyPath(t *testing.T) {
-	long := strings.Repeat("s", MaxSegment)
+	long := strings.Repeat("s", maxSegment)
 	for _, tt := range []struct {
 		key, strip string
 		layout     Layout
@@ -46,14 +46,14 @@ func TestKeyPath(t *testing.T) {
 		{"a/.kvsync", "", Flat, "", "reserved for kvsync"},
 		{"a/.kvsync-tmp-1", "", Flat, "", "reserved for kvsync"},
 		{"x/.kvsync/manifest", "x/", Flat, "", "reserved for kvsync"},
-		{strings.Repeat("s", MaxSegment+1), "", Flat, "", "longer than 255"},
-		{"a/" + strings.Repeat("s", MaxSegment+1), "", Flat, "", "longer than 255"},
+		{strings.Repeat("s", maxSegment+1), "", Flat, "", "longer than 255"},
+		{"a/" + strings.Repeat("s", maxSegment+1), "", Flat, "", "longer than 255"},
 		{"app.x", "other.", Flat, "", "strip prefix"},
 		{"app.", "", Flat, "", "starts or ends with '.'"},
 		{"app", "app", Flat, "", "empty after stripping"},
 		{"a/b", "", Tree, "", "not allowed in tree"},
 		{"flags.x", "flags", Tree, "", "empty path segment"},
-		{"a." + strings.Repeat("s", MaxSegment+1), "", Tree, "", "longer than 255"},
+		{"a." + strings.Repeat("s", maxSegment+1), "", Tree, "", "longer than 255"},
 		{"a", "", Layout(7), "", "unknown layout"},
 	} {
 		t.Run(tt.layout.String()+"/"+tt.key[:min(len(tt.key), 20)], func(t *testing.T) {
@@ -196,7 +196,7 @@ func FuzzKeyPath(f *testing.F) {
 			t.Fatalf("KeyPath(%q, %q, %v)=%q leaves the folder: %q", key, strip, l, p, j)
 		}
 		for _, seg := range strings.Split(p, "/") {
-			if strings.HasPrefix(seg, "..") || strings.HasPrefix(seg, ".kvsync") || len(seg) > MaxSegment {
+			if strings.HasPrefix(seg, "..") || strings.HasPrefix(seg, ".kvsync") || len(seg) > maxSegment {
 				t.Fatalf("KeyPath(%q, %q, %v)=%q has reserved or oversized segment %q", key, strip, l, p, seg)
 			}
 		}

@@ -356,7 +356,7 @@ func (d *Dir) removeRetired() {
 		}
 		if err := d.root.RemoveAll(r.name); err != nil {
 			d.log.Warn("cannot remove previous data folder; it is removed on the next start",
-				slog.String("folder", r.name), slog.String("error", err.Error()))
+				slog.String("folder", r.name), slog.String("err", err.Error()))
 		}
 	}
 	d.retired = keep

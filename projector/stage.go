@@ -110,7 +110,7 @@ func (s *Staged) Commit() error {
 		}
 		if s.o.Logger != nil && s.o.Warned.First(s.path) {
 			s.o.Logger.Warn("cannot replace file by rename (single-file bind mount?); writing in place, readers may see a partial file",
-				slog.String("path", s.path), slog.String("error", err.Error()))
+				slog.String("path", s.path), slog.String("err", err.Error()))
 		}
 		return nil
 	}

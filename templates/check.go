@@ -31,9 +31,9 @@ func IsFunc(name string) bool {
 	return ok
 }
 
-// FuncNames returns every name IsFunc accepts, sorted.
-func FuncNames() []string {
-	m := baseFuncs()
+// funcNames returns every name IsFunc accepts, sorted.
+func funcNames() []string {
+	m := maps.Clone(baseFuncs())
 	maps.Copy(m, (&binding{}).funcs())
 	names := slices.AppendSeq(slices.Clone(builtins), maps.Keys(m))
 	slices.Sort(names)

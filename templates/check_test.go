@@ -98,13 +98,13 @@ func TestIsFunc(t *testing.T) {
 			t.Errorf("IsFunc(%q)=%v, want %v", tt.name, got, tt.want)
 		}
 	}
-	names := FuncNames()
+	names := funcNames()
 	if !slices.IsSorted(names) || !slices.Contains(names, "ls") || !slices.Contains(names, "len") {
-		t.Errorf("FuncNames() is not sorted or misses ls/len: %d names", len(names))
+		t.Errorf("funcNames() is not sorted or misses ls/len: %d names", len(names))
 	}
 	for _, n := range names {
 		if !IsFunc(n) {
-			t.Errorf("FuncNames() has %q, which IsFunc rejects", n)
+			t.Errorf("funcNames() has %q, which IsFunc rejects", n)
 		}
 	}
 	for n := range consulOnly {

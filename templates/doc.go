@@ -80,7 +80,8 @@
 //
 // # Cost
 //
-// Templates are parsed once. Each render borrows a clone of the parsed template
+// Templates are parsed once, against a function library built once per
+// process. Each render borrows a clone of the parsed template
 // whose functions are bound to that render's Source, context and dependency
 // record; clones are pooled, so a render does not re-parse or copy the function
 // map. A render's cost depends on what it reads: `key` is one Source.Get, `keys`

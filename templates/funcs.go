@@ -32,8 +32,9 @@ type Record struct {
 }
 
 // baseFuncs is the part of the function library that needs no render state:
-// sprig and the JSON/YAML codecs.
-func baseFuncs() template.FuncMap {
+// sprig and the JSON/YAML codecs. It is built once; the map is shared and must
+// not be changed (Parse works on a copy).
+var baseFuncs = sync.OnceValue(func() template.FuncMap {
 	m := sprig.TxtFuncMap()
 	m["fromJSON"] = fromJSON
 	m["toJSON"] = toJSON
@@ -44,7 +45,7 @@ func baseFuncs() template.FuncMap {
 	m["interfaceIP"] = interfaceIP
 	m["sockaddr"] = sockaddr
 	return m
-}
+})
 
 // binding ties the functions of one template clone to the render that is
 // using the clone. r is nil while the clone sits in the pool.

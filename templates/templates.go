@@ -154,7 +154,7 @@ func parseTemplate(name, text string, o Options, printRanges bool) (*Template, e
 	if o.MaxOutput < 0 {
 		return fail(fmt.Errorf("max output %d is negative", o.MaxOutput))
 	}
-	funcs := baseFuncs()
+	funcs := maps.Clone(baseFuncs())
 	maps.Copy(funcs, (&binding{}).funcs())
 	for _, fn := range o.Denylist {
 		if _, ok := funcs[fn]; !ok && !slices.Contains(builtins, fn) {

@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/go-viper/mapstructure/v2"
-	"github.com/hashicorp/go-multierror"
 	"github.com/knadh/koanf/parsers/json"
 	"github.com/knadh/koanf/parsers/toml/v2"
 	"github.com/knadh/koanf/parsers/yaml"
@@ -95,7 +94,7 @@ func parseConfig(path string, data []byte) (*agent.Config, error) {
 	expErr := cfg.Expand(os.LookupEnv)
 	cfg.Default()
 	resolvePaths(&cfg, filepath.Dir(path))
-	if err := multierror.Append(nil, expErr, cfg.Validate()).ErrorOrNil(); err != nil {
+	if err := errors.Join(expErr, cfg.Validate()); err != nil {
 		return &cfg, usageError{err}
 	}
 	return &cfg, nil

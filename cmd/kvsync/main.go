@@ -1,5 +1,3 @@
-// Command kvsync keeps files, templated config files and process environments in
-// step with NATS JetStream Key/Value buckets. See README.md.
 package main
 
 import (

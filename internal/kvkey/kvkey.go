@@ -1,6 +1,3 @@
-// Package kvkey holds the rules for JetStream KV keys and bucket names that every
-// other package of kvsync checks against: which bytes a key may hold, and how NATS
-// wildcard filters (`*`, `>`) match keys. It does no I/O and imports no NATS code.
 package kvkey
 
 import (
