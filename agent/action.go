@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kvsync/kvsync/internal/retry"
 )
 
 // Kinds of ActionResult.Kind.
@@ -342,7 +344,7 @@ func (r *actionRunner) webhook(ctx context.Context) (string, error) {
 	attempts := 0
 	for attempts <= retries {
 		if attempts > 0 {
-			t := time.NewTimer(equalJitter(backoff, nil))
+			t := time.NewTimer(retry.EqualJitter(backoff, nil))
 			select {
 			case <-t.C:
 			case <-ctx.Done():

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/retry"
 )
 
 // execLoop owns the supervised child for the agent's whole life (it survives
@@ -182,7 +184,7 @@ func (l *execLoop) childExited(code int) (time.Duration, bool) {
 	}
 	d := l.backoff
 	l.backoff = min(2*l.backoff, b.Max)
-	d = equalJitter(d, nil)
+	d = retry.EqualJitter(d, nil)
 	next := now.Add(d)
 	l.nextStart = &next
 	l.metrics.childBackoff.Set(d.Seconds())
