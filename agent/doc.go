@@ -39,6 +39,11 @@
 // is killed, an action's is not), and the reaper's waits for children still
 // running when it stops.
 //
-// The package must not parse config files (cmd/kvsync does, with koanf) and
-// must not write bytes to disk itself: that is the projector's job.
+// Process control (starting, signalling, stopping and reaping the exec child
+// and the command actions, webhooks) is the agent/process package's; the
+// agent decides when they run, through the interfaces of children.go.
+//
+// The package must not parse config files (cmd/kvsync does, with koanf),
+// must not write bytes to disk itself (that is the projector's job), and must
+// not start, signal or wait for processes itself.
 package agent
