@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kvsync/kvsync/agent/process"
 	"github.com/kvsync/kvsync/projector"
 )
 
@@ -61,10 +62,10 @@ type Agent struct {
 	logger  *slog.Logger
 	metrics *metrics
 
-	status atomic.Pointer[Status]   // the latest snapshot, served by /status
-	warned projector.WarnOnce       // in-place write fallbacks already logged
-	reaper *procReaper              // set when kvsync is PID 1 or a subreaper
-	exec   atomic.Pointer[execLoop] // the exec child's loop, when there is one
+	status atomic.Pointer[Status]           // the latest snapshot, served by /status
+	warned projector.WarnOnce               // in-place write fallbacks already logged
+	reaper *process.Reaper                  // set when kvsync is PID 1 or a subreaper
+	exec   atomic.Pointer[process.ExecLoop] // the exec child's loop, when there is one
 	ready  atomic.Bool
 	conn   atomic.Bool
 
@@ -155,12 +156,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	// As PID 1 or a subreaper, kvsync reaps orphans. The one reaper is then
 	// the only waiter for children: the exec child and command actions get
 	// their exit status from it.
-	if reaperWanted() {
-		a.reaper = newProcReaper(a.logger)
+	if process.ReaperWanted() {
+		a.reaper = process.NewReaper(a.logger)
 	}
-	var exec *execLoop
+	var exec *process.ExecLoop
+	var child execChild // stays nil, not a nil *process.ExecLoop, without a child
 	if a.cfg.Exec != nil && !a.opts.Once && !a.opts.DryRun {
-		exec, err = newExecLoop(*a.cfg.Exec, a.logger, a.reaper, a.metrics)
+		exec, err = process.NewExecLoop(*a.cfg.Exec, a.logger, a.reaper, a.metrics)
 		if err != nil {
 			if ln != nil {
 				ln.Close()
@@ -168,6 +170,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 		a.exec.Store(exec)
+		child = exec
 	}
 
 	// Every actor but the first runs on a context of its own, which only its
@@ -178,20 +181,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	pctx, pcancel := context.WithCancel(ctx)
 	defer pcancel()
 	g.add("projections",
-		func() error { return a.runConfigs(pctx, js, exec, reconnects) },
+		func() error { return a.runConfigs(pctx, js, child, reconnects) },
 		func(error) { pcancel() })
 	if exec != nil {
 		ectx, ecancel := context.WithCancel(base)
 		defer ecancel()
 		g.add("exec",
-			func() error { exec.run(ectx); return nil },
+			func() error { exec.Run(ectx); return nil },
 			func(error) { ecancel() })
 	}
 	if a.reaper != nil {
 		rctx, rcancel := context.WithCancel(base)
 		defer rcancel()
 		g.add("reaper",
-			func() error { a.reaper.run(rctx); return nil },
+			func() error { a.reaper.Run(rctx); return nil },
 			func(error) { rcancel() })
 	}
 	// The reporter outlives reloads: a reload must not delete the record.
@@ -271,7 +274,7 @@ func (a *Agent) connect(ctx context.Context) (nc *nats.Conn, js jetstream.JetStr
 
 // runConfigs runs the config, and each config a reload brings, until ctx is
 // done or the running one ends.
-func (a *Agent) runConfigs(ctx context.Context, js jetstream.JetStream, exec *execLoop, reconnects <-chan struct{}) error {
+func (a *Agent) runConfigs(ctx context.Context, js jetstream.JetStream, exec execChild, reconnects <-chan struct{}) error {
 	cfg := a.cfg
 	for {
 		rctx, rcancel := context.WithCancel(ctx)
@@ -323,7 +326,7 @@ func (a *Agent) setConnected(up bool) {
 }
 
 // runConfig runs one configuration until ctx is done.
-func (a *Agent) runConfig(ctx context.Context, cfg *Config, js jetstream.JetStream, exec *execLoop, reconnects <-chan struct{}) error {
+func (a *Agent) runConfig(ctx context.Context, cfg *Config, js jetstream.JetStream, exec execChild, reconnects <-chan struct{}) error {
 	if err := provision(ctx, js, cfg.Buckets, a.logger); err != nil {
 		return err
 	}
@@ -344,7 +347,7 @@ func (a *Agent) Ready() bool { return a.ready.Load() }
 func (a *Agent) Status() *Status {
 	c := *a.status.Load()
 	if l := a.exec.Load(); l != nil {
-		c.Child = l.status()
+		c.Child = l.Status()
 	}
 	if a.rep != nil {
 		if r := a.rep.Status(); r.Bucket != "" {
@@ -417,17 +420,4 @@ type ActionStatus struct {
 }
 
 // ChildStatus is the exec child.
-type ChildStatus struct {
-	PID      int    `json:"pid"`
-	Command  string `json:"command"`
-	Restarts int    `json:"restarts"`
-
-	// Exits: how often the child exited by itself, its last exit code and
-	// when, and, with on_exit: restart, when the next start is due.
-	Exits         int        `json:"exits"`
-	ExitRestarts  int        `json:"exit_restarts"`
-	LastExitCode  *int       `json:"last_exit_code,omitempty"`
-	LastExitAt    *time.Time `json:"last_exit_at,omitempty"`
-	NextRestartAt *time.Time `json:"next_restart_at,omitempty"`
-	Backoff       string     `json:"backoff,omitempty"`
-}
+type ChildStatus = process.ChildStatus

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kvsync/kvsync/agent/process"
 	"github.com/kvsync/kvsync/projector"
 )
 
@@ -44,16 +45,17 @@ type RollbackStatus struct {
 // checker runs a projection's check command on a staged output.
 type checker struct {
 	cfg    CheckConfig
-	owner  string
 	logger *slog.Logger
-	reaper *procReaper
+	reaper *process.Reaper
 }
 
-func newChecker(c *CheckConfig, owner string, logger *slog.Logger, reaper *procReaper) *checker {
+// newChecker prepares the check c (nil: none) of the projection owner, whose
+// logger says its name.
+func newChecker(c *CheckConfig, owner string, logger *slog.Logger, reaper *process.Reaper) *checker {
 	if c == nil {
 		return nil
 	}
-	return &checker{cfg: *c, owner: owner, logger: logger, reaper: reaper}
+	return &checker{cfg: *c, logger: logger, reaper: reaper}
 }
 
 // checkArgs is argv with every "{{.Path}}" (also written "{{ .Path }}")
@@ -73,9 +75,12 @@ func checkArgs(argv []string, path string) []string {
 // that cannot start is an error wrapping errCheck.
 func (c *checker) run(ctx context.Context, path string) (CheckStatus, error) {
 	argv := checkArgs(c.cfg.Command, path)
-	r := &actionRunner{a: Action{Command: argv, Timeout: c.cfg.Timeout}, kind: actionCommand, owner: c.owner, logger: c.logger, reaper: c.reaper, reapGroup: true}
-	st := CheckStatus{At: time.Now(), Command: commandLine(argv), Path: path}
-	detail, output, err := r.command(ctx)
+	timeout := c.cfg.Timeout
+	if timeout <= 0 {
+		timeout = defaultCheckTimeout
+	}
+	st := CheckStatus{At: time.Now(), Command: process.CommandLine(argv), Path: path}
+	detail, output, err := process.RunCheck(ctx, argv, timeout, c.logger, c.reaper)
 	st.Detail, st.Output = strings.TrimPrefix(detail, st.Command+": "), output
 	took := time.Since(st.At)
 	if err != nil {
@@ -108,7 +113,7 @@ type rollbacker interface {
 type actionSlot struct {
 	label  string // the projection's name, or "actions.NAME"
 	named  bool   // an entry of actions:, shared by the projections naming it
-	runner *actionRunner
+	runner actionRunner
 	wake   chan struct{} // cap 1
 
 	mu      sync.Mutex
@@ -123,7 +128,7 @@ type batchMember struct {
 	rerun bool   // the run after a rollback: its failure rolls nothing back
 }
 
-func newActionSlot(label string, named bool, r *actionRunner) *actionSlot {
+func newActionSlot(label string, named bool, r actionRunner) *actionSlot {
 	return &actionSlot{label: label, named: named, runner: r, wake: make(chan struct{}, 1)}
 }
 

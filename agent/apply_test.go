@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/agent/process"
 )
 
 // countLines counts the lines of a file the test's commands append to; a missing
@@ -171,8 +173,8 @@ func TestCheckBadCommands(t *testing.T) {
 			if !strings.Contains(c.Error, tc.wantErr) {
 				t.Errorf("check error %q, want %q", c.Error, tc.wantErr)
 			}
-			if len(c.Output) > commandOutputTail+3 {
-				t.Errorf("check output is %d bytes, want at most %d", len(c.Output), commandOutputTail+3)
+			if len(c.Output) > process.OutputTail+3 {
+				t.Errorf("check output is %d bytes, want at most %d", len(c.Output), process.OutputTail+3)
 			}
 			if err := fileIs(dest, "last good")(); err != nil {
 				t.Error(err)
@@ -432,26 +434,6 @@ func TestValidateSafeApply(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
-	}
-}
-
-func TestInheritEnv(t *testing.T) {
-	environ := []string{"PATH=/bin", "HOME=/root", "AWS_SECRET=s", "AWS_REGION=eu", "APP_X=1"}
-	for _, tc := range []struct {
-		name string
-		env  ExecEnvConfig
-		want string
-	}{
-		{"all", ExecEnvConfig{}, "PATH=/bin HOME=/root AWS_SECRET=s AWS_REGION=eu APP_X=1"},
-		{"pristine", ExecEnvConfig{Pristine: true, Allow: []string{"*"}, Set: map[string]string{"B": "2", "A": "1"}}, "A=1 B=2"},
-		{"deny", ExecEnvConfig{Deny: []string{"AWS_*"}}, "PATH=/bin HOME=/root APP_X=1"},
-		{"allow", ExecEnvConfig{Allow: []string{"PATH", "AWS_*"}, Deny: []string{"*SECRET*"}}, "PATH=/bin AWS_REGION=eu"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := strings.Join(inheritEnv(environ, tc.env), " "); got != tc.want {
-				t.Errorf("inheritEnv = %q, want %q", got, tc.want)
-			}
-		})
 	}
 }
 

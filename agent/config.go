@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	pathpkg "path"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -14,26 +13,27 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kvsync/kvsync/agent/process"
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
 
 // Config is the whole agent configuration, as read from kvsync.yaml. It is a plain
 // value: cmd/kvsync loads it (koanf), Default fills it, Validate checks it.
 type Config struct {
-	NATS      NATSConfig        `koanf:"nats"`
-	Embedded  *EmbeddedConfig   `koanf:"embedded"`
-	Buckets   []BucketConfig    `koanf:"buckets"`
-	Actions   map[string]Action `koanf:"actions"`
-	Files     []FilesConfig     `koanf:"files"`
-	Templates []TemplateConfig  `koanf:"templates"`
-	Env       []EnvConfig       `koanf:"env"`
-	Exec      *ExecConfig       `koanf:"exec"`
-	Wait      WaitConfig        `koanf:"wait"`
-	Watch     WatchConfig       `koanf:"watch"`
-	HTTP      HTTPConfig        `koanf:"http"`
-	Log       LogConfig         `koanf:"log"`
-	Agent     AgentConfig       `koanf:"agent"`
-	Report    *ReportConfig     `koanf:"report"`
+	NATS      NATSConfig                `koanf:"nats"`
+	Embedded  *EmbeddedConfig           `koanf:"embedded"`
+	Buckets   []BucketConfig            `koanf:"buckets"`
+	Actions   map[string]process.Action `koanf:"actions"`
+	Files     []FilesConfig             `koanf:"files"`
+	Templates []TemplateConfig          `koanf:"templates"`
+	Env       []EnvConfig               `koanf:"env"`
+	Exec      *process.ExecConfig       `koanf:"exec"`
+	Wait      WaitConfig                `koanf:"wait"`
+	Watch     WatchConfig               `koanf:"watch"`
+	HTTP      HTTPConfig                `koanf:"http"`
+	Log       LogConfig                 `koanf:"log"`
+	Agent     AgentConfig               `koanf:"agent"`
+	Report    *ReportConfig             `koanf:"report"`
 }
 
 // AgentConfig says who this agent is in a fleet.
@@ -207,87 +207,35 @@ type EnvConfig struct {
 	Rollback bool         `koanf:"rollback"`
 }
 
-// Exec on_change values.
-const (
-	ExecRestart = "restart"
-	ExecSignal  = "signal"
-	ExecNone    = "none"
+// The exec: block and the actions belong to the process package, which
+// runs them; Config composes its types, and these names keep them reachable
+// from this package as before.
+type (
+	ExecConfig    = process.ExecConfig
+	ExecEnvConfig = process.ExecEnvConfig
+	BackoffConfig = process.BackoffConfig
+	Action        = process.Action
+	HTTPAction    = process.HTTPAction
 )
 
-// ExecConfig supervises one child process that gets the env projections.
-type ExecConfig struct {
-	Command     []string      `koanf:"command"`
-	OnChange    string        `koanf:"on_change"`
-	Signal      string        `koanf:"signal"`
-	KillSignal  string        `koanf:"kill_signal"`
-	KillTimeout time.Duration `koanf:"kill_timeout"`
-
-	// What happens when the child exits by itself, and what it inherits.
-	OnExit         string        `koanf:"on_exit"`
-	RestartBackoff BackoffConfig `koanf:"restart_backoff"`
-	Env            ExecEnvConfig `koanf:"env"`
-}
-
-// Exec on_exit values.
+// Exec on_change and on_exit values (see process.ExecConfig).
 const (
-	OnExitExit             = "exit"
-	OnExitRestart          = "restart"
-	OnExitRestartOnFailure = "restart-on-failure"
+	ExecRestart            = process.ExecRestart
+	ExecSignal             = process.ExecSignal
+	ExecNone               = process.ExecNone
+	OnExitExit             = process.OnExitExit
+	OnExitRestart          = process.OnExitRestart
+	OnExitRestartOnFailure = process.OnExitRestartOnFailure
 )
 
-// BackoffConfig is the delay before restarting a child that exited: Min
-// after the first exit, doubling (with jitter) up to Max.
-type BackoffConfig struct {
-	Min time.Duration `koanf:"min"`
-	Max time.Duration `koanf:"max"`
-}
-
-// ExecEnvConfig says what the exec child inherits from kvsync's own
-// environment. The projected variables are always added.
-type ExecEnvConfig struct {
-	Pristine bool              `koanf:"pristine"` // inherit nothing
-	Allow    []string          `koanf:"allow"`    // glob patterns on names; empty: every name
-	Deny     []string          `koanf:"deny"`     // glob patterns on names, applied after allow
-	Set      map[string]string `koanf:"set"`      // fixed extra variables
-}
+// ParseSignal parses a signal name: "SIGHUP", "HUP" or "hup".
+func ParseSignal(s string) (syscall.Signal, error) { return process.ParseSignal(s) }
 
 // CheckConfig is a command that tests a staged output before it goes live.
 // Every "{{.Path}}" in the arguments is replaced by the staged path.
 type CheckConfig struct {
 	Command []string      `koanf:"command"`
 	Timeout time.Duration `koanf:"timeout"`
-}
-
-// Action is what runs after a projection changed (on_change). Exactly one of
-// Signal, Command, HTTP, Restart is set, or, for an on_change given as a
-// string, only Ref: the name of an entry of Config.Actions.
-type Action struct {
-	Ref     string        `koanf:"-"`
-	Signal  string        `koanf:"signal"`
-	PIDFile string        `koanf:"pidfile"`
-	Process string        `koanf:"process"`
-	Command []string      `koanf:"command"`
-	Timeout time.Duration `koanf:"timeout"`
-	HTTP    *HTTPAction   `koanf:"http"`
-	Restart bool          `koanf:"restart"`
-	Splay   time.Duration `koanf:"splay"`
-}
-
-// UnmarshalText makes an on_change given as a string a reference to a named
-// action.
-func (a *Action) UnmarshalText(b []byte) error {
-	*a = Action{Ref: string(b)}
-	return nil
-}
-
-// HTTPAction is a webhook.
-type HTTPAction struct {
-	URL     string            `koanf:"url"`
-	Method  string            `koanf:"method"`
-	Headers map[string]string `koanf:"headers"`
-	Body    string            `koanf:"body"`
-	Retries int               `koanf:"retries"`
-	Timeout time.Duration     `koanf:"timeout"`
 }
 
 // WaitConfig is quiescence: after a change, wait until no change came for Min,
@@ -424,27 +372,7 @@ func (c *Config) Default() {
 		}
 	}
 	if c.Exec != nil {
-		if c.Exec.OnChange == "" {
-			c.Exec.OnChange = ExecRestart
-		}
-		if c.Exec.Signal == "" {
-			c.Exec.Signal = "SIGHUP"
-		}
-		if c.Exec.KillSignal == "" {
-			c.Exec.KillSignal = "SIGTERM"
-		}
-		if c.Exec.KillTimeout == 0 {
-			c.Exec.KillTimeout = 10 * time.Second
-		}
-		if c.Exec.OnExit == "" {
-			c.Exec.OnExit = OnExitExit
-		}
-		if c.Exec.RestartBackoff.Min == 0 {
-			c.Exec.RestartBackoff.Min = time.Second
-		}
-		if c.Exec.RestartBackoff.Max == 0 {
-			c.Exec.RestartBackoff.Max = max(30*time.Second, c.Exec.RestartBackoff.Min)
-		}
+		c.Exec.Default()
 	}
 	checks := []*CheckConfig{}
 	for i := range c.Files {
@@ -539,8 +467,8 @@ func (c *Config) Validate() error {
 			}
 			return
 		}
-		for _, p := range a.validate(c.Exec != nil) {
-			add(path+p.path, "%s", p.msg)
+		for _, p := range a.Validate(c.Exec != nil) {
+			add(path+p.Path, "%s", p.Msg)
 		}
 	}
 	check := func(path string, ch *CheckConfig) {
@@ -722,48 +650,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	if x := c.Exec; x != nil {
-		if len(x.Command) == 0 || x.Command[0] == "" {
-			add("exec.command", "required")
-		}
-		switch x.OnChange {
-		case ExecRestart, ExecSignal, ExecNone:
-		default:
-			add("exec.on_change", "%q is not restart, signal or none", x.OnChange)
-		}
-		if _, err := ParseSignal(x.Signal); err != nil {
-			add("exec.signal", "%v", err)
-		}
-		if _, err := ParseSignal(x.KillSignal); err != nil {
-			add("exec.kill_signal", "%v", err)
-		}
-		if x.KillTimeout < 0 {
-			add("exec.kill_timeout", "must not be negative")
-		}
-		switch x.OnExit {
-		case OnExitExit, OnExitRestart, OnExitRestartOnFailure:
-		default:
-			add("exec.on_exit", "%q is not exit, restart or restart-on-failure", x.OnExit)
-		}
-		if b := x.RestartBackoff; b.Min <= 0 || b.Max <= 0 {
-			add("exec.restart_backoff", "durations must be positive")
-		} else if b.Max < b.Min {
-			add("exec.restart_backoff.max", "%v is less than min %v", b.Max, b.Min)
-		}
-		globs := func(path string, pats []string) {
-			for j, g := range pats {
-				if _, err := pathpkg.Match(g, ""); err != nil || g == "" {
-					add(fmt.Sprintf("%s[%d]", path, j), "%q is not a valid glob pattern", g)
-				}
-			}
-		}
-		globs("exec.env.allow", x.Env.Allow)
-		globs("exec.env.deny", x.Env.Deny)
-		for _, n := range slices.Sorted(maps.Keys(x.Env.Set)) {
-			if !envNameRE(n) {
-				add("exec.env.set", "%q is not a valid environment variable name", n)
-			} else if strings.ContainsRune(x.Env.Set[n], 0) {
-				add("exec.env.set."+n, "value contains a NUL byte")
-			}
+		for _, p := range x.Validate() {
+			add("exec"+p.Path, "%s", p.Msg)
 		}
 	}
 	wait("wait", &c.Wait)
@@ -814,51 +702,6 @@ func (c *Config) Validate() error {
 
 type problem struct{ path, msg string }
 
-func (a *Action) validate(haveExec bool) []problem {
-	var ps []problem
-	n := 0
-	if a.Signal != "" {
-		n++
-		if _, err := ParseSignal(a.Signal); err != nil {
-			ps = append(ps, problem{".signal", err.Error()})
-		}
-		if (a.PIDFile == "") == (a.Process == "") {
-			ps = append(ps, problem{".signal", "give exactly one of pidfile or process"})
-		}
-	}
-	if len(a.Command) > 0 {
-		n++
-		if a.Command[0] == "" {
-			ps = append(ps, problem{".command", "program name is empty"})
-		}
-	}
-	if a.HTTP != nil {
-		n++
-		if !strings.HasPrefix(a.HTTP.URL, "http://") && !strings.HasPrefix(a.HTTP.URL, "https://") {
-			ps = append(ps, problem{".http.url", fmt.Sprintf("%q is not an http(s) URL", a.HTTP.URL)})
-		}
-		if a.HTTP.Retries < 0 {
-			ps = append(ps, problem{".http.retries", "must not be negative"})
-		}
-	}
-	if a.Restart {
-		n++
-		if !haveExec {
-			ps = append(ps, problem{".restart", "needs an exec: block"})
-		}
-	}
-	if n != 1 {
-		ps = append(ps, problem{"", "give exactly one of signal, command, http, restart"})
-	}
-	if a.Timeout < 0 || a.Splay < 0 {
-		ps = append(ps, problem{"", "durations must not be negative"})
-	}
-	if a.Signal == "" && (a.PIDFile != "" || a.Process != "") {
-		ps = append(ps, problem{".signal", "required with pidfile or process"})
-	}
-	return ps
-}
-
 func envNameRE(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -876,21 +719,6 @@ func ParseMode(s string) (os.FileMode, error) {
 		return 0, fmt.Errorf("%q is not an octal file mode like \"0644\"", s)
 	}
 	return os.FileMode(m), nil
-}
-
-var signals = map[string]syscall.Signal{
-	"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT, "KILL": syscall.SIGKILL,
-	"USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "TERM": syscall.SIGTERM, "CONT": syscall.SIGCONT,
-	"STOP": syscall.SIGSTOP, "WINCH": syscall.SIGWINCH, "ALRM": syscall.SIGALRM,
-}
-
-// ParseSignal parses a signal name: "SIGHUP", "HUP" or "hup".
-func ParseSignal(s string) (syscall.Signal, error) {
-	n := strings.TrimPrefix(strings.ToUpper(s), "SIG")
-	if sig, ok := signals[n]; ok {
-		return sig, nil
-	}
-	return 0, fmt.Errorf("%q is not a signal name like SIGHUP", s)
 }
 
 // Expand replaces ${VAR} and ${VAR:-default} in every string of the config

@@ -44,8 +44,13 @@
 // an action's is not), and the reaper's waits for children still running
 // when it stops.
 //
-// The package must not parse config files (cmd/kvsync does, with koanf) and
-// must not write bytes to disk itself: every write goes through the
+// Process control (starting, signalling, stopping and reaping the exec child
+// and the command actions, webhooks) is the agent/process package's; the
+// agent decides when they run, through the interfaces of children.go.
+//
+// The package must not parse config files (cmd/kvsync does, with koanf),
+// must not start, signal or wait for processes itself (agent/process does),
+// and must not write bytes to disk itself: every write goes through the
 // projector. A files projection's folder is written by its projector.Dir
 // alone — the projected files and the manifest, and for push-back the
 // adopted files, the held local edits and the conflict copies — except for

@@ -45,39 +45,6 @@ func seeded(agent uint64) func(int64) int64 {
 	return rand.New(rand.NewPCG(agent, 42)).Int64N
 }
 
-// TestBackoffJitter: the n-th delays of many agents (one backoff each, as
-// after a common failure) are spread over [d/2, d] of that step, the step
-// doubles up to the cap, and reset starts over.
-func TestBackoffJitter(t *testing.T) {
-	const agents = 1000
-	bos := make([]*backoff, agents)
-	for i := range bos {
-		bos[i] = newBackoff(100*time.Millisecond, time.Second)
-		bos[i].rnd = seeded(uint64(i))
-	}
-	for _, d := range []time.Duration{100, 200, 400, 800, 1000, 1000, 1000} {
-		d *= time.Millisecond
-		i := 0
-		spread(t, "step "+d.String(), agents, d/2, d, func() time.Duration {
-			v := bos[i].next()
-			i++
-			return v
-		})
-	}
-	b := bos[0]
-	b.reset()
-	if d := b.next(); d < 50*time.Millisecond || d > 100*time.Millisecond {
-		t.Fatalf("after reset: %v, want in [50ms, 100ms]", d)
-	}
-	// Without an injected source the library's is used, with the same bounds.
-	b = newBackoff(time.Second, time.Second)
-	for range 100 {
-		if d := b.next(); d < 500*time.Millisecond || d > time.Second {
-			t.Fatalf("default source: %v, want in [500ms, 1s]", d)
-		}
-	}
-}
-
 // TestReconnectDelayJitter: agents reconnecting after one server restart
 // spread their attempts over [base/2, base].
 func TestReconnectDelayJitter(t *testing.T) {
@@ -90,17 +57,6 @@ func TestReconnectDelayJitter(t *testing.T) {
 			agent++
 			return reconnectDelayWith(tc.attempts, seeded(agent))
 		})
-	}
-}
-
-func TestEqualJitterBounds(t *testing.T) {
-	rnd := seeded(7)
-	for _, d := range []time.Duration{0, 1, 2, 3, time.Millisecond, time.Hour} {
-		for range 100 {
-			if got := equalJitter(d, rnd); got < d/2 || got > d {
-				t.Fatalf("equalJitter(%v)=%v, want in [%v, %v]", d, got, d/2, d)
-			}
-		}
 	}
 }
 

@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"strconv"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -134,3 +137,9 @@ func newMetrics() *metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
+
+// ChildExited, ChildRestarted and ChildBackoff make metrics the
+// process.Metrics of the exec loop.
+func (m *metrics) ChildExited(code int)         { m.childExits.WithLabelValues(strconv.Itoa(code)).Inc() }
+func (m *metrics) ChildRestarted()              { m.childRestart.Inc() }
+func (m *metrics) ChildBackoff(d time.Duration) { m.childBackoff.Set(d.Seconds()) }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/agent/process"
 )
 
 // projection is one output kept in step with the state: a folder of files, a
@@ -103,7 +105,7 @@ type owner struct {
 	slots   []*actionSlot          // every action, own and named, each with a loop
 	named   map[string]*actionSlot // the named actions in use
 	fired   map[*actionSlot][]batchMember
-	exec    *execLoop
+	exec    execChild
 	execFed bool // the exec loop has an environment (the child runs)
 
 	limited limitState // buckets whose consumer the server refuses for the consumer limit
@@ -120,7 +122,7 @@ type actionDone struct {
 	res     ActionResult
 }
 
-func newOwner(cfg *Config, a *Agent, js jetstream.JetStream, exec *execLoop) (*owner, error) {
+func newOwner(cfg *Config, a *Agent, js jetstream.JetStream, exec execChild) (*owner, error) {
 	o := &owner{
 		a: a, cfg: cfg, js: js, logger: a.logger,
 		st: newState(js), in: newInbox(), watched: map[string]bucketWatcher{},
@@ -204,16 +206,16 @@ func (o *owner) newMeta(name, kind, target string, buckets []string, w *WaitConf
 }
 
 // newRunner prepares an action; owner names it in the logs.
-func (o *owner) newRunner(act Action, owner string, logger *slog.Logger) (*actionRunner, error) {
+func (o *owner) newRunner(act Action, owner string, logger *slog.Logger) (*process.ActionRunner, error) {
 	var restart func(context.Context) error
 	if o.exec != nil {
-		restart = o.exec.restart
+		restart = o.exec.Restart
 	}
-	var opts []procOption
+	var opts []process.Option
 	if o.a.reaper != nil {
-		opts = append(opts, enableReaper(o.a.reaper))
+		opts = append(opts, process.WithReaper(o.a.reaper))
 	}
-	return newActionRunner(act, owner, logger, restart, opts...)
+	return process.NewActionRunner(act, owner, logger, restart, opts...)
 }
 
 func (o *owner) closeAll() {
@@ -311,7 +313,7 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 	var buf []any
 	var childExit <-chan int
 	if o.exec != nil {
-		childExit = o.exec.exited()
+		childExit = o.exec.Exited()
 	}
 	for {
 		select {
@@ -479,9 +481,9 @@ func (o *owner) flush() (time.Time, error) {
 	case o.exec == nil:
 	case !o.execFed && o.allSynced():
 		o.execFed = true
-		o.exec.update(o.environ())
+		o.exec.Update(o.environ())
 	case o.execFed && envChanged:
-		o.exec.update(o.environ()) // one restart per batch
+		o.exec.Update(o.environ()) // one restart per batch
 	}
 	return next, nil
 }
@@ -645,7 +647,7 @@ func (o *owner) recordAction(d actionDone) {
 		rerun = append(rerun, batchMember{m: m, seq: m.seq, rerun: true})
 	}
 	if envChanged && o.execFed {
-		o.exec.update(o.environ())
+		o.exec.Update(o.environ())
 	}
 	if len(rerun) > 0 {
 		d.slot.add(rerun, "rollback after a failed action")

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
+	"github.com/kvsync/kvsync/internal/retry"
 	"github.com/kvsync/kvsync/templates"
 )
 
@@ -276,11 +277,13 @@ func (w *watcher) bounded(ctx context.Context, timeout time.Duration, req func(c
 // run follows the bucket until ctx is done.
 func (w *watcher) run(ctx context.Context) error {
 	defer w.bg.Wait()
-	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	// Between consumers, so that a missing bucket does not become a tight
+	// loop that leaks server-side consumers.
+	bo := retry.New(100*time.Millisecond, 5*time.Second)
 	// A stream at its consumer limit stays there until an operator acts:
 	// its refusals back off longer, so that the agents it refuses do not
 	// load the server that serves the others.
-	limitBo := newBackoff(time.Second, 30*time.Second)
+	limitBo := retry.New(time.Second, 30*time.Second)
 	limited := false
 	defer w.watchAdvisories()()
 	gone := false
@@ -325,19 +328,19 @@ func (w *watcher) run(ctx context.Context) error {
 		}
 		if !started.IsZero() {
 			limited = false // running told the owner
-			limitBo.reset()
+			limitBo.Reset()
 		}
 		// A consumer that ran for a while, or until news of the stream,
 		// resumes at once; failures and quick re-creations back off.
 		if !started.IsZero() && (nn.news || time.Since(started) > 2*time.Second) {
-			bo.reset()
+			bo.Reset()
 			continue
 		}
 		var wait time.Duration
 		if limited {
-			wait = limitBo.next()
+			wait = limitBo.Next()
 		} else {
-			wait = bo.next()
+			wait = bo.Next()
 		}
 		select {
 		case <-ctx.Done():
@@ -1180,37 +1183,4 @@ func overlap(a, b string) bool {
 		}
 	}
 	return len(at) == len(bt)
-}
-
-// backoff is an exponential delay with equal jitter: each delay is drawn
-// uniformly from [d/2, d], where d doubles from min up to max. The random half
-// spreads a fleet of agents that failed at the same moment (a server restart,
-// a refused consumer) so that they do not retry in step; the fixed half keeps
-// a floor under each agent's retry rate. The watcher uses it between
-// consumers, so a missing bucket does not become a tight loop that leaks
-// server-side consumers.
-type backoff struct {
-	cur, min, max time.Duration
-	rnd           func(n int64) int64 // uniform in [0, n); nil: math/rand/v2
-}
-
-func newBackoff(min, max time.Duration) *backoff { return &backoff{cur: min, min: min, max: max} }
-func (b *backoff) reset()                        { b.cur = b.min }
-func (b *backoff) next() time.Duration {
-	d := b.cur
-	b.cur = min(b.cur*2, b.max)
-	return equalJitter(d, b.rnd)
-}
-
-// equalJitter returns a delay drawn uniformly from [d/2, d] with rnd (uniform
-// in [0, n)), or math/rand/v2 when rnd is nil.
-func equalJitter(d time.Duration, rnd func(n int64) int64) time.Duration {
-	if d <= 1 {
-		return d
-	}
-	if rnd == nil {
-		rnd = rand.Int64N
-	}
-	half := d / 2
-	return d - half + time.Duration(rnd(int64(half)+1))
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/internal/kvkey"
+	"github.com/kvsync/kvsync/internal/retry"
 )
 
 // Watch modes of WatchConfig.
@@ -217,14 +218,14 @@ func (w *republishWatcher) run(ctx context.Context) error {
 	}
 	defer func() { unsubscribe() }()
 
-	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	bo := retry.New(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		started := time.Now()
 		err := w.follow(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		wait := bo.next()
+		wait := bo.Next()
 		switch {
 		case errors.Is(err, errUseConsumer):
 			unsubscribe()
@@ -236,7 +237,7 @@ func (w *republishWatcher) run(ctx context.Context) error {
 				errNotRepublishing, republishSubject(w.bucket), w.bucket, w.stream(), w.bucket, republishSubject(w.bucket)))
 			// Jittered like every wait here, so a fleet does not come back in step;
 			// or until the stream reports an update.
-			wait = equalJitter(w.every, nil)
+			wait = retry.EqualJitter(w.every, nil)
 		case errors.Is(err, errRecreated):
 			w.logger.Warn("bucket was recreated: following the new one from its start")
 			w.synced = false
@@ -245,7 +246,7 @@ func (w *republishWatcher) run(ctx context.Context) error {
 			w.logger.Warn("watcher restarts", "err", err)
 		}
 		if time.Since(started) > 2*time.Second {
-			bo.reset()
+			bo.Reset()
 		}
 		select {
 		case <-ctx.Done():
@@ -263,7 +264,7 @@ func (w *republishWatcher) run(ctx context.Context) error {
 // never asks for them. A bucket that does not exist yet is followed by a
 // consumer.
 func (w *republishWatcher) decide(ctx context.Context) bool {
-	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	bo := retry.New(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		info, err := w.streamInfo(ctx)
 		switch {
@@ -273,7 +274,7 @@ func (w *republishWatcher) decide(ctx context.Context) bool {
 			return Republishes(w.bucket, info.Config.RePublish)
 		}
 		w.logger.Debug("watch mode auto: stream info", "err", err)
-		wait := bo.next()
+		wait := bo.Next()
 		select {
 		case <-ctx.Done():
 		case <-w.nudge:
@@ -692,7 +693,7 @@ func (w *republishWatcher) live(ctx context.Context, cfg jetstream.StreamConfig)
 // nextCheck is when an idle watcher next asks the stream: a random point of
 // the check interval, so a fleet's agents do not ask at once.
 func (w *republishWatcher) nextCheck() time.Duration {
-	return equalJitter(w.every, nil)
+	return retry.EqualJitter(w.every, nil)
 }
 
 // sequence returns the stream sequence of a republished copy of this

@@ -1,4 +1,4 @@
-package agent
+package process
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// procReaper is the single owner of every wait of the process once zombie
+// Reaper is the single owner of every wait of the process once zombie
 // reaping is on (kvsync is PID 1 or a child subreaper). Orphans re-parented
 // to kvsync must be reaped with wait4(-1), and a wait4(-1) would also take
 // the exit status of children that os/exec is waiting for. So with a reaper,
@@ -30,7 +30,7 @@ import (
 //
 // While the reaper runs, nothing else in the process may start children with
 // os/exec and wait for them: their status would be taken by the reaper.
-type procReaper struct {
+type Reaper struct {
 	logger *slog.Logger
 
 	mu      sync.Mutex
@@ -39,16 +39,16 @@ type procReaper struct {
 	stopped bool // run returned; children are waited one by one again
 }
 
-// newProcReaper returns a reaper. It reaps nothing until run is called; the
-// children started through it meanwhile are reaped by run's first sweep.
-func newProcReaper(logger *slog.Logger) *procReaper {
-	return &procReaper{logger: logger, waiting: map[int]*procChild{}}
+// NewReaper returns a reaper. It reaps nothing until Run is called; the
+// children started through it meanwhile are reaped by Run's first sweep.
+func NewReaper(logger *slog.Logger) *Reaper {
+	return &Reaper{logger: logger, waiting: map[int]*procChild{}}
 }
 
-// reaperWanted reports whether kvsync has to reap zombies: it is PID 1 (a
+// ReaperWanted reports whether kvsync has to reap zombies: it is PID 1 (a
 // container's init) or it was made a child subreaper (PR_SET_CHILD_SUBREAPER),
 // so orphaned grandchildren are re-parented to it.
-func reaperWanted() bool {
+func ReaperWanted() bool {
 	if os.Getpid() == 1 {
 		return true
 	}
@@ -66,11 +66,11 @@ func isChildSubreaper() (bool, error) {
 	return v != 0, nil
 }
 
-// run reaps on every SIGCHLD until ctx is done. Then it hands the children
+// Run reaps on every SIGCHLD until ctx is done. Then it hands the children
 // still running to a wait of their own, so that a supervisor stopped after
-// the reaper still learns of its child's exit. run is meant to be called
+// the reaper still learns of its child's exit. Run is meant to be called
 // once; a second call returns at once.
-func (r *procReaper) run(ctx context.Context) {
+func (r *Reaper) Run(ctx context.Context) {
 	r.mu.Lock()
 	if r.started {
 		r.mu.Unlock()
@@ -103,7 +103,7 @@ func (r *procReaper) run(ctx context.Context) {
 }
 
 // reap collects every exited child without blocking.
-func (r *procReaper) reap() {
+func (r *Reaper) reap() {
 	for {
 		var ws syscall.WaitStatus
 		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
@@ -127,7 +127,7 @@ func (r *procReaper) reap() {
 
 // start starts cmd and registers its pid, so that its status reaches the
 // returned procChild rather than being reaped as an orphan's.
-func (r *procReaper) start(cmd *exec.Cmd) (*procChild, error) {
+func (r *Reaper) start(cmd *exec.Cmd) (*procChild, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.stopped {

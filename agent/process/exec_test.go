@@ -1,6 +1,6 @@
 //go:build linux
 
-package agent
+package process
 
 import (
 	"bytes"
@@ -285,7 +285,7 @@ func newTestLogger() (*slog.Logger, *lockedBuffer) {
 
 // mustSupervisor returns a supervisor of a helper child that is stopped at
 // the end of the test.
-func mustSupervisor(t *testing.T, cfg ExecConfig, opts ...procOption) (*supervisor, *lockedBuffer) {
+func mustSupervisor(t *testing.T, cfg ExecConfig, opts ...Option) (*supervisor, *lockedBuffer) {
 	t.Helper()
 	if cfg.Command == nil {
 		cfg.Command = procHelperArgv()

@@ -1,4 +1,4 @@
-package agent
+package process
 
 import (
 	"context"
@@ -7,13 +7,14 @@ import (
 	"os"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/retry"
 )
 
-// execLoop owns the supervised child for the agent's whole life (it survives
+// ExecLoop owns the supervised child for the agent's whole life (it survives
 // config reloads). The owner hands it the environment; it starts the child
 // after the initial sync and restarts or signals it when the environment
 // changes, once per batch.
@@ -26,18 +27,17 @@ import (
 // restart in step. A child that stayed up at least max resets the delay to
 // min. Once kvsync forwarded SIGINT, SIGTERM or SIGQUIT to the child, its
 // exit ends kvsync whatever on_exit says: `docker stop` must stop it.
-type execLoop struct {
+type ExecLoop struct {
 	cfg     ExecConfig
 	sup     *supervisor
 	logger  *slog.Logger
-	metrics *metrics
+	metrics Metrics
 	inherit []string // what the child inherits of kvsync's environment
 	exit    chan int // exit codes for the agent, per on_exit
 	now     func() time.Time
 
 	mu        sync.Mutex
 	env       []string // the projected variables
-	have      bool
 	started   bool
 	restarts  int
 	kick      chan struct{}
@@ -50,19 +50,45 @@ type execLoop struct {
 	nextStart *time.Time
 }
 
-func newExecLoop(cfg ExecConfig, logger *slog.Logger, reaper *procReaper, m *metrics) (*execLoop, error) {
+// Metrics counts what happens to the exec child; the agent exports the counts.
+type Metrics interface {
+	ChildExited(code int)         // the child exited by itself with code
+	ChildRestarted()              // it was started again after such an exit
+	ChildBackoff(d time.Duration) // the delay before that start; 0 once it is due
+}
+
+// ChildStatus is the exec child, as /status shows it.
+type ChildStatus struct {
+	PID      int    `json:"pid"`
+	Command  string `json:"command"`
+	Restarts int    `json:"restarts"`
+
+	// Exits: how often the child exited by itself, its last exit code and
+	// when, and, with on_exit: restart, when the next start is due.
+	Exits         int        `json:"exits"`
+	ExitRestarts  int        `json:"exit_restarts"`
+	LastExitCode  *int       `json:"last_exit_code,omitempty"`
+	LastExitAt    *time.Time `json:"last_exit_at,omitempty"`
+	NextRestartAt *time.Time `json:"next_restart_at,omitempty"`
+	Backoff       string     `json:"backoff,omitempty"`
+}
+
+// NewExecLoop prepares the loop of the exec child described by cfg (after
+// ExecConfig.Default); it starts nothing. With a reaper, the child is waited
+// by it. m counts the child's exits and restarts.
+func NewExecLoop(cfg ExecConfig, logger *slog.Logger, reaper *Reaper, m Metrics) (*ExecLoop, error) {
 	if cfg.RestartBackoff.Min <= 0 {
 		cfg.RestartBackoff.Min = time.Second
 	}
 	cfg.RestartBackoff.Max = max(cfg.RestartBackoff.Max, cfg.RestartBackoff.Min)
-	l := &execLoop{
+	l := &ExecLoop{
 		cfg: cfg, logger: logger.With("exec", cfg.Command[0]), kick: make(chan struct{}, 1),
 		metrics: m, exit: make(chan int, 1), now: time.Now,
 		inherit: inheritEnv(os.Environ(), cfg.Env), backoff: cfg.RestartBackoff.Min,
 	}
-	var opts []procOption
+	var opts []Option
 	if reaper != nil {
-		opts = append(opts, enableReaper(reaper))
+		opts = append(opts, WithReaper(reaper))
 	}
 	sup, err := newSupervisor(cfg, l.logger, opts...)
 	if err != nil {
@@ -107,15 +133,15 @@ func matchAnyGlob(patterns []string, name string) bool {
 
 // environ is the child's whole environment: what it inherits, then the
 // projected variables (which win a name both define).
-func (l *execLoop) environ(projected []string) []string {
+func (l *ExecLoop) environ(projected []string) []string {
 	return append(slices.Clip(l.inherit), projected...)
 }
 
-// update hands over the latest projected variables. The first call starts
+// Update hands over the latest projected variables. The first call starts
 // the child.
-func (l *execLoop) update(env []string) {
+func (l *ExecLoop) Update(env []string) {
 	l.mu.Lock()
-	l.env, l.have = env, true
+	l.env = env
 	l.mu.Unlock()
 	select {
 	case l.kick <- struct{}{}:
@@ -123,12 +149,12 @@ func (l *execLoop) update(env []string) {
 	}
 }
 
-// exited delivers the exit code of a child that exited by itself and is not
+// Exited delivers the exit code of a child that exited by itself and is not
 // restarted (exec.on_exit): the agent exits with it.
-func (l *execLoop) exited() <-chan int { return l.exit }
+func (l *ExecLoop) Exited() <-chan int { return l.exit }
 
-// restart is the {restart: true} action.
-func (l *execLoop) restart(ctx context.Context) error {
+// Restart is the {restart: true} action.
+func (l *ExecLoop) Restart(ctx context.Context) error {
 	l.mu.Lock()
 	env, started := l.env, l.started
 	l.mu.Unlock()
@@ -145,7 +171,8 @@ func (l *execLoop) restart(ctx context.Context) error {
 	return nil
 }
 
-func (l *execLoop) status() *ChildStatus {
+// Status is the child's part of the agent's status, read now.
+func (l *ExecLoop) Status() *ChildStatus {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := &ChildStatus{
@@ -161,13 +188,13 @@ func (l *execLoop) status() *ChildStatus {
 
 // childExited handles an exit of the child by itself. It returns the delay
 // before the next start, or false when kvsync exits with code instead.
-func (l *execLoop) childExited(code int) (time.Duration, bool) {
+func (l *ExecLoop) childExited(code int) (time.Duration, bool) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.exits++
 	l.lastCode, l.lastExit = &code, &now
-	l.metrics.childExits.WithLabelValues(strconv.Itoa(code)).Inc()
+	l.metrics.ChildExited(code)
 	switch {
 	case l.sup.terminating.Load():
 		return 0, false // kvsync was told to stop: the child's exit ends it
@@ -182,15 +209,15 @@ func (l *execLoop) childExited(code int) (time.Duration, bool) {
 	}
 	d := l.backoff
 	l.backoff = min(2*l.backoff, b.Max)
-	d = equalJitter(d, nil)
+	d = retry.EqualJitter(d, nil)
 	next := now.Add(d)
 	l.nextStart = &next
-	l.metrics.childBackoff.Set(d.Seconds())
+	l.metrics.ChildBackoff(d)
 	return d, true
 }
 
-// run starts, restarts and finally stops the child. On return the child is gone.
-func (l *execLoop) run(ctx context.Context) {
+// Run starts, restarts and finally stops the child. On return the child is gone.
+func (l *ExecLoop) Run(ctx context.Context) {
 	fctx, fcancel := context.WithCancel(context.Background())
 	var fwd sync.WaitGroup
 	fwd.Go(func() { l.sup.forwardSignals(fctx) })
@@ -278,12 +305,12 @@ func (l *execLoop) run(ctx context.Context) {
 // startAfterExit starts the child again after an exit (exec.on_exit). A
 // child that cannot start counts as an exit with code -1 and is tried again
 // after the next delay.
-func (l *execLoop) startAfterExit() {
+func (l *ExecLoop) startAfterExit() {
 	l.mu.Lock()
 	env := l.env
 	l.nextStart = nil
 	l.mu.Unlock()
-	l.metrics.childBackoff.Set(0)
+	l.metrics.ChildBackoff(0)
 	if l.sup.PID() != 0 {
 		return // a restart action started it already
 	}
@@ -292,7 +319,7 @@ func (l *execLoop) startAfterExit() {
 	l.exitRuns++
 	l.startedAt = l.now()
 	l.mu.Unlock()
-	l.metrics.childRestart.Inc()
+	l.metrics.ChildRestarted()
 	if err != nil {
 		l.logger.Error("start child after its exit", "err", err)
 		select {

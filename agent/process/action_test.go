@@ -1,6 +1,6 @@
 //go:build linux
 
-package agent
+package process
 
 import (
 	"context"
@@ -41,12 +41,12 @@ func startMarker(t *testing.T, argv0, dir string) int {
 	return cmd.Process.Pid
 }
 
-func mustActionRunner(t *testing.T, a Action, restart func(context.Context) error) (*actionRunner, *lockedBuffer) {
+func mustActionRunner(t *testing.T, a Action, restart func(context.Context) error) (*ActionRunner, *lockedBuffer) {
 	t.Helper()
 	logger, logs := newTestLogger()
-	r, err := newActionRunner(a, "proj", logger, restart)
+	r, err := NewActionRunner(a, "proj", logger.With("projection", "proj"), restart)
 	if err != nil {
-		t.Fatalf("newActionRunner: %v", err)
+		t.Fatalf("NewActionRunner: %v", err)
 	}
 	return r, logs
 }
@@ -245,7 +245,7 @@ func TestActionCommand(t *testing.T) {
 			argv:       []string{"sh", "-c", "i=0; while [ $i -lt 2000 ]; do printf xxxxx; i=$((i+1)); done; echo; echo END"},
 			wantDetail: `sh -c "i=0; while [ $i -lt 2000 ]; do printf xxxxx; i=$((i+1)); done; echo; echo END": exit 0`,
 			wantLog:    []string{`output="...xxx`, `xxx\nEND"`},
-			dontLog:    strings.Repeat("x", commandOutputTail),
+			dontLog:    strings.Repeat("x", OutputTail),
 		},
 		{
 			name:    "no such program",
@@ -506,8 +506,8 @@ func TestNewActionRunnerErrors(t *testing.T) {
 		{"restart without exec", Action{Restart: true}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := newActionRunner(tc.a, "proj", logger, tc.restart); err == nil {
-				t.Fatal("newActionRunner: no error")
+			if _, err := NewActionRunner(tc.a, "proj", logger, tc.restart); err == nil {
+				t.Fatal("NewActionRunner: no error")
 			}
 		})
 	}
@@ -550,8 +550,8 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"sh", "-c", "echo hi"}, `sh -c "echo hi"`},
 		{[]string{"x", ""}, `x ""`},
 	} {
-		if got := commandLine(tc.argv); got != tc.want {
-			t.Fatalf("commandLine(%q) = %q, want %q", tc.argv, got, tc.want)
+		if got := CommandLine(tc.argv); got != tc.want {
+			t.Fatalf("CommandLine(%q) = %q, want %q", tc.argv, got, tc.want)
 		}
 	}
 }

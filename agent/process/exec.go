@@ -1,4 +1,4 @@
-package agent
+package process
 
 import (
 	"context"
@@ -32,20 +32,20 @@ const (
 	killWait = 5 * time.Second
 )
 
-// procOptions are the options shared by newSupervisor and newActionRunner.
+// procOptions are the options shared by newSupervisor and NewActionRunner.
 type procOptions struct {
-	reaper *procReaper
+	reaper *Reaper
 }
 
-// procOption sets an option of newSupervisor or newActionRunner.
-type procOption func(*procOptions)
+// Option sets an option of newSupervisor or NewActionRunner.
+type Option func(*procOptions)
 
-// enableReaper makes the children started by a supervisor or an action runner
-// be waited by r, which must be run (go r.run(ctx)). The agent turns it on
-// when reaperWanted() is true, and then gives the same r to the supervisor
+// WithReaper makes the children started by a supervisor or an action runner
+// be waited by r, which must be run (go r.Run(ctx)). The agent turns it on
+// when ReaperWanted() is true, and then gives the same r to the supervisor
 // and to every action runner: a child started without it would have its exit
 // status taken by r's wait4(-1).
-func enableReaper(r *procReaper) procOption {
+func WithReaper(r *Reaper) Option {
 	return func(o *procOptions) { o.reaper = r }
 }
 
@@ -100,7 +100,7 @@ func procExitCode(ws syscall.WaitStatus) int {
 // startProc starts cmd. With a reaper the reaper owns its wait; without one
 // os/exec waits for it. cmd's Stdout and Stderr must be nil or *os.File, so
 // that no copying goroutine outlives the wait.
-func startProc(cmd *exec.Cmd, r *procReaper) (*procChild, error) {
+func startProc(cmd *exec.Cmd, r *Reaper) (*procChild, error) {
 	if r != nil {
 		return r.start(cmd)
 	}
@@ -152,7 +152,7 @@ type supervisor struct {
 	killSignal  syscall.Signal
 	killTimeout time.Duration
 	logger      *slog.Logger
-	reaper      *procReaper
+	reaper      *Reaper
 	ops         chan struct{} // one-slot semaphore held by Start, Restart, Stop
 	exited      chan int
 
@@ -175,7 +175,7 @@ type supervisedChild struct {
 
 // newSupervisor checks cfg and prepares a supervisor; it starts nothing.
 // A zero KillTimeout means 10 s, an empty KillSignal SIGTERM.
-func newSupervisor(cfg ExecConfig, logger *slog.Logger, opts ...procOption) (*supervisor, error) {
+func newSupervisor(cfg ExecConfig, logger *slog.Logger, opts ...Option) (*supervisor, error) {
 	var o procOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -326,7 +326,7 @@ func (s *supervisor) forward(ctx context.Context, sigs <-chan os.Signal) {
 			err := s.Signal(ssig)
 			<-s.ops
 			if err != nil {
-				s.logger.Warn("signal not forwarded to exec child", "signal", unix.SignalName(ssig), "error", err)
+				s.logger.Warn("signal not forwarded to exec child", "signal", unix.SignalName(ssig), "err", err)
 				continue
 			}
 			s.logger.Info("signal forwarded to exec child", "signal", unix.SignalName(ssig), "pid", pid)
@@ -396,7 +396,7 @@ func (s *supervisor) stopLocked(ctx context.Context) error {
 	if !closedChan(c.proc.done) {
 		s.logger.Info("stopping exec child", "pid", pid, "signal", unix.SignalName(s.killSignal), "kill_timeout", s.killTimeout)
 		if err := killGroup(pid, s.killSignal); err != nil {
-			s.logger.Warn("exec child not signalled; killing it", "pid", pid, "error", err)
+			s.logger.Warn("exec child not signalled; killing it", "pid", pid, "err", err)
 		}
 		timer := time.NewTimer(s.killTimeout)
 		defer timer.Stop()
@@ -405,7 +405,7 @@ func (s *supervisor) stopLocked(ctx context.Context) error {
 		case <-timer.C:
 			s.logger.Warn("exec child still running after kill_timeout; sending SIGKILL", "pid", pid, "kill_timeout", s.killTimeout)
 		case <-ctx.Done():
-			s.logger.Warn("exec child stop cut short; sending SIGKILL", "pid", pid, "error", ctx.Err())
+			s.logger.Warn("exec child stop cut short; sending SIGKILL", "pid", pid, "err", ctx.Err())
 		}
 		if !closedChan(c.proc.done) {
 			if err := killGroup(pid, syscall.SIGKILL); err != nil {

@@ -1,4 +1,4 @@
-package agent
+package process
 
 import (
 	"context"
@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kvsync/kvsync/internal/retry"
 )
 
 // Kinds of ActionResult.Kind.
@@ -35,8 +37,9 @@ const (
 	defaultHTTPRetries    = 3
 	httpBackoffFirst      = 100 * time.Millisecond
 	httpBackoffMax        = 2 * time.Second
-	// commandOutputTail is how much of a command's combined output is kept.
-	commandOutputTail = 4 << 10
+	// OutputTail is how much of a command's or a check's combined output is
+	// kept: the last 4 KiB, with "..." in front when some was dropped.
+	OutputTail = 4 << 10
 	// commandOutputGrace is how long, after a command exited, Run waits for
 	// the end of its output: a daemon it left behind may hold the pipe open
 	// for ever. The pipe is still drained after that, but not waited for.
@@ -44,6 +47,17 @@ const (
 	// httpBodyTail is how much of a failed webhook's response body is quoted.
 	httpBodyTail = 256
 )
+
+// RunCheck runs the check command argv like a command action with timeout
+// (no shell, a process group of its own, killed on timeout or when ctx is
+// done), then kills what the command left running in its group and waits
+// for the whole output. It returns how the command ended ("exit 0", "timed
+// out after 10s" follows the command line in detail), the tail of its
+// output, and an error unless it exited 0.
+func RunCheck(ctx context.Context, argv []string, timeout time.Duration, logger *slog.Logger, reaper *Reaper) (detail, output string, err error) {
+	r := &ActionRunner{a: Action{Command: argv, Timeout: timeout}, kind: actionCommand, logger: logger, reaper: reaper, reapGroup: true}
+	return r.command(ctx)
+}
 
 // ActionResult is what one run of an action did; shown in /status and logged.
 type ActionResult struct {
@@ -55,17 +69,16 @@ type ActionResult struct {
 	Err      error         // nil when the action did what it should
 }
 
-// actionRunner runs one configured on_change action. It is safe for
+// ActionRunner runs one configured on_change action. It is safe for
 // concurrent use, though the agent runs each projection's action from one
 // goroutine.
-type actionRunner struct {
+type ActionRunner struct {
 	a       Action
 	kind    string
 	sig     syscall.Signal
-	owner   string
 	logger  *slog.Logger
 	restart func(ctx context.Context) error
-	reaper  *procReaper
+	reaper  *Reaper
 	client  *http.Client
 
 	// reapGroup: once the command exited, kill what is left of its process
@@ -74,15 +87,17 @@ type actionRunner struct {
 	reapGroup bool
 }
 
-// newActionRunner checks a (already validated) and prepares it. owner names
-// the projection the action belongs to, for the logs. restart is called for
-// {restart: true} and may be nil otherwise.
-func newActionRunner(a Action, owner string, logger *slog.Logger, restart func(ctx context.Context) error, opts ...procOption) (*actionRunner, error) {
+// NewActionRunner checks a (already validated) and prepares it. owner names
+// the projection the action belongs to in errors; logger, which every run
+// logs to, must say it too (the agent passes the projection's logger, or the
+// named action's). restart is called for {restart: true} and may be nil
+// otherwise.
+func NewActionRunner(a Action, owner string, logger *slog.Logger, restart func(ctx context.Context) error, opts ...Option) (*ActionRunner, error) {
 	var o procOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
-	r := &actionRunner{a: a, owner: owner, logger: logger, restart: restart, reaper: o.reaper}
+	r := &ActionRunner{a: a, logger: logger, restart: restart, reaper: o.reaper}
 	switch {
 	case a.Signal != "":
 		sig, err := ParseSignal(a.Signal)
@@ -120,7 +135,7 @@ func newActionRunner(a Action, owner string, logger *slog.Logger, restart func(c
 // then acts, logs one line at INFO with what triggered it and what it did
 // (or at ERROR, WARN when ctx ended it), and returns the result. ctx
 // cancellation aborts the splay and the action; a command is then killed.
-func (r *actionRunner) Run(ctx context.Context, trigger string) ActionResult {
+func (r *ActionRunner) Run(ctx context.Context, trigger string) ActionResult {
 	res := ActionResult{Kind: r.kind, Trigger: trigger}
 	if err := r.splay(ctx); err != nil {
 		res.Start = time.Now()
@@ -138,7 +153,7 @@ func (r *actionRunner) Run(ctx context.Context, trigger string) ActionResult {
 }
 
 // splay waits a random time below a.Splay, or until ctx is done.
-func (r *actionRunner) splay(ctx context.Context) error {
+func (r *ActionRunner) splay(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -157,7 +172,7 @@ func (r *actionRunner) splay(ctx context.Context) error {
 
 // act does the action; a panic in it (the restart callback is not ours)
 // becomes an error.
-func (r *actionRunner) act(ctx context.Context) (detail, output string, err error) {
+func (r *ActionRunner) act(ctx context.Context) (detail, output string, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("%s action panicked: %v", r.kind, p)
@@ -181,9 +196,9 @@ func (r *actionRunner) act(ctx context.Context) (detail, output string, err erro
 }
 
 // log writes the one line that says what the action did.
-func (r *actionRunner) log(res ActionResult, output string) {
+func (r *ActionRunner) log(res ActionResult, output string) {
 	attrs := []any{
-		"projection", r.owner, "trigger", res.Trigger, "kind", res.Kind,
+		"trigger", res.Trigger, "kind", res.Kind,
 		"detail", res.Detail, "duration", res.Duration,
 	}
 	if output != "" {
@@ -193,15 +208,15 @@ func (r *actionRunner) log(res ActionResult, output string) {
 	case res.Err == nil:
 		r.logger.Info("action ran", attrs...)
 	case errors.Is(res.Err, context.Canceled):
-		r.logger.Warn("action aborted", append(attrs, "error", res.Err)...)
+		r.logger.Warn("action aborted", append(attrs, "err", res.Err)...)
 	default:
-		r.logger.Error("action failed", append(attrs, "error", res.Err)...)
+		r.logger.Error("action failed", append(attrs, "err", res.Err)...)
 	}
 }
 
 // signal sends the signal to the pid of a pidfile or to every process of a
 // name.
-func (r *actionRunner) signal() (string, error) {
+func (r *ActionRunner) signal() (string, error) {
 	name := unix.SignalName(r.sig)
 	if r.a.PIDFile != "" {
 		pid, err := readPIDFile(r.a.PIDFile)
@@ -241,9 +256,9 @@ func (r *actionRunner) signal() (string, error) {
 
 // command runs the argv without a shell, in a process group of its own so
 // that a timeout kills everything it started.
-func (r *actionRunner) command(ctx context.Context) (detail, output string, err error) {
+func (r *ActionRunner) command(ctx context.Context) (detail, output string, err error) {
 	argv := r.a.Command
-	line := commandLine(argv)
+	line := CommandLine(argv)
 	timeout := r.a.Timeout
 	if timeout <= 0 {
 		timeout = defaultCommandTimeout
@@ -265,7 +280,7 @@ func (r *actionRunner) command(ctx context.Context) (detail, output string, err 
 		return line, "", fmt.Errorf("run %s: %w", line, err)
 	}
 
-	tail := &tailBuffer{max: commandOutputTail}
+	tail := &tailBuffer{max: OutputTail}
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
@@ -322,7 +337,7 @@ func (r *actionRunner) command(ctx context.Context) (detail, output string, err 
 }
 
 // webhook calls the http action, retrying with backoff.
-func (r *actionRunner) webhook(ctx context.Context) (string, error) {
+func (r *ActionRunner) webhook(ctx context.Context) (string, error) {
 	h := r.a.HTTP
 	method := strings.ToUpper(h.Method)
 	if method == "" {
@@ -342,7 +357,7 @@ func (r *actionRunner) webhook(ctx context.Context) (string, error) {
 	attempts := 0
 	for attempts <= retries {
 		if attempts > 0 {
-			t := time.NewTimer(equalJitter(backoff, nil))
+			t := time.NewTimer(retry.EqualJitter(backoff, nil))
 			select {
 			case <-t.C:
 			case <-ctx.Done():
@@ -367,7 +382,7 @@ func (r *actionRunner) webhook(ctx context.Context) (string, error) {
 
 // webhookOnce makes one request. It reports whether a failure is worth a
 // retry: transport errors, 408, 429 and 5xx are; other statuses are not.
-func (r *actionRunner) webhookOnce(ctx context.Context, method string) (status int, retry bool, err error) {
+func (r *ActionRunner) webhookOnce(ctx context.Context, method string) (status int, retry bool, err error) {
 	h := r.a.HTTP
 	timeout := h.Timeout
 	if timeout <= 0 {
@@ -419,8 +434,8 @@ func webhookDetail(method, url string, status int, err error) string {
 	return fmt.Sprintf("%s %s: %d", method, url, status)
 }
 
-// commandLine renders argv for logs, quoting the words that need it.
-func commandLine(argv []string) string {
+// CommandLine renders argv for logs, quoting the words that need it.
+func CommandLine(argv []string) string {
 	words := make([]string, len(argv))
 	for i, w := range argv {
 		if w == "" || strings.ContainsAny(w, " \t\n\"'\\$`") {

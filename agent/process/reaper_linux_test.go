@@ -1,4 +1,4 @@
-package agent
+package process
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 )
 
 // helperSubreaper is a kvsync in miniature run as a child subreaper: it
-// reaps with a procReaper, runs a command action and an exec child through
+// reaps with a Reaper, runs a command action and an exec child through
 // it, and exits with the child's code.
 func helperSubreaper(dir string) int {
 	logf, err := os.Create(filepath.Join(dir, "log"))
@@ -29,20 +29,20 @@ func helperSubreaper(dir string) int {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return 81
 	}
-	if !reaperWanted() {
+	if !ReaperWanted() {
 		return 82
 	}
-	r := newProcReaper(logger)
+	r := NewReaper(logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	reaperDone := make(chan struct{})
 	go func() {
 		defer close(reaperDone)
-		r.run(ctx)
+		r.Run(ctx)
 	}()
 
 	// The exit status of a command action reaches the action, not the reaper's log.
-	ar, err := newActionRunner(Action{Command: []string{"sh", "-c", "echo hi; exit 3"}}, "t", logger, nil, enableReaper(r))
+	ar, err := NewActionRunner(Action{Command: []string{"sh", "-c", "echo hi; exit 3"}}, "t", logger, nil, WithReaper(r))
 	if err != nil {
 		return 83
 	}
@@ -51,7 +51,7 @@ func helperSubreaper(dir string) int {
 		return 84
 	}
 
-	s, err := newSupervisor(ExecConfig{Command: procHelperArgv(), KillTimeout: time.Second}, logger, enableReaper(r))
+	s, err := newSupervisor(ExecConfig{Command: procHelperArgv(), KillTimeout: time.Second}, logger, WithReaper(r))
 	if err != nil {
 		return 85
 	}
