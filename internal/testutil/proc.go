@@ -103,6 +103,15 @@ func (n *NATSProc) Name() string { return n.name }
 // restart.
 func (n *NATSProc) Store() string { return n.store }
 
+// PID is the process id of the running server, 0 when it does not run (for
+// a test that reads the server's /proc figures).
+func (n *NATSProc) PID() int {
+	if !n.Running() {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // Log is what the current (or last) run of the server wrote.
 func (n *NATSProc) Log() string { return n.log.String() }
 

@@ -200,9 +200,12 @@ func TestNATSProcKillAndRestart(t *testing.T) {
 		t.Fatalf("Store() %q does not hold the bucket: %v", n.Store(), err)
 	}
 
+	if pid := n.PID(); pid <= 0 {
+		t.Fatalf("PID() = %d of a running server", pid)
+	}
 	n.Kill(t)
-	if n.Running() {
-		t.Fatal("Running() after Kill")
+	if n.Running() || n.PID() != 0 {
+		t.Fatalf("Running() or PID() %d after Kill", n.PID())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	_, err := kv.Get(ctx, "k")
