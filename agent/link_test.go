@@ -7,14 +7,16 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // TestLinkIdleNotStale: an idle connection (no message for longer than the
 // stale threshold) to a healthy server is not reported stale: the link asks
 // for a PONG of its own, since the client does not count its PONGs.
 func TestLinkIdleNotStale(t *testing.T) {
-	s := testServer(t)
-	nc, _ := testJS(t, s.ClientURL())
+	s := testutil.RunServer(t, nil)
+	nc, _ := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
 	var l link
 	ctx, cancel := context.WithCancel(context.Background())
@@ -38,7 +40,7 @@ func TestLinkIdleNotStale(t *testing.T) {
 
 	// The server gone: the link goes stale or the connection reports it lost.
 	s.Shutdown()
-	waitFor(t, 2*staleAfter, func() error {
+	testutil.CheckFor(t, 2*staleAfter, func() error {
 		if _, stale := l.staleSince(); stale || !nc.IsConnected() {
 			return nil
 		}
