@@ -19,53 +19,16 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	natstest "github.com/nats-io/nats-server/v2/test"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
-
-// testServer is a real JetStream server with a file store.
-func testServer(t *testing.T) *server.Server {
-	t.Helper()
-	opts := natstest.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = t.TempDir()
-	s := natstest.RunServer(&opts)
-	t.Cleanup(s.Shutdown)
-	return s
-}
-
-// restartServer shuts s down and starts it again on the same port and store.
-func restartServer(t *testing.T, s *server.Server) *server.Server {
-	t.Helper()
-	opts := natstest.DefaultTestOptions
-	opts.Port = s.Addr().(*net.TCPAddr).Port
-	opts.JetStream = true
-	opts.StoreDir = filepath.Dir(s.StoreDir()) // StoreDir ends in /jetstream
-	s.Shutdown()
-	s.WaitForShutdown()
-	ns := natstest.RunServer(&opts)
-	t.Cleanup(ns.Shutdown)
-	return ns
-}
 
 func testKV(t *testing.T, s *server.Server, cfg jetstream.KeyValueConfig) (*nats.Conn, jetstream.KeyValue) {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.CreateKeyValue(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, kv
+	nc, js := testutil.Connect(t, s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	return nc, testutil.CreateBucket(t, js, cfg)
 }
 
 // syncBuffer is a log sink tests can read while the agent writes.
@@ -147,20 +110,6 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// waitFor polls fn until it returns nil or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = fn(); err == nil {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("not within %v: %v", timeout, err)
-}
-
 func fileIs(path, want string) func() error {
 	return func() error {
 		b, err := os.ReadFile(path)
@@ -212,7 +161,7 @@ func httpGet(url string) (int, string, error) {
 }
 
 func TestInitialSyncAndUpdates(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 5})
 	put(t, kv, "a", "1")
 	put(t, kv, "dir/b.conf", "2")
@@ -223,12 +172,12 @@ func TestInitialSyncAndUpdates(t *testing.T) {
 	dir := t.TempDir()
 	ag := startAgent(t, filesCfg(s.ClientURL(), "app", dir), Options{})
 
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
-	waitFor(t, time.Second, fileIs(filepath.Join(dir, "dir/b.conf"), "2"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+	testutil.CheckFor(t, time.Second, fileIs(filepath.Join(dir, "dir/b.conf"), "2"))
 	if err := fileGone(filepath.Join(dir, "gone"))(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Second, func() error {
+	testutil.CheckFor(t, time.Second, func() error {
 		if code, body, err := httpGet(ag.url + "/readyz"); err != nil || code != 200 {
 			return fmt.Errorf("readyz %d %q %v", code, body, err)
 		}
@@ -237,17 +186,17 @@ func TestInitialSyncAndUpdates(t *testing.T) {
 
 	// update, delete, purge
 	put(t, kv, "a", "11")
-	waitFor(t, 2*time.Second, fileIs(filepath.Join(dir, "a"), "11"))
+	testutil.CheckFor(t, 2*time.Second, fileIs(filepath.Join(dir, "a"), "11"))
 	if err := kv.Delete(context.Background(), "a"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, fileGone(filepath.Join(dir, "a")))
+	testutil.CheckFor(t, 2*time.Second, fileGone(filepath.Join(dir, "a")))
 	if err := kv.Purge(context.Background(), "dir/b.conf"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, fileGone(filepath.Join(dir, "dir/b.conf")))
+	testutil.CheckFor(t, 2*time.Second, fileGone(filepath.Join(dir, "dir/b.conf")))
 	// the folder kvsync created is pruned
-	waitFor(t, 2*time.Second, fileGone(filepath.Join(dir, "dir")))
+	testutil.CheckFor(t, 2*time.Second, fileGone(filepath.Join(dir, "dir")))
 
 	// /status names the projection and its counts
 	_, body, err := httpGet(ag.url + "/status")
@@ -273,7 +222,7 @@ func TestInitialSyncAndUpdates(t *testing.T) {
 }
 
 func TestReadyOnlyAfterInitialSync(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	dir := t.TempDir()
 	// The bucket does not exist yet: the agent cannot be ready.
 	ag := startAgent(t, filesCfg(s.ClientURL(), "later", dir), Options{})
@@ -283,8 +232,8 @@ func TestReadyOnlyAfterInitialSync(t *testing.T) {
 	}
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "later"})
 	put(t, kv, "k", "v")
-	waitFor(t, 15*time.Second, fileIs(filepath.Join(dir, "k"), "v"))
-	waitFor(t, 2*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, fileIs(filepath.Join(dir, "k"), "v"))
+	testutil.CheckFor(t, 2*time.Second, func() error {
 		if code, _, _ := httpGet(ag.url + "/readyz"); code != 200 {
 			return fmt.Errorf("readyz %d", code)
 		}
@@ -293,7 +242,7 @@ func TestReadyOnlyAfterInitialSync(t *testing.T) {
 }
 
 func TestPerKeyTTLExpiryRemovesFile(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "ttl", LimitMarkerTTL: time.Second})
 	dir := t.TempDir()
 	startAgent(t, filesCfg(s.ClientURL(), "ttl", dir), Options{})
@@ -301,15 +250,15 @@ func TestPerKeyTTLExpiryRemovesFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(t, kv, "long", "stays")
-	waitFor(t, 3*time.Second, fileIs(filepath.Join(dir, "short"), "v"))
-	waitFor(t, 10*time.Second, fileGone(filepath.Join(dir, "short")))
+	testutil.CheckFor(t, 3*time.Second, fileIs(filepath.Join(dir, "short"), "v"))
+	testutil.CheckFor(t, 10*time.Second, fileGone(filepath.Join(dir, "short")))
 	if err := fileIs(filepath.Join(dir, "long"), "stays")(); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestForeignFileSurvives(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	dir := t.TempDir()
 	foreign := filepath.Join(dir, "mine")
@@ -319,10 +268,10 @@ func TestForeignFileSurvives(t *testing.T) {
 	put(t, kv, "mine", "from kv")
 	put(t, kv, "other", "o")
 	ag := startAgent(t, filesCfg(s.ClientURL(), "app", dir), Options{})
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "other"), "o"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "other"), "o"))
 	put(t, kv, "mine", "again") // a put of the same name
 	put(t, kv, "other", "o2")
-	waitFor(t, 2*time.Second, fileIs(filepath.Join(dir, "other"), "o2"))
+	testutil.CheckFor(t, 2*time.Second, fileIs(filepath.Join(dir, "other"), "o2"))
 	if err := fileIs(foreign, "operator's")(); err != nil {
 		t.Fatalf("foreign file touched: %v", err)
 	}
@@ -330,12 +279,12 @@ func TestForeignFileSurvives(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(t, kv, "other", "o3")
-	waitFor(t, 2*time.Second, fileIs(filepath.Join(dir, "other"), "o3"))
+	testutil.CheckFor(t, 2*time.Second, fileIs(filepath.Join(dir, "other"), "o3"))
 	if err := fileIs(foreign, "operator's")(); err != nil {
 		t.Fatalf("foreign file removed by a delete: %v", err)
 	}
 	// The refusal is visible once the owner publishes the batch's status.
-	waitFor(t, 2*time.Second, func() error {
+	testutil.CheckFor(t, 2*time.Second, func() error {
 		st := ag.Status()
 		if len(st.Projections) != 1 || !strings.Contains(st.Projections[0].LastError, "mine") {
 			return fmt.Errorf("status does not report the foreign file: %+v", st.Projections)
@@ -345,13 +294,13 @@ func TestForeignFileSurvives(t *testing.T) {
 }
 
 func TestDeleteWhileStoppedIsReconciled(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "keep", "1")
 	put(t, kv, "drop", "2")
 	dir := t.TempDir()
 	ag := startAgent(t, filesCfg(s.ClientURL(), "app", dir), Options{})
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "drop"), "2"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "drop"), "2"))
 	if err := ag.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -360,12 +309,12 @@ func TestDeleteWhileStoppedIsReconciled(t *testing.T) {
 	}
 	put(t, kv, "keep", "1b")
 	startAgent(t, filesCfg(s.ClientURL(), "app", dir), Options{})
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "keep"), "1b"))
-	waitFor(t, time.Second, fileGone(filepath.Join(dir, "drop")))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "keep"), "1b"))
+	testutil.CheckFor(t, time.Second, fileGone(filepath.Join(dir, "drop")))
 }
 
 func TestHostileKeysPublishedRaw(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	root := t.TempDir()
 	dir := filepath.Join(root, "proj")
@@ -381,7 +330,7 @@ func TestHostileKeysPublishedRaw(t *testing.T) {
 		t.Fatal(err)
 	}
 	ag := startAgent(t, filesCfg(s.ClientURL(), "app", dir), Options{})
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if !ag.Ready() {
 			return errors.New("not ready")
 		}
@@ -400,7 +349,7 @@ func TestHostileKeysPublishedRaw(t *testing.T) {
 		}
 	}
 	put(t, kv, "good", "still flowing")
-	waitFor(t, 3*time.Second, fileIs(filepath.Join(dir, "good"), "still flowing"))
+	testutil.CheckFor(t, 3*time.Second, fileIs(filepath.Join(dir, "good"), "still flowing"))
 	// Nothing landed outside, nothing through the link.
 	entries, _ := os.ReadDir(outside)
 	if len(entries) != 0 {
@@ -428,19 +377,20 @@ func TestHostileKeysPublishedRaw(t *testing.T) {
 }
 
 func TestServerRestartResumes(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 2})
 	put(t, kv, "a", "1")
 	put(t, kv, "b", "2")
 	dir := t.TempDir()
 	startAgent(t, filesCfg(s.ClientURL(), "app", dir), Options{})
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "b"), "2"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "b"), "2"))
 
-	s = restartServer(t, s)
+	s = testutil.RestartServer(t, s, nil)
 	_, kv2 := reopenKV(t, s, "app")
 	start := time.Now()
 	put(t, kv2, "a", "after restart")
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "after restart"))
+	// Polled every 5 ms: the interval is part of the delay measured.
+	testutil.CheckForEvery(t, 5*time.Second, 5*time.Millisecond, fileIs(filepath.Join(dir, "a"), "after restart"))
 	took := time.Since(start)
 	t.Logf("first put after restart on disk after %v", took)
 	// The requirement: within 1 s (a plain WatchAll stalls ~18 s).
@@ -451,14 +401,10 @@ func TestServerRestartResumes(t *testing.T) {
 
 func reopenKV(t *testing.T, s *server.Server, bucket string) (*nats.Conn, jetstream.KeyValue) {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	nc, js := testutil.Connect(t, s.ClientURL())
 	var kv jetstream.KeyValue
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		var err error
 		kv, err = js.KeyValue(context.Background(), bucket)
 		return err
 	})
@@ -466,13 +412,13 @@ func reopenKV(t *testing.T, s *server.Server, bucket string) (*nats.Conn, jetstr
 }
 
 func TestDeleteWithoutMarkerIsReconciledAfterReconnect(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 1})
 	put(t, kv, "x", "1")
 	put(t, kv, "y", "2")
 	dir := t.TempDir()
 	startAgent(t, filesCfg(s.ClientURL(), "app", dir), Options{})
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "y"), "2"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "y"), "2"))
 	// Remove x from the stream without a marker, as compaction or a raw
 	// stream purge does: no watch event tells the agent.
 	js, _ := jetstream.New(nc)
@@ -484,20 +430,20 @@ func TestDeleteWithoutMarkerIsReconciledAfterReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(t, kv, "y", "3")
-	waitFor(t, 2*time.Second, fileIs(filepath.Join(dir, "y"), "3"))
+	testutil.CheckFor(t, 2*time.Second, fileIs(filepath.Join(dir, "y"), "3"))
 	if err := fileIs(filepath.Join(dir, "x"), "1")(); err != nil {
 		t.Fatalf("x changed without an event: %v", err)
 	}
 	// After a reconnect the agent lists the keys and drops x.
-	restartServer(t, s)
-	waitFor(t, 10*time.Second, fileGone(filepath.Join(dir, "x")))
+	testutil.RestartServer(t, s, nil)
+	testutil.CheckFor(t, 10*time.Second, fileGone(filepath.Join(dir, "x")))
 	if err := fileIs(filepath.Join(dir, "y"), "3")(); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestOnceWritesEverything(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	for i := 0; i < 50; i++ {
 		put(t, kv, fmt.Sprintf("k%02d", i), fmt.Sprint(i))
@@ -537,7 +483,7 @@ func TestOnceWritesEverything(t *testing.T) {
 }
 
 func TestSnapshotProjection(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "a", "1")
 	put(t, kv, "b", "1")
@@ -545,17 +491,17 @@ func TestSnapshotProjection(t *testing.T) {
 	cfg := filesCfg(s.ClientURL(), "app", dir)
 	cfg.Files[0].Atomic = AtomicSnapshot
 	startAgent(t, cfg, Options{})
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "b"), "1"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "b"), "1"))
 	fi, err := os.Lstat(filepath.Join(dir, "..data"))
 	if err != nil || fi.Mode()&os.ModeSymlink == 0 {
 		t.Fatalf("..data is not a symlink: %v %v", fi, err)
 	}
 	put(t, kv, "a", "2")
-	waitFor(t, 2*time.Second, fileIs(filepath.Join(dir, "a"), "2"))
+	testutil.CheckFor(t, 2*time.Second, fileIs(filepath.Join(dir, "a"), "2"))
 }
 
 func TestTreeLayoutAndStripPrefix(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "svc.db.host", "h")
 	put(t, kv, "other.x", "no")
@@ -565,24 +511,24 @@ func TestTreeLayoutAndStripPrefix(t *testing.T) {
 	cfg.Files[0].StripPrefix = "svc."
 	cfg.Files[0].Layout = LayoutTree
 	startAgent(t, cfg, Options{})
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "db", "host"), "h"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "db", "host"), "h"))
 	if err := fileGone(filepath.Join(dir, "other.x"))(); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestBucketDeletedKeepsFiles(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "a", "1")
 	dir := t.TempDir()
 	ag := startAgent(t, filesCfg(s.ClientURL(), "app", dir), Options{})
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
 	js, _ := jetstream.New(nc)
 	if err := js.DeleteKeyValue(context.Background(), "app"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, func() error {
 		if code, _, _ := httpGet(ag.url + "/readyz"); code != http.StatusServiceUnavailable {
 			return fmt.Errorf("readyz %d, want 503", code)
 		}
@@ -599,10 +545,10 @@ func TestBucketDeletedKeepsFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(t, kv, "b", "new")
-	waitFor(t, 20*time.Second, fileIs(filepath.Join(dir, "b"), "new"))
+	testutil.CheckFor(t, 20*time.Second, fileIs(filepath.Join(dir, "b"), "new"))
 	// The recreated bucket has no "a": a complete listing removes it.
-	waitFor(t, 5*time.Second, fileGone(filepath.Join(dir, "a")))
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, fileGone(filepath.Join(dir, "a")))
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if code, _, _ := httpGet(ag.url + "/readyz"); code != 200 {
 			return fmt.Errorf("readyz %d", code)
 		}
@@ -610,32 +556,19 @@ func TestBucketDeletedKeepsFiles(t *testing.T) {
 	})
 }
 
-func testJS(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, js
-}
-
 func TestBucketTTLWithoutMarkersRemovesFiles(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "ttl", TTL: 2 * time.Second})
 	dir := t.TempDir()
 	startAgent(t, filesCfg(s.ClientURL(), "ttl", dir), Options{})
 	put(t, kv, "short", "lived")
-	waitFor(t, 3*time.Second, fileIs(filepath.Join(dir, "short"), "lived"))
+	testutil.CheckFor(t, 3*time.Second, fileIs(filepath.Join(dir, "short"), "lived"))
 	// The server drops the key after 2 s and sends no event.
-	waitFor(t, 10*time.Second, fileGone(filepath.Join(dir, "short")))
+	testutil.CheckFor(t, 10*time.Second, fileGone(filepath.Join(dir, "short")))
 }
 
 func TestReloadKeepsOldConfigOnError(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "a", "1")
 	dirA, dirB := t.TempDir(), t.TempDir()
@@ -649,26 +582,26 @@ func TestReloadKeepsOldConfigOnError(t *testing.T) {
 		return c, nil
 	}
 	ag := startAgent(t, filesCfg(s.ClientURL(), "app", dirA), Options{Reloads: reloads, Reload: reload})
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dirA, "a"), "1"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dirA, "a"), "1"))
 
 	next <- nil // a bad config: the running one stays
 	reloads <- struct{}{}
-	waitFor(t, 2*time.Second, func() error {
+	testutil.CheckFor(t, 2*time.Second, func() error {
 		if !strings.Contains(ag.logs.String(), "keeping the running config") {
 			return errors.New("bad reload not logged")
 		}
 		return nil
 	})
 	put(t, kv, "a", "2")
-	waitFor(t, 2*time.Second, fileIs(filepath.Join(dirA, "a"), "2"))
+	testutil.CheckFor(t, 2*time.Second, fileIs(filepath.Join(dirA, "a"), "2"))
 
 	good := filesCfg(s.ClientURL(), "app", dirB)
 	good.Default()
 	next <- good
 	reloads <- struct{}{}
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dirB, "a"), "2"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dirB, "a"), "2"))
 	put(t, kv, "a", "3")
-	waitFor(t, 2*time.Second, fileIs(filepath.Join(dirB, "a"), "3"))
+	testutil.CheckFor(t, 2*time.Second, fileIs(filepath.Join(dirB, "a"), "3"))
 	if err := fileIs(filepath.Join(dirA, "a"), "2")(); err != nil {
 		t.Fatalf("the old projection still runs after reload: %v", err)
 	}
@@ -678,7 +611,7 @@ func TestFilesOwnerAndModes(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("chown needs root")
 	}
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "sub/f", "v")
 	dir := t.TempDir()
@@ -687,7 +620,7 @@ func TestFilesOwnerAndModes(t *testing.T) {
 	cfg.Files[0].Mode, cfg.Files[0].DirMode = "0640", "0750"
 	startAgent(t, cfg, Options{})
 	path := filepath.Join(dir, "sub", "f")
-	waitFor(t, 5*time.Second, fileIs(path, "v"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(path, "v"))
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/agent/process"
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // countLines counts the lines of a file the test's commands append to; a missing
@@ -63,7 +64,7 @@ func keyTemplateCfg(url, bucket, dest string) *Config {
 }
 
 func TestCheckFailureKeepsLastGoodFileAndRunsNoAction(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	dir := t.TempDir()
 	dest, runs, seen := filepath.Join(dir, "conf", "app.conf"), filepath.Join(dir, "runs"), filepath.Join(dir, "seen")
@@ -76,14 +77,14 @@ func TestCheckFailureKeepsLastGoodFileAndRunsNoAction(t *testing.T) {
 	cfg.Templates[0].OnChange = &Action{Command: appendCmd(runs)}
 	put(t, kv, "v", "good 1")
 	a := startAgent(t, cfg, Options{})
-	waitFor(t, 10*time.Second, fileIs(dest, "good 1"))
-	waitFor(t, 10*time.Second, linesAre(t, runs, 1))
+	testutil.CheckFor(t, 10*time.Second, fileIs(dest, "good 1"))
+	testutil.CheckFor(t, 10*time.Second, linesAre(t, runs, 1))
 	if err := fileIs(seen, filepath.Dir(dest)+"\n")(); err != nil {
 		t.Errorf("the staged file is not in the dest's folder: %v", err)
 	}
 
 	rev := put(t, kv, "v", "broken")
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		st := projStatus(a.Agent, "t")
 		if c := st.LastCheck; c == nil || c.OK {
 			return fmt.Errorf("last check %+v, want a failed one", c)
@@ -115,10 +116,10 @@ func TestCheckFailureKeepsLastGoodFileAndRunsNoAction(t *testing.T) {
 	metricHas(t, a.url, `kvsync_checks_total{projection="t",result="failed"} 1`)
 
 	put(t, kv, "v", "good 2")
-	waitFor(t, 10*time.Second, fileIs(dest, "good 2"))
-	waitFor(t, 10*time.Second, linesAre(t, runs, 2))
+	testutil.CheckFor(t, 10*time.Second, fileIs(dest, "good 2"))
+	testutil.CheckFor(t, 10*time.Second, linesAre(t, runs, 2))
 	// The status is published after the batch: poll for it.
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if c := projStatus(a.Agent, "t").LastCheck; c == nil || !c.OK {
 			return fmt.Errorf("last check %+v, want a passed one", c)
 		}
@@ -130,7 +131,7 @@ func TestCheckFailureKeepsLastGoodFileAndRunsNoAction(t *testing.T) {
 // HTTP on their own listener.
 func metricHas(t *testing.T, url, line string) {
 	t.Helper()
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		_, body, err := httpGet(url + "/metrics")
 		if err != nil {
 			return err
@@ -143,7 +144,7 @@ func metricHas(t *testing.T, url, line string) {
 }
 
 func TestCheckBadCommands(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	for _, tc := range []struct {
 		name    string
@@ -163,7 +164,7 @@ func TestCheckBadCommands(t *testing.T) {
 			cfg.Templates[0].Check = &tc.check
 			put(t, kv, "v", "new "+tc.name)
 			a := startAgent(t, cfg, Options{})
-			waitFor(t, 20*time.Second, func() error {
+			testutil.CheckFor(t, 20*time.Second, func() error {
 				if c := projStatus(a.Agent, "t").LastCheck; c == nil || c.OK {
 					return fmt.Errorf("last check %+v, want a failed one", c)
 				}
@@ -187,7 +188,7 @@ func TestCheckBadCommands(t *testing.T) {
 }
 
 func TestNamedActionRunsOncePerBatch(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	dir := t.TempDir()
 	runs := filepath.Join(dir, "runs")
@@ -212,11 +213,11 @@ func TestNamedActionRunsOncePerBatch(t *testing.T) {
 			want = fmt.Sprint(i)
 		}
 		for _, n := range []string{"a", "b", "c"} {
-			waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, n), want))
+			testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, n), want))
 		}
-		waitFor(t, 10*time.Second, linesAre(t, runs, i))
+		testutil.CheckFor(t, 10*time.Second, linesAre(t, runs, i))
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		for _, n := range []string{"t", "b", "c"} {
 			// One run, triggered by all three projections.
 			la := projStatus(a.Agent, n).LastAction
@@ -233,7 +234,7 @@ func TestNamedActionRunsOncePerBatch(t *testing.T) {
 }
 
 func TestRollbackRestoresPreviousBytes(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	dir := t.TempDir()
 	dest, runs := filepath.Join(dir, "app.conf"), filepath.Join(dir, "runs")
@@ -243,12 +244,12 @@ func TestRollbackRestoresPreviousBytes(t *testing.T) {
 	cfg.Templates[0].OnChange = &Action{Command: []string{"sh", "-c", `echo run >> "$0"; ! grep -q bad "$1"`, runs, dest}}
 	put(t, kv, "v", "good 1")
 	a := startAgent(t, cfg, Options{})
-	waitFor(t, 10*time.Second, linesAre(t, runs, 1))
+	testutil.CheckFor(t, 10*time.Second, linesAre(t, runs, 1))
 
 	rev := put(t, kv, "v", "bad")
 	// The failed run, then the run after the rollback.
-	waitFor(t, 10*time.Second, linesAre(t, runs, 3))
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, linesAre(t, runs, 3))
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		st := projStatus(a.Agent, "t")
 		if st.RolledBack == nil || st.LastAction == nil || st.LastAction.Error != "" {
 			return fmt.Errorf("rolled back %+v, last action %+v", st.RolledBack, st.LastAction)
@@ -266,9 +267,9 @@ func TestRollbackRestoresPreviousBytes(t *testing.T) {
 	metricHas(t, a.url, fmt.Sprintf(`kvsync_rejected_revision{projection="t"} %d`, rev))
 
 	put(t, kv, "v", "good 2")
-	waitFor(t, 10*time.Second, fileIs(dest, "good 2"))
-	waitFor(t, 10*time.Second, linesAre(t, runs, 4))
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, fileIs(dest, "good 2"))
+	testutil.CheckFor(t, 10*time.Second, linesAre(t, runs, 4))
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if rb := projStatus(a.Agent, "t").RolledBack; rb != nil {
 			return fmt.Errorf("still reported rolled back: %+v", rb)
 		}
@@ -278,7 +279,7 @@ func TestRollbackRestoresPreviousBytes(t *testing.T) {
 }
 
 func TestFilesCheckPerFileAndRollbackWithDiff(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	dir := filepath.Join(t.TempDir(), "conf.d")
 	runs := filepath.Join(t.TempDir(), "runs")
@@ -289,12 +290,12 @@ func TestFilesCheckPerFileAndRollbackWithDiff(t *testing.T) {
 	f.OnChange = &Action{Command: []string{"sh", "-c", `echo run >> "$0"; ! grep -rq bad "$1"`, runs, dir}}
 	put(t, kv, "a", "one")
 	a := startAgent(t, cfg, Options{})
-	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "one"))
-	waitFor(t, 10*time.Second, linesAre(t, runs, 1))
+	testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "one"))
+	testutil.CheckFor(t, 10*time.Second, linesAre(t, runs, 1))
 
 	// A file that fails its check stays out; the others of the batch go.
 	put(t, kv, "b", "invalid")
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if c := projStatus(a.Agent, "files").LastCheck; c == nil || c.OK {
 			return fmt.Errorf("last check %+v", c)
 		}
@@ -309,8 +310,8 @@ func TestFilesCheckPerFileAndRollbackWithDiff(t *testing.T) {
 
 	// An action failure rolls the batch back.
 	rev := put(t, kv, "a", "bad")
-	waitFor(t, 10*time.Second, linesAre(t, runs, 3))
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, linesAre(t, runs, 3))
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if rb := projStatus(a.Agent, "files").RolledBack; rb == nil || rb.Revision != rev {
 			return fmt.Errorf("rolled back %+v, want revision %d", rb, rev)
 		}
@@ -319,7 +320,7 @@ func TestFilesCheckPerFileAndRollbackWithDiff(t *testing.T) {
 	if err := fileIs(filepath.Join(dir, "a"), "one")(); err != nil {
 		t.Fatal(err)
 	}
-	_, js := testJS(t, s.ClientURL())
+	_, js := testutil.Connect(t, s.ClientURL())
 	_ = nc
 	diffs, err := Diff(context.Background(), cfg, js)
 	if err != nil {
@@ -337,9 +338,9 @@ func TestFilesCheckPerFileAndRollbackWithDiff(t *testing.T) {
 
 	// The next good value goes live and the note goes away.
 	put(t, kv, "a", "two")
-	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "two"))
-	waitFor(t, 10*time.Second, linesAre(t, runs, 4))
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "two"))
+	testutil.CheckFor(t, 10*time.Second, linesAre(t, runs, 4))
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		diffs, err := Diff(context.Background(), cfg, js)
 		if err != nil {
 			return err
@@ -354,7 +355,7 @@ func TestFilesCheckPerFileAndRollbackWithDiff(t *testing.T) {
 }
 
 func TestSnapshotCheckSeesWholeFolder(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	dir := filepath.Join(t.TempDir(), "conf.d")
 	cfg := filesCfg(s.ClientURL(), "app", dir)
@@ -364,9 +365,9 @@ func TestSnapshotCheckSeesWholeFolder(t *testing.T) {
 	put(t, kv, "a", "b")
 	put(t, kv, "b", "x")
 	a := startAgent(t, cfg, Options{})
-	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "b"))
+	testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "b"))
 	put(t, kv, "a", "c") // names a file that is not there: the whole batch stays out
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if c := projStatus(a.Agent, "files").LastCheck; c == nil || c.OK {
 			return fmt.Errorf("last check %+v", c)
 		}
@@ -377,12 +378,12 @@ func TestSnapshotCheckSeesWholeFolder(t *testing.T) {
 	}
 	put(t, kv, "c", "y")
 	put(t, kv, "a", "c")
-	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "c"))
-	waitFor(t, 10*time.Second, fileIs(filepath.Join(dir, "c"), "y"))
+	testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "c"))
+	testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, "c"), "y"))
 }
 
 func TestEnvFileCheck(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
 	file := filepath.Join(t.TempDir(), "flags.env")
 	cfg := Default()
@@ -392,9 +393,9 @@ func TestEnvFileCheck(t *testing.T) {
 		Check: &CheckConfig{Command: []string{"sh", "-c", `! grep -q off "$0"`, "{{.Path}}"}}}}
 	put(t, kv, "x", "on")
 	a := startAgent(t, &cfg, Options{})
-	waitFor(t, 10*time.Second, fileIs(file, "F_X='on'\n"))
+	testutil.CheckFor(t, 10*time.Second, fileIs(file, "F_X='on'\n"))
 	put(t, kv, "x", "off")
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if c := projStatus(a.Agent, "flags").LastCheck; c == nil || c.OK {
 			return fmt.Errorf("last check %+v", c)
 		}
@@ -448,7 +449,7 @@ func execCfg(url string, argv ...string) *Config {
 }
 
 func TestExecCrashLoopRestartsWithGrowingDelays(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
 	starts := filepath.Join(t.TempDir(), "starts")
 	cfg := execCfg(s.ClientURL(), "/bin/sh", "-c", `date +%s%N >> "$0"; exit 3`, starts)
@@ -456,7 +457,7 @@ func TestExecCrashLoopRestartsWithGrowingDelays(t *testing.T) {
 	cfg.Exec.RestartBackoff = BackoffConfig{Min: 50 * time.Millisecond, Max: 400 * time.Millisecond}
 	put(t, kv, "x", "1")
 	a := startAgent(t, cfg, Options{})
-	waitFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, func() error {
 		if n := countLines(t, starts); n < 5 {
 			return fmt.Errorf("%d starts", n)
 		}
@@ -479,7 +480,7 @@ func TestExecCrashLoopRestartsWithGrowingDelays(t *testing.T) {
 	if gap := at[4] - at[3]; gap < 200*time.Millisecond {
 		t.Errorf("fourth restart after %v, want at least 200ms (starts %v)", gap, at)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		c := a.Status().Child
 		if c == nil || c.Exits < 4 || c.ExitRestarts < 4 || c.LastExitCode == nil || *c.LastExitCode != 3 || c.LastExitAt == nil || c.Backoff != "400ms" {
 			return fmt.Errorf("child status %+v", c)
@@ -499,7 +500,7 @@ func TestExecCrashLoopRestartsWithGrowingDelays(t *testing.T) {
 }
 
 func TestExecBackoffResetsAfterAGoodRun(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
 	starts := filepath.Join(t.TempDir(), "starts")
 	// Each child stays up longer than the backoff's max.
@@ -508,7 +509,7 @@ func TestExecBackoffResetsAfterAGoodRun(t *testing.T) {
 	cfg.Exec.RestartBackoff = BackoffConfig{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond}
 	put(t, kv, "x", "1")
 	a := startAgent(t, cfg, Options{})
-	waitFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, func() error {
 		c := a.Status().Child
 		if c == nil || c.Exits < 3 {
 			return fmt.Errorf("child status %+v", c)
@@ -521,7 +522,7 @@ func TestExecBackoffResetsAfterAGoodRun(t *testing.T) {
 }
 
 func TestExecRestartOnFailureExitsOnSuccess(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
 	cfg := execCfg(s.ClientURL(), "/bin/sh", "-c", "exit 0")
 	cfg.Exec.OnExit = OnExitRestartOnFailure
@@ -540,7 +541,7 @@ func TestExecRestartOnFailureExitsOnSuccess(t *testing.T) {
 }
 
 func TestExecEnvPristineAndDeny(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
 	t.Setenv("KVSYNC_APPLY_SECRET", "s3cret")
 	put(t, kv, "x", "on")
@@ -560,7 +561,7 @@ func TestExecEnvPristineAndDeny(t *testing.T) {
 			cfg := execCfg(s.ClientURL(), "/bin/sh", "-c", `/usr/bin/env > "$0.tmp" && mv "$0.tmp" "$0"; exec /bin/sleep 60`, out)
 			cfg.Exec.Env = tc.env
 			startAgent(t, cfg, Options{})
-			waitFor(t, 10*time.Second, func() error {
+			testutil.CheckFor(t, 10*time.Second, func() error {
 				_, err := os.Stat(out)
 				return err
 			})

@@ -19,52 +19,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	natstest "github.com/nats-io/nats-server/v2/test"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
-
-// connServer runs a JetStream server on a random port (or the port edit sets)
-// with its store in a temp folder, shut down at the end of the test.
-func connServer(t *testing.T, edit func(*server.Options)) *server.Server {
-	t.Helper()
-	opts := natstest.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = t.TempDir()
-	opts.JetStreamMaxMemory = 16 << 20
-	opts.JetStreamMaxStore = 64 << 20
-	if edit != nil {
-		edit(&opts)
-	}
-	s := natstest.RunServer(&opts)
-	t.Cleanup(s.Shutdown)
-	return s
-}
-
-// connEventually polls fn until it is true, failing the test after timeout.
-func connEventually(t *testing.T, timeout time.Duration, what string, fn func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !fn() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// freePort returns a loopback port nothing listens on (for now).
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 func TestResolve(t *testing.T) {
 	_, dir := contextHome(t)
@@ -132,13 +92,13 @@ func TestConnectOnce(t *testing.T) {
 	seed, _ := kp.Seed()
 	seedFile := filepath.Join(t.TempDir(), "user.nk")
 	writeCtxFile(t, seedFile, string(seed))
-	s := connServer(t, func(o *server.Options) {
+	s := testutil.RunServer(t, func(o *server.Options) {
 		o.Users = []*server.User{{Username: "app", Password: "s3cret"}}
 		o.Nkeys = []*server.NkeyUser{{Nkey: pub}}
 	})
 	url := s.ClientURL()
 	writeCtxFile(t, filepath.Join(dir, "app.json"), `{"url": "`+url+`", "user": "app", "password": "s3cret"}`)
-	dead := "nats://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	dead := "nats://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(testutil.FreePort(t)))
 
 	for _, tc := range []struct {
 		name string
@@ -205,7 +165,7 @@ func TestConnectOnce(t *testing.T) {
 // TestConnectWaitsForServer: Connect does not fail on a server that is down;
 // it connects when the server comes, and again after a restart.
 func TestConnectWaitsForServer(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	store := t.TempDir()
 	url := "nats://127.0.0.1:" + strconv.Itoa(port)
 	reconnected := make(chan struct{}, 4)
@@ -220,10 +180,10 @@ func TestConnectWaitsForServer(t *testing.T) {
 		t.Fatalf("connected with no server")
 	}
 	start := func() *server.Server {
-		return connServer(t, func(o *server.Options) { o.Port, o.StoreDir = port, store })
+		return testutil.RunServer(t, func(o *server.Options) { o.Port, o.StoreDir = port, store })
 	}
 	s := start()
-	connEventually(t, 15*time.Second, "not connected after the server started", nc.IsConnected)
+	testutil.CheckFor(t, 15*time.Second, testutil.True("not connected after the server started", nc.IsConnected))
 	js, err := JetStream(nc, NATSConfig{})
 	if err != nil {
 		t.Fatal(err)
@@ -233,9 +193,9 @@ func TestConnectWaitsForServer(t *testing.T) {
 	}
 
 	s.Shutdown()
-	connEventually(t, 10*time.Second, "still connected after shutdown", func() bool { return !nc.IsConnected() })
+	testutil.CheckFor(t, 10*time.Second, testutil.True("still connected after shutdown", func() bool { return !nc.IsConnected() }))
 	start()
-	connEventually(t, 15*time.Second, "not reconnected after restart", nc.IsConnected)
+	testutil.CheckFor(t, 15*time.Second, testutil.True("not reconnected after restart", nc.IsConnected))
 	if _, err := js.KeyValue(context.Background(), "b"); err != nil {
 		t.Fatalf("bucket after restart: %v", err)
 	}
@@ -243,7 +203,7 @@ func TestConnectWaitsForServer(t *testing.T) {
 
 func TestJetStreamDomain(t *testing.T) {
 	_, dir := contextHome(t)
-	s := connServer(t, func(o *server.Options) { o.JetStreamDomain = "hub" })
+	s := testutil.RunServer(t, func(o *server.Options) { o.JetStreamDomain = "hub" })
 	writeCtxFile(t, filepath.Join(dir, "hub.json"), `{"url": "`+s.ClientURL()+`", "jetstream_domain": "hub"}`)
 	writeCtxFile(t, filepath.Join(dir, "other.json"), `{"url": "`+s.ClientURL()+`", "jetstream_domain": "elsewhere"}`)
 	for _, tc := range []struct {
@@ -377,7 +337,7 @@ func TestConnectTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := connServer(t, func(o *server.Options) {
+	s := testutil.RunServer(t, func(o *server.Options) {
 		o.TLSConfig, o.TLS, o.TLSVerify, o.TLSTimeout = tc, true, true, 2
 	})
 	url := "tls://127.0.0.1:" + strconv.Itoa(s.Addr().(*net.TCPAddr).Port)

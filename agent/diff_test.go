@@ -13,33 +13,11 @@ import (
 	"strings"
 	"testing"
 
-	natstest "github.com/nats-io/nats-server/v2/test"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kvsync/kvsync/internal/testutil"
 	"github.com/kvsync/kvsync/projector"
 )
-
-// diffJS starts a real JetStream server and returns a client of it.
-func diffJS(t *testing.T) jetstream.JetStream {
-	t.Helper()
-	opts := natstest.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = t.TempDir()
-	s := natstest.RunServer(&opts)
-	t.Cleanup(s.Shutdown)
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
-	return js
-}
 
 // diffBucket creates a bucket holding kv.
 func diffBucket(t *testing.T, js jetstream.JetStream, name string, kv map[string]string) jetstream.KeyValue {
@@ -177,7 +155,7 @@ func TestDiffFiles(t *testing.T) {
 		{"snapshot mode", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			js := diffJS(t)
+			_, js := testutil.Connect(t, testutil.RunServer(t, nil).ClientURL())
 			diffBucket(t, js, "app", map[string]string{
 				"same.conf":    "same\n",
 				"changed.conf": "one\ntwo 2\nthree\n",
@@ -270,7 +248,7 @@ func TestDiffFilesInSync(t *testing.T) {
 		{"empty bucket, empty folder", LayoutFlat, "", nil, false, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			js := diffJS(t)
+			_, js := testutil.Connect(t, testutil.RunServer(t, nil).ClientURL())
 			diffBucket(t, js, "app", tc.keys)
 			dir := t.TempDir()
 			if tc.files != nil {
@@ -289,7 +267,7 @@ func TestDiffFilesInSync(t *testing.T) {
 }
 
 func TestDiffFilesEdgeCases(t *testing.T) {
-	js := diffJS(t)
+	_, js := testutil.Connect(t, testutil.RunServer(t, nil).ClientURL())
 	diffBucket(t, js, "app", map[string]string{"a": "1", "blob": "\x00\x01\x02", "link/x": "x"})
 
 	t.Run("folder not there", func(t *testing.T) {
@@ -360,7 +338,7 @@ func TestDiffFilesEdgeCases(t *testing.T) {
 }
 
 func TestDiffTemplatesAndEnv(t *testing.T) {
-	js := diffJS(t)
+	_, js := testutil.Connect(t, testutil.RunServer(t, nil).ClientURL())
 	diffBucket(t, js, "app", map[string]string{"host": "db1", "port": "5432"})
 	diffBucket(t, js, "flags", map[string]string{"flags.dark-mode": "on", "flags.beta": "off"})
 	diffBucket(t, js, "empty", nil)

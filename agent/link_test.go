@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // TestLinkIdleNotStale: an idle connection (no message for longer than the
@@ -22,7 +24,7 @@ func TestLinkIdleNotStale(t *testing.T) {
 		dial func(t *testing.T, url string) *nats.Conn
 		wire bool
 	}{
-		{"plain connection", func(t *testing.T, url string) *nats.Conn { nc, _ := testJS(t, url); return nc }, false},
+		{"plain connection", func(t *testing.T, url string) *nats.Conn { nc, _ := testutil.Connect(t, url); return nc }, false},
 		{"Connect", func(t *testing.T, url string) *nats.Conn {
 			nc, err := ConnectOnce(context.Background(), NATSConfig{URL: url, PingInterval: 500 * time.Millisecond})
 			if err != nil {
@@ -32,7 +34,7 @@ func TestLinkIdleNotStale(t *testing.T) {
 		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := testServer(t)
+			s := testutil.RunServer(t, nil)
 			nc := tc.dial(t, s.ClientURL())
 			defer nc.Close()
 			if got := wireOf(nc) != nil; got != tc.wire {
@@ -64,7 +66,7 @@ func TestLinkIdleNotStale(t *testing.T) {
 
 			// The server gone: the link goes stale or the connection reports it lost.
 			s.Shutdown()
-			waitFor(t, 2*staleAfter(ping), func() error {
+			testutil.CheckFor(t, 2*staleAfter(ping), func() error {
 				if _, stale := l.staleSince(); stale || !nc.IsConnected() {
 					return nil
 				}

@@ -12,11 +12,13 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 func TestProvisionCreatesAndReportsDifferences(t *testing.T) {
-	s := testServer(t)
-	nc, js := testJS(t, s.ClientURL())
+	s := testutil.RunServer(t, nil)
+	nc, js := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
@@ -56,8 +58,8 @@ func TestProvisionCreatesAndReportsDifferences(t *testing.T) {
 // stream the library's CreateKeyValue makes, but for its name and the
 // consumer limit.
 func TestBucketStreamConfigMatchesLibrary(t *testing.T) {
-	s := testServer(t)
-	nc, js := testJS(t, s.ClientURL())
+	s := testutil.RunServer(t, nil)
+	nc, js := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
 	ctx := context.Background()
 	for i, cfg := range []jetstream.KeyValueConfig{
@@ -109,8 +111,8 @@ func TestBucketStreamConfigMatchesLibrary(t *testing.T) {
 // default); an existing one gets a configured limit applied and is left
 // alone without one.
 func TestProvisionMaxConsumers(t *testing.T) {
-	s := testServer(t)
-	nc, js := testJS(t, s.ClientURL())
+	s := testutil.RunServer(t, nil)
+	nc, js := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
@@ -175,13 +177,13 @@ func TestProvisionMaxConsumers(t *testing.T) {
 // kvsync's default gets buckets without a limit of their own (said at WARN);
 // a configured limit above the account's is an error naming the bucket.
 func TestProvisionUnderAccountLimit(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	if err := s.GlobalAccount().UpdateJetStreamLimits(map[string]server.JetStreamAccountLimits{
 		"": {MaxConsumers: 50, MaxMemory: -1, MaxStore: -1, MaxStreams: -1, MaxAckPending: -1},
 	}); err != nil {
 		t.Fatal(err)
 	}
-	nc, js := testJS(t, s.ClientURL())
+	nc, js := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
@@ -211,8 +213,8 @@ func TestProvisionUnderAccountLimit(t *testing.T) {
 	}
 }
 func TestProvisionRepublish(t *testing.T) {
-	s := testServer(t)
-	nc, js := testJS(t, s.ClientURL())
+	s := testutil.RunServer(t, nil)
+	nc, js := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))

@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	natstest "github.com/nats-io/nats-server/v2/test"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kvsync/kvsync/internal/testutil"
 	"github.com/kvsync/kvsync/projector"
 )
 
@@ -35,7 +35,7 @@ type pushEnv struct {
 // edit changes the config before the start.
 func startPush(t *testing.T, initial map[string]string, bcfg jetstream.KeyValueConfig, edit func(*FilesConfig)) *pushEnv {
 	t.Helper()
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	bcfg.Bucket, bcfg.History = "app", 64
 	_, kv := testKV(t, s, bcfg)
 	for k, v := range initial {
@@ -49,26 +49,9 @@ func startPush(t *testing.T, initial map[string]string, bcfg jetstream.KeyValueC
 	}
 	ag := startAgent(t, cfg, Options{})
 	for k, v := range initial {
-		waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, filepath.FromSlash(k)), v))
+		testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, filepath.FromSlash(k)), v))
 	}
 	return &pushEnv{s: s, kv: kv, dir: dir, cfg: cfg, ag: ag}
-}
-
-// waitFor is waitFor with the agent's last log lines on failure.
-func (e *pushEnv) waitFor(t *testing.T, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			lines := strings.Split(e.ag.logs.String(), "\n")
-			t.Fatalf("not within %v: %v\nlast log lines:\n%s", timeout, err, strings.Join(lines[max(0, len(lines)-40):], "\n"))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func (e *pushEnv) path(rel string) string { return filepath.Join(e.dir, filepath.FromSlash(rel)) }
@@ -158,7 +141,7 @@ func (e *pushEnv) barrier(t *testing.T) {
 	n := barriers.Add(1)
 	key := fmt.Sprintf("zz-barrier-%d", n)
 	e.write(t, key, key)
-	waitFor(t, 10*time.Second, e.valueIs(key, key))
+	testutil.CheckFor(t, 10*time.Second, e.valueIs(key, key))
 }
 
 func (e *pushEnv) lastError() string {
@@ -329,13 +312,13 @@ func TestPushEditorSavePatterns(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rel := "ed-" + tc.name + ".conf"
 			put(t, e.kv, rel, "v1\n")
-			waitFor(t, 5*time.Second, fileIs(e.path(rel), "v1\n"))
+			testutil.CheckFor(t, 5*time.Second, fileIs(e.path(rel), "v1\n"))
 			want := tc.save(t, rel)
 			saved, err := os.Stat(e.path(rel))
 			if err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 5*time.Second, e.valueIs(rel, want))
+			testutil.CheckFor(t, 5*time.Second, e.valueIs(rel, want))
 			e.barrier(t)
 			// The pushed value coming back is not written again: the file is
 			// still the one the editor saved.
@@ -371,15 +354,15 @@ func TestPushEditorSavePatterns(t *testing.T) {
 func TestPushNewFilesAndFolders(t *testing.T) {
 	e := startPush(t, map[string]string{"old.conf": "old"}, jetstream.KeyValueConfig{}, nil)
 	e.write(t, "new.conf", "local")
-	waitFor(t, 5*time.Second, e.valueIs("new.conf", "local"))
+	testutil.CheckFor(t, 5*time.Second, e.valueIs("new.conf", "local"))
 	e.write(t, "sub/deeper/x.conf", "deep")
-	waitFor(t, 5*time.Second, e.valueIs("sub/deeper/x.conf", "deep"))
+	testutil.CheckFor(t, 5*time.Second, e.valueIs("sub/deeper/x.conf", "deep"))
 
 	// The pushed files are kvsync's now: a remote change replaces them.
 	put(t, e.kv, "new.conf", "remote")
-	waitFor(t, 5*time.Second, fileIs(e.path("new.conf"), "remote"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(e.path("new.conf"), "remote"))
 	put(t, e.kv, "sub/deeper/x.conf", "remote deep")
-	waitFor(t, 5*time.Second, fileIs(e.path("sub/deeper/x.conf"), "remote deep"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(e.path("sub/deeper/x.conf"), "remote deep"))
 	e.barrier(t)
 	if got, want := e.history(t, "new.conf"), []string{"local", "remote"}; !slices.Equal(got, want) {
 		t.Fatalf("history = %q, want %q", got, want)
@@ -412,7 +395,7 @@ func TestPushDelete(t *testing.T) {
 			}
 			if tc.delete {
 				for _, k := range []string{"gone.conf", "sub/f"} {
-					waitFor(t, 5*time.Second, func() error {
+					testutil.CheckFor(t, 5*time.Second, func() error {
 						_, err := e.kv.Get(context.Background(), k)
 						if !errors.Is(err, jetstream.ErrKeyNotFound) {
 							return fmt.Errorf("get %s: %v, want not found", k, err)
@@ -438,11 +421,11 @@ func TestPushTreeLayout(t *testing.T) {
 		f.Layout, f.StripPrefix, f.Keys = LayoutTree, "cfg.", []string{"cfg.>"}
 	})
 	put(t, e.kv, "cfg.a.b", "v1")
-	waitFor(t, 5*time.Second, fileIs(e.path("a/b"), "v1"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(e.path("a/b"), "v1"))
 	e.replace(t, "a/b", "v2")
-	waitFor(t, 5*time.Second, e.valueIs("cfg.a.b", "v2"))
+	testutil.CheckFor(t, 5*time.Second, e.valueIs("cfg.a.b", "v2"))
 	e.write(t, "a/c", "new")
-	waitFor(t, 5*time.Second, e.valueIs("cfg.a.c", "new"))
+	testutil.CheckFor(t, 5*time.Second, e.valueIs("cfg.a.c", "new"))
 }
 
 // TestPushNoEcho: kvsync's own writes, even in a burst, add no revision.
@@ -452,7 +435,7 @@ func TestPushNoEcho(t *testing.T) {
 	for i := range n {
 		put(t, e.kv, "burst.conf", fmt.Sprintf("remote %d", i))
 	}
-	waitFor(t, 5*time.Second, fileIs(e.path("burst.conf"), fmt.Sprintf("remote %d", n-1)))
+	testutil.CheckFor(t, 5*time.Second, fileIs(e.path("burst.conf"), fmt.Sprintf("remote %d", n-1)))
 	e.barrier(t)
 	if got, want := len(e.history(t, "burst.conf")), n; got != want {
 		t.Fatalf("history has %d revisions, want %d (the remote puts only)", got, want)
@@ -487,7 +470,7 @@ func TestPushConflict(t *testing.T) {
 			put(t, e.kv, rel, "remote")
 			switch tc.policy {
 			case ConflictKeepRemote:
-				waitFor(t, 10*time.Second, func() error {
+				testutil.CheckFor(t, 10*time.Second, func() error {
 					if got := e.conflicts(t, rel); !slices.Equal(got, []string{"local"}) {
 						return fmt.Errorf("conflict files hold %q", got)
 					}
@@ -498,8 +481,8 @@ func TestPushConflict(t *testing.T) {
 					t.Fatal(err)
 				}
 			case ConflictKeepLocal:
-				waitFor(t, 10*time.Second, e.valueIs(rel, "local"))
-				waitFor(t, 5*time.Second, fileIs(e.path(rel), "local"))
+				testutil.CheckFor(t, 10*time.Second, e.valueIs(rel, "local"))
+				testutil.CheckFor(t, 5*time.Second, fileIs(e.path(rel), "local"))
 				if got := e.conflicts(t, rel); len(got) != 0 {
 					t.Fatalf("conflict files: %q", got)
 				}
@@ -512,9 +495,9 @@ func TestPushConflict(t *testing.T) {
 			}
 			// Still in step afterwards: a remote change lands, a local one is pushed.
 			put(t, e.kv, rel, "remote 2")
-			waitFor(t, 5*time.Second, fileIs(e.path(rel), "remote 2"))
+			testutil.CheckFor(t, 5*time.Second, fileIs(e.path(rel), "remote 2"))
 			e.write(t, rel, "local 2")
-			waitFor(t, 5*time.Second, e.valueIs(rel, "local 2"))
+			testutil.CheckFor(t, 5*time.Second, e.valueIs(rel, "local 2"))
 		})
 	}
 }
@@ -551,7 +534,7 @@ func TestPushRefused(t *testing.T) {
 		t.Run(tc.rel, func(t *testing.T) {
 			before := metricValue(t, e.ag, `kvsync_errors_total{kind="push",projection="files"}`)
 			tc.make(t, tc.rel)
-			waitFor(t, 5*time.Second, func() error {
+			testutil.CheckFor(t, 5*time.Second, func() error {
 				if le := e.lastError(); !strings.Contains(le, tc.rel) || !strings.Contains(le, tc.why) {
 					return fmt.Errorf("last error %q", le)
 				}
@@ -589,20 +572,17 @@ func TestPushWhileDisconnected(t *testing.T) {
 	e.s.WaitForShutdown()
 
 	e.replace(t, "d.conf", "edited offline")
-	waitFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		if !strings.Contains(e.ag.logs.String(), "push postponed") {
 			return errors.New("no postponed push logged yet")
 		}
 		return nil
 	})
 
-	opts := natstest.DefaultTestOptions
-	opts.Port, opts.JetStream, opts.StoreDir = port, true, store
-	s := natstest.RunServer(&opts)
-	t.Cleanup(s.Shutdown)
+	s := testutil.RunServer(t, func(o *server.Options) { o.Port, o.StoreDir = port, store })
 	_, kv := reopenKV(t, s, "app")
 	e.kv = kv
-	waitFor(t, 20*time.Second, e.valueIs("d.conf", "edited offline"))
+	testutil.CheckFor(t, 20*time.Second, e.valueIs("d.conf", "edited offline"))
 	if got, want := e.history(t, "d.conf"), []string{"v1", "edited offline"}; !slices.Equal(got, want) {
 		t.Fatalf("history = %q, want %q", got, want)
 	}
@@ -632,7 +612,7 @@ func TestPushStress(t *testing.T) {
 					e.write(t, "s.conf", local)
 				}
 				put(t, e.kv, "s.conf", remote)
-				e.waitFor(t, 20*time.Second, func() error {
+				testutil.CheckFor(t, 20*time.Second, func() error {
 					if !saved(local) {
 						return fmt.Errorf("round %d: %q neither in the history nor in a conflict file", i, local)
 					}
@@ -653,8 +633,8 @@ func TestPushStress(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 5*time.Second, fileIs(e.path("s.conf"), string(ent.Value())))
-			waitFor(t, 5*time.Second, func() error {
+			testutil.CheckFor(t, 5*time.Second, fileIs(e.path("s.conf"), string(ent.Value())))
+			testutil.CheckFor(t, 5*time.Second, func() error {
 				if left, _ := filepath.Glob(filepath.Join(e.dir, ".kvsync-tmp-*")); len(left) != 0 {
 					return fmt.Errorf("temp files left: %q", left)
 				}
@@ -686,13 +666,13 @@ func TestPushEditsWhileStopped(t *testing.T) {
 				put(t, e.kv, "w.conf", "remote while stopped")
 			}
 			e.ag = startAgent(t, e.cfg, Options{})
-			waitFor(t, 5*time.Second, e.valueIs("fresh.conf", "made while stopped"))
+			testutil.CheckFor(t, 5*time.Second, e.valueIs("fresh.conf", "made while stopped"))
 			if !tc.remoteChanged {
-				waitFor(t, 5*time.Second, e.valueIs("w.conf", "edited while stopped"))
-				waitFor(t, 5*time.Second, fileIs(e.path("w.conf"), "edited while stopped"))
+				testutil.CheckFor(t, 5*time.Second, e.valueIs("w.conf", "edited while stopped"))
+				testutil.CheckFor(t, 5*time.Second, fileIs(e.path("w.conf"), "edited while stopped"))
 				return
 			}
-			e.waitFor(t, 5*time.Second, func() error {
+			testutil.CheckFor(t, 5*time.Second, func() error {
 				if got := e.conflicts(t, "w.conf"); !slices.Equal(got, []string{"edited while stopped"}) {
 					return fmt.Errorf("conflict files hold %q", got)
 				}

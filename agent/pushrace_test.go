@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // valueLog is every value a bucket stored, from a watcher of its whole
@@ -229,7 +231,7 @@ func TestPushRaceStress(t *testing.T) {
 			e.barrier(t)
 			for k := range keys {
 				rel := raceKey(k)
-				e.waitFor(t, 10*time.Second, func() error {
+				testutil.CheckFor(t, 10*time.Second, func() error {
 					ent, err := e.kv.Get(context.Background(), rel)
 					if err != nil {
 						return err
@@ -237,7 +239,7 @@ func TestPushRaceStress(t *testing.T) {
 					return fileIs(e.path(rel), string(ent.Value()))()
 				})
 			}
-			e.waitFor(t, 5*time.Second, func() error {
+			testutil.CheckFor(t, 5*time.Second, func() error {
 				var left []string
 				err := filepath.WalkDir(e.dir, func(p string, d fs.DirEntry, err error) error {
 					if err == nil && strings.HasPrefix(d.Name(), ".kvsync-tmp-") {

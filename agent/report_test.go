@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 func TestProjectionRecordAt(t *testing.T) {
@@ -108,7 +110,7 @@ func readRecord(js jetstream.JetStream, id string) (*Record, int, error) {
 // puts is a few writes; a change that does not touch the record writes
 // nothing; the record carries a TTL and is deleted on a clean stop.
 func TestReportRecord(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	js, _ := jetstream.New(nc)
 	root := t.TempDir()
@@ -137,7 +139,7 @@ func TestReportRecord(t *testing.T) {
 	put(t, kv, "conf.shared.a", "x")
 	last = put(t, kv, "conf.env.A", "x")
 	var size int
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		r, n, err := readRecord(js, "web-1")
 		if err != nil {
 			return err
@@ -173,7 +175,7 @@ func TestReportRecord(t *testing.T) {
 	for i := range 200 {
 		last = put(t, kv, "conf.f0.burst", fmt.Sprint(i))
 	}
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		r, _, err := readRecord(js, "web-1")
 		if err != nil {
 			return err
@@ -195,7 +197,7 @@ func TestReportRecord(t *testing.T) {
 	before = statusSeq(t, js)
 	put(t, kv, "unrelated.key", "x")
 	last = put(t, kv, "conf.f1.a", "y")
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		r, _, err := readRecord(js, "web-1")
 		if err != nil {
 			return err
@@ -231,7 +233,7 @@ func TestReportRecord(t *testing.T) {
 // TestReportRefresh: with nothing changing, the record is written again
 // every interval (its TTL renewed), and the bytes stay the same.
 func TestReportRefresh(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	js, _ := jetstream.New(nc)
 	cfg := filesCfg(s.ClientURL(), "app", t.TempDir())
@@ -241,7 +243,7 @@ func TestReportRefresh(t *testing.T) {
 	put(t, kv, "k", "v")
 	var first []byte
 	var seq uint64
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		st, err := js.KeyValue(context.Background(), DefaultReportBucket)
 		if err != nil {
 			return err
@@ -275,7 +277,7 @@ func TestReportRefresh(t *testing.T) {
 // TestReportReload: a reload keeps the record; a new agent.id moves it; a
 // config without report: deletes it.
 func TestReportReload(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	js, _ := jetstream.New(nc)
 	dir := t.TempDir()
@@ -304,18 +306,18 @@ func TestReportReload(t *testing.T) {
 			return nil
 		}
 	}
-	waitFor(t, 10*time.Second, applied("first", rev))
+	testutil.CheckFor(t, 10*time.Second, applied("first", rev))
 
 	next <- cfgFor("second", true)
 	reloads <- struct{}{}
-	waitFor(t, 10*time.Second, applied("second", rev))
+	testutil.CheckFor(t, 10*time.Second, applied("second", rev))
 	if _, _, err := readRecord(js, "first"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("record of the old id after the reload: %v, want it deleted", err)
 	}
 
 	next <- cfgFor("second", false)
 	reloads <- struct{}{}
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if _, _, err := readRecord(js, "second"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 			return fmt.Errorf("record after report: was removed: %v", err)
 		}

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -19,6 +20,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // Tests of the watcher's initial sync with production-shaped buckets: many
@@ -214,19 +217,18 @@ func diffModels(got, want model) string {
 // it.
 func checkView(t testing.TB, v *viewer, want model, logs *syncBuffer) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		got, ok := v.view()
-		if ok {
-			if d := diffModels(got, want); d != "" {
-				t.Fatalf("view after the initial sync differs from the bucket: %s\nwatcher log:\n%s", d, tail(logs.String(), 40))
-			}
-			return
+	var got model
+	if err := testutil.Poll(30*time.Second, func() error {
+		var ok bool
+		if got, ok = v.view(); !ok {
+			return errors.New("initial sync not done")
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("initial sync not done within 30s\nwatcher log:\n%s", tail(logs.String(), 40))
-		}
-		time.Sleep(5 * time.Millisecond)
+		return nil
+	}); err != nil {
+		t.Fatalf("%v\nwatcher log:\n%s", err, tail(logs.String(), 40))
+	}
+	if d := diffModels(got, want); d != "" {
+		t.Fatalf("view after the initial sync differs from the bucket: %s\nwatcher log:\n%s", d, tail(logs.String(), 40))
 	}
 }
 
@@ -235,45 +237,27 @@ func tail(s string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-// syncServer is a JetStream server for the sync tests, with an in-process
-// connection for the writer.
+// syncServer is a JetStream server for the sync tests, with room for their
+// large buckets, and a connection for the writer.
 func syncServer(t testing.TB) (*server.Server, jetstream.JetStream) {
 	t.Helper()
-	opts := server.Options{
-		ServerName: "sync", Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true,
-		JetStream: true, StoreDir: t.TempDir(), JetStreamMaxMemory: 256 << 20, JetStreamMaxStore: 2 << 30,
-	}
-	s, err := server.NewServer(&opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	t.Cleanup(s.Shutdown)
+	s := testutil.RunServer(t, func(o *server.Options) {
+		o.ServerName = "sync"
+		o.JetStreamMaxMemory, o.JetStreamMaxStore = 256<<20, 2<<30
+	})
 	return s, connectJS(t, s)
 }
 
+// connectJS connects the writer to s: a client that reconnects, and a
+// JetStream context with room for the writer's asynchronous publishes.
 func connectJS(t testing.TB, s *server.Server) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc, _ := testutil.Connect(t, s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4000))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return js
-}
-
-func createBucket(t testing.TB, js jetstream.JetStream, cfg jetstream.KeyValueConfig) {
-	t.Helper()
-	if _, err := js.CreateKeyValue(context.Background(), cfg); err != nil {
-		t.Fatalf("create bucket %s: %v", cfg.Bucket, err)
-	}
 }
 
 // value returns n bytes that name key and rev, so a value of the wrong key
@@ -291,7 +275,7 @@ func value(key string, rev, n int) []byte {
 // (big.1012 in every run).
 func TestSyncDropsNoKeyAtBatchBoundary(t *testing.T) {
 	_, js := syncServer(t)
-	createBucket(t, js, jetstream.KeyValueConfig{Bucket: "big", History: 5})
+	testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "big", History: 5})
 	wr := newWriter(t, js, "big")
 	for i := range 1500 {
 		k := fmt.Sprintf("big.%04d", i)
@@ -335,17 +319,18 @@ func (w *writer) ops(r *rand.Rand, keys []string, n, max int) {
 // converges waits until the viewer's view equals the model.
 func converges(t testing.TB, v *viewer, want model, logs *syncBuffer) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	d := "no sync yet"
-	for time.Now().Before(deadline) {
-		if got, ok := v.view(); ok {
-			if d = diffModels(got, want); d == "" {
-				return
-			}
+	if err := testutil.Poll(30*time.Second, func() error {
+		got, ok := v.view()
+		if !ok {
+			return errors.New("no sync yet")
 		}
-		time.Sleep(5 * time.Millisecond)
+		if d := diffModels(got, want); d != "" {
+			return errors.New(d)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("view does not converge to the bucket: %v\nwatcher log:\n%s", err, tail(logs.String(), 40))
 	}
-	t.Fatalf("view does not converge to the bucket: %s\nwatcher log:\n%s", d, tail(logs.String(), 40))
 }
 
 // TestSyncShapes: buckets with history 1, 5 and 64, values from 1 B up to
@@ -357,7 +342,7 @@ func TestSyncShapes(t *testing.T) {
 	for _, history := range []uint8{1, 5, 64} {
 		t.Run(fmt.Sprintf("history%d", history), func(t *testing.T) {
 			bucket := fmt.Sprintf("shape%d", history)
-			createBucket(t, js, jetstream.KeyValueConfig{Bucket: bucket, History: history, MaxValueSize: maxValue})
+			testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: bucket, History: history, MaxValueSize: maxValue})
 			r := rand.New(rand.NewPCG(uint64(history), 1))
 			keys := make([]string, 200)
 			for i := range keys {
@@ -401,7 +386,7 @@ func TestSyncRandomBuckets(t *testing.T) {
 		name := fmt.Sprintf("case%02d_h%d_k%d_v%d_o%d", i, history, nkeys, maxValue, nops)
 		t.Run(name, func(t *testing.T) {
 			bucket := fmt.Sprintf("rnd%02d", i)
-			createBucket(t, js, jetstream.KeyValueConfig{Bucket: bucket, History: history, MaxValueSize: int32(maxValue)})
+			testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: bucket, History: history, MaxValueSize: int32(maxValue)})
 			keys := make([]string, nkeys)
 			for j := range keys {
 				keys[j] = fmt.Sprintf("k%d.%d", j%7, j)
@@ -437,7 +422,7 @@ func TestSync100kKeys(t *testing.T) {
 		t.Skip("100,000 keys: run without -race and -short")
 	}
 	_, js := syncServer(t)
-	createBucket(t, js, jetstream.KeyValueConfig{Bucket: "large", History: 5})
+	testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "large", History: 5})
 	wr := newWriter(t, js, "large")
 	for i := range 100_000 {
 		k := fmt.Sprintf("k.%06d", i)
@@ -461,7 +446,7 @@ func TestSync100kKeys(t *testing.T) {
 // fetched, so the view is complete when it is reported synced.
 func TestSyncSelfCheckRepairs(t *testing.T) {
 	_, js := syncServer(t)
-	createBucket(t, js, jetstream.KeyValueConfig{Bucket: "chk", History: 5})
+	testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "chk", History: 5})
 	wr := newWriter(t, js, "chk")
 	for i := range 50 {
 		k := fmt.Sprintf("k.%02d", i)
@@ -497,7 +482,7 @@ func TestSyncSelfCheckRepairs(t *testing.T) {
 	drop.Store("k.new", true)
 	wr.put("k.new", []byte("lost in transit"))
 	wr.flush()
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if _, ok := drop.Load("k.new"); ok {
 			return fmt.Errorf("not delivered yet")
 		}
@@ -526,7 +511,7 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 // with history 5 end a pull on its byte budget.
 func TestSyncRepublishDropsNoKey(t *testing.T) {
 	_, js := syncServer(t)
-	createBucket(t, js, jetstream.KeyValueConfig{Bucket: "big", History: 5, RePublish: RePublish("big")})
+	testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "big", History: 5, RePublish: RePublish("big")})
 	wr := newWriter(t, js, "big")
 	for i := range 700 {
 		k := fmt.Sprintf("big.%04d", i)

@@ -11,13 +11,15 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // TestReadyzWaitsForFirstRender: /readyz is not ready while a template has
 // never rendered, and says why; once it has, a later failure keeps the last
 // good file and readiness, and shows in /status and the render_ok metric.
 func TestReadyzWaitsForFirstRender(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "j", `{"v": 1}`)
 	dir := t.TempDir()
@@ -27,7 +29,7 @@ func TestReadyzWaitsForFirstRender(t *testing.T) {
 	dest := filepath.Join(dir, "sub", "app.conf")
 	okSeries := `kvsync_template_render_ok{projection="conf"}`
 
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		code, body, err := httpGet(ag.url + "/readyz")
 		if err != nil {
 			return err
@@ -51,8 +53,8 @@ func TestReadyzWaitsForFirstRender(t *testing.T) {
 	}
 
 	put(t, kv, "a", "1")
-	waitFor(t, 5*time.Second, fileIs(dest, "a=1 v=1\n"))
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, fileIs(dest, "a=1 v=1\n"))
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if code, body, _ := httpGet(ag.url + "/readyz"); code != 200 {
 			return fmt.Errorf("/readyz = %d %q", code, body)
 		}
@@ -64,7 +66,7 @@ func TestReadyzWaitsForFirstRender(t *testing.T) {
 
 	// Rendered once, fails later: still ready, last good file, error shown.
 	put(t, kv, "j", "not json")
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if got := metricValue(t, ag, okSeries); got != 0 {
 			return fmt.Errorf("%s = %v, want 0", okSeries, got)
 		}
@@ -85,8 +87,8 @@ func TestReadyzWaitsForFirstRender(t *testing.T) {
 	}
 
 	put(t, kv, "j", `{"v": 2}`)
-	waitFor(t, 5*time.Second, fileIs(dest, "a=1 v=2\n"))
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, fileIs(dest, "a=1 v=2\n"))
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if got := metricValue(t, ag, okSeries); got != 1 {
 			return fmt.Errorf("%s = %v, want 1", okSeries, got)
 		}
@@ -97,7 +99,7 @@ func TestReadyzWaitsForFirstRender(t *testing.T) {
 // TestTemplateLanguageOptions: custom delimiters leave {{ }} text alone, and
 // `file` reads from file_root, through a real server and agent.
 func TestTemplateLanguageOptions(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "name", "shop")
 	put(t, kv, "up.a", "10.0.0.1:80")
@@ -119,10 +121,10 @@ func TestTemplateLanguageOptions(t *testing.T) {
 		"[[ range keys \"up.>\" ]]server [[ .Value ]]; # {{ [[ .Key ]] }}\n[[ end ]]"
 	startAgent(t, cfg, Options{})
 	dest := filepath.Join(dir, "sub", "app.conf")
-	waitFor(t, 5*time.Second, fileIs(dest, "# managed\nname: {{ .Values.name | default \"shop\" }}\n"+
+	testutil.CheckFor(t, 5*time.Second, fileIs(dest, "# managed\nname: {{ .Values.name | default \"shop\" }}\n"+
 		"server 10.0.0.1:80; # {{ up.a }}\nserver 10.0.0.2:80; # {{ up.b }}\n"))
 	put(t, kv, "up.c", "10.0.0.3:80")
-	waitFor(t, 5*time.Second, fileIs(dest, "# managed\nname: {{ .Values.name | default \"shop\" }}\n"+
+	testutil.CheckFor(t, 5*time.Second, fileIs(dest, "# managed\nname: {{ .Values.name | default \"shop\" }}\n"+
 		"server 10.0.0.1:80; # {{ up.a }}\nserver 10.0.0.2:80; # {{ up.b }}\nserver 10.0.0.3:80; # {{ up.c }}\n"))
 }
 
@@ -260,7 +262,7 @@ func TestValidateTemplateLanguage(t *testing.T) {
 // reload and fails after it still has its last good file: the agent is ready.
 // A template new with the reload holds readiness back until it renders.
 func TestReadyzKeptAcrossReload(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "a", "1")
 	dir := t.TempDir()
@@ -270,8 +272,8 @@ func TestReadyzKeptAcrossReload(t *testing.T) {
 	cfg.Templates[0].OnChange = nil
 	ag := startAgent(t, cfg, Options{Reloads: reloads, Reload: func() (*Config, error) { return <-next, nil }})
 	dest := filepath.Join(dir, "sub", "app.conf")
-	waitFor(t, 5*time.Second, fileIs(dest, "a=1\n"))
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, fileIs(dest, "a=1\n"))
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if !ag.Ready() {
 			return fmt.Errorf("not ready")
 		}
@@ -287,7 +289,7 @@ func TestReadyzKeptAcrossReload(t *testing.T) {
 	again.Default()
 	next <- again
 	reloads <- struct{}{}
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		code, body, err := httpGet(ag.url + "/readyz")
 		if err != nil {
 			return err
@@ -306,7 +308,7 @@ func TestReadyzKeptAcrossReload(t *testing.T) {
 		t.Fatalf("last good file not kept across the reload: %v", err)
 	}
 	put(t, kv, "b", "x")
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if code, body, _ := httpGet(ag.url + "/readyz"); code != 200 {
 			return fmt.Errorf("/readyz = %d %q", code, body)
 		}
@@ -317,7 +319,7 @@ func TestReadyzKeptAcrossReload(t *testing.T) {
 // TestReadyzWaitsForFirstCheckedRender: a template whose first output fails
 // its check has not rendered: /readyz says so until an output passes.
 func TestReadyzWaitsForFirstCheckedRender(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "a", "bad")
 	dir := t.TempDir()
@@ -325,7 +327,7 @@ func TestReadyzWaitsForFirstCheckedRender(t *testing.T) {
 	cfg.Templates[0].OnChange = nil
 	cfg.Templates[0].Check = &CheckConfig{Command: []string{"grep", "-q", "good", "{{.Path}}"}}
 	ag := startAgent(t, cfg, Options{})
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		code, body, err := httpGet(ag.url + "/readyz")
 		if err != nil {
 			return err
@@ -336,8 +338,8 @@ func TestReadyzWaitsForFirstCheckedRender(t *testing.T) {
 		return nil
 	})
 	put(t, kv, "a", "good")
-	waitFor(t, 5*time.Second, fileIs(filepath.Join(dir, "sub", "app.conf"), "a=good\n"))
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "sub", "app.conf"), "a=good\n"))
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if code, body, _ := httpGet(ag.url + "/readyz"); code != 200 {
 			return fmt.Errorf("/readyz = %d %q", code, body)
 		}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // metricValue reads one series from /metrics; 0 when absent.
@@ -52,14 +54,14 @@ func templateCfg(url, dir string) *Config {
 }
 
 func TestTemplateRendersOnDependencyChangeOnly(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "a", "1")
 	dir := t.TempDir()
 	ag := startAgent(t, templateCfg(s.ClientURL(), dir), Options{})
 	dest := filepath.Join(dir, "sub", "app.conf")
-	waitFor(t, 5*time.Second, fileIs(dest, "a=1\n"))
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, fileIs(dest, "a=1\n"))
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if n := lines(filepath.Join(dir, "actions.log")); n != 1 {
 			return fmt.Errorf("%d actions, want 1", n)
 		}
@@ -73,11 +75,11 @@ func TestTemplateRendersOnDependencyChangeOnly(t *testing.T) {
 		put(t, kv, "unrelated", fmt.Sprint(i))
 	}
 	put(t, kv, "a", "2")
-	waitFor(t, 2*time.Second, fileIs(dest, "a=2\n"))
+	testutil.CheckFor(t, 2*time.Second, fileIs(dest, "a=2\n"))
 	if got := metricValue(t, ag, renders); got != before+1 {
 		t.Fatalf("renders %v -> %v, want exactly one more (unrelated keys must not render)", before, got)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if n := lines(filepath.Join(dir, "actions.log")); n != 2 {
 			return fmt.Errorf("%d actions, want 2", n)
 		}
@@ -86,7 +88,7 @@ func TestTemplateRendersOnDependencyChangeOnly(t *testing.T) {
 
 	// Same bytes under a new revision: a render, no write, no action.
 	put(t, kv, "a", "2")
-	waitFor(t, 2*time.Second, func() error {
+	testutil.CheckFor(t, 2*time.Second, func() error {
 		if got := metricValue(t, ag, renders); got != before+2 {
 			return fmt.Errorf("renders %v", got)
 		}
@@ -99,7 +101,7 @@ func TestTemplateRendersOnDependencyChangeOnly(t *testing.T) {
 }
 
 func TestTemplateMissingKeyKeepsLastGoodFile(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "a", "good")
 	dir := t.TempDir()
@@ -107,11 +109,11 @@ func TestTemplateMissingKeyKeepsLastGoodFile(t *testing.T) {
 	cfg.Templates[0].Text = `a={{ key "a" }} b={{ keyOr "b" "none" }}` + "\n"
 	ag := startAgent(t, cfg, Options{})
 	dest := filepath.Join(dir, "sub", "app.conf")
-	waitFor(t, 5*time.Second, fileIs(dest, "a=good b=none\n"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(dest, "a=good b=none\n"))
 	if err := kv.Delete(context.Background(), "a"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, func() error {
+	testutil.CheckFor(t, 2*time.Second, func() error {
 		st := ag.Status()
 		if len(st.Projections[0].WaitingOn) == 0 || !strings.Contains(st.Projections[0].WaitingOn[0], "a") {
 			return fmt.Errorf("status waiting_on = %v", st.Projections[0].WaitingOn)
@@ -127,14 +129,14 @@ func TestTemplateMissingKeyKeepsLastGoodFile(t *testing.T) {
 	// keyOr recorded its key: a put of b re-renders once a is back.
 	put(t, kv, "a", "back")
 	put(t, kv, "b", "set")
-	waitFor(t, 2*time.Second, fileIs(dest, "a=back b=set\n"))
+	testutil.CheckFor(t, 2*time.Second, fileIs(dest, "a=back b=set\n"))
 	if n := lines(filepath.Join(dir, "actions.log")); n > 3 {
 		t.Fatalf("%d actions: an action ran for a failed render", n)
 	}
 }
 
 func TestTemplateCrossBucket(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	_, other := testKV(t, s, jetstream.KeyValueConfig{Bucket: "other"})
 	put(t, kv, "a", "1")
@@ -144,13 +146,13 @@ func TestTemplateCrossBucket(t *testing.T) {
 	cfg.Templates[0].Text = `{{ key "a" }} {{ key "other:x" }}`
 	startAgent(t, cfg, Options{})
 	dest := filepath.Join(dir, "sub", "app.conf")
-	waitFor(t, 5*time.Second, fileIs(dest, "1 from other"))
+	testutil.CheckFor(t, 5*time.Second, fileIs(dest, "1 from other"))
 	put(t, other, "x", "changed")
-	waitFor(t, 2*time.Second, fileIs(dest, "1 changed"))
+	testutil.CheckFor(t, 2*time.Second, fileIs(dest, "1 changed"))
 }
 
 func TestBurstCollapsesIntoOneAction(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app"})
 	put(t, kv, "a", "0")
 	dir := t.TempDir()
@@ -159,7 +161,7 @@ func TestBurstCollapsesIntoOneAction(t *testing.T) {
 	cfg.Wait = WaitConfig{Min: 300 * time.Millisecond, Max: 10 * time.Second}
 	ag := startAgent(t, cfg, Options{})
 	log := filepath.Join(dir, "actions.log")
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if n := lines(log); n != 1 {
 			return fmt.Errorf("%d actions", n)
 		}
@@ -168,7 +170,7 @@ func TestBurstCollapsesIntoOneAction(t *testing.T) {
 	renders := `kvsync_renders_total{projection="conf"}`
 	before := metricValue(t, ag, renders)
 	// 1,000 puts in a burst (async publish, then wait for the acks).
-	nc, js := testJS(t, s.ClientURL())
+	nc, js := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
 	var acks []jetstream.PubAckFuture
 	for i := 0; i < 1000; i++ {
@@ -186,14 +188,14 @@ func TestBurstCollapsesIntoOneAction(t *testing.T) {
 		}
 	}
 	dest := filepath.Join(dir, "sub", "app.conf")
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		b, _ := os.ReadFile(dest)
 		if !strings.Contains(string(b), "k99=999;") {
 			return fmt.Errorf("final values not rendered yet")
 		}
 		return nil
 	})
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if n := lines(log); n != 2 {
 			return fmt.Errorf("%d actions, want 2", n)
 		}
@@ -209,7 +211,7 @@ func TestBurstCollapsesIntoOneAction(t *testing.T) {
 }
 
 func TestEnvFileAndExecRestart(t *testing.T) {
-	s := testServer(t)
+	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
 	put(t, kv, "flags.beta", "on")
 	put(t, kv, "flags.color-mode", "it's \"dark\" $HOME\nline2")
@@ -224,7 +226,7 @@ func TestEnvFileAndExecRestart(t *testing.T) {
 		KillTimeout: 2 * time.Second,
 	}
 	ag := startAgent(t, &cfg, Options{})
-	waitFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if lines(out) != 2 { // the value has one newline
 			return fmt.Errorf("child output: %d lines", lines(out))
 		}
@@ -247,14 +249,14 @@ func TestEnvFileAndExecRestart(t *testing.T) {
 		t.Fatalf("env file: %s", env)
 	}
 	put(t, kv, "flags.beta", "off")
-	waitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		b, _ := os.ReadFile(out)
 		if !strings.Contains(string(b), "|off|") {
 			return fmt.Errorf("child not restarted with the new env: %q", b)
 		}
 		return nil
 	})
-	waitFor(t, 2*time.Second, func() error {
+	testutil.CheckFor(t, 2*time.Second, func() error {
 		if pid := ag.Status().Child.PID; pid == firstPID || pid == 0 {
 			return fmt.Errorf("pid %d, first %d", pid, firstPID)
 		}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // BenchmarkWatcherInitialSync: one watcher's initial sync of a bucket of
@@ -21,7 +23,7 @@ func BenchmarkWatcherInitialSync(b *testing.B) {
 		b.Run(fmt.Sprintf("history%d", history), func(b *testing.B) {
 			_, js := syncServer(b)
 			bucket := fmt.Sprintf("bench%d", history)
-			createBucket(b, js, jetstream.KeyValueConfig{Bucket: bucket, History: history})
+			testutil.CreateBucket(b, js, jetstream.KeyValueConfig{Bucket: bucket, History: history})
 			wr := newWriter(b, js, bucket)
 			for i := range 100_000 {
 				k := fmt.Sprintf("k.%06d", i)
@@ -58,7 +60,7 @@ func BenchmarkWatcherIdle(b *testing.B) {
 	for _, hb := range []time.Duration{time.Second, 5 * time.Second} {
 		b.Run(fmt.Sprintf("heartbeat%v", hb), func(b *testing.B) {
 			s, js := syncServer(b)
-			createBucket(b, js, jetstream.KeyValueConfig{Bucket: "idle", History: 5})
+			testutil.CreateBucket(b, js, jetstream.KeyValueConfig{Bucket: "idle", History: 5})
 			wr := newWriter(b, js, "idle")
 			for i := range 100 {
 				k := fmt.Sprintf("k.%03d", i)

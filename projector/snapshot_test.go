@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 func dataFolders(t *testing.T, dir string) []string {
@@ -216,28 +218,11 @@ func TestSnapshotGenerations(t *testing.T) {
 	if got := dataFolders(t, dir); len(got) < 2 {
 		t.Fatalf("data folders=%v right after the last swap, want the retired ones kept a while", got)
 	}
-	checkFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		mustApply(t, d) // every Apply removes the folders retired long enough ago
 		if got := dataFolders(t, dir); len(got) != 1 {
 			return fmt.Errorf("data folders=%v, want one", got)
 		}
 		return nil
 	})
-}
-
-// checkFor polls fn until it returns nil, failing the test with its last error
-// after timeout.
-func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -10,12 +10,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // lineCount polls until the file a command appends to has want lines.
 func lineCount(t *testing.T, path string, want int) {
 	t.Helper()
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		b, err := os.ReadFile(path)
 		if err != nil && !os.IsNotExist(err) {
 			return err
@@ -28,7 +30,7 @@ func lineCount(t *testing.T, path string, want int) {
 }
 
 func TestNamedActionRunsOncePerPut(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	dir := t.TempDir()
 	runs := filepath.Join(dir, "runs")
@@ -66,7 +68,7 @@ templates:
 }
 
 func TestRollbackRejectsRevisionAndDiffSaysWhy(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	dir := filepath.Join(t.TempDir(), "conf.d")
 	runs := filepath.Join(t.TempDir(), "runs")
@@ -113,7 +115,7 @@ files:
 		st.Projections = nil // absent fields must not keep old values
 		return json.Unmarshal([]byte(body), &st)
 	}
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if err := status(); err != nil {
 			return err
 		}
@@ -132,7 +134,7 @@ files:
 		t.Fatal(err)
 	}
 	lineCount(t, runs, 3) // the failed run and the run after the rollback
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if err := status(); err != nil {
 			return err
 		}
@@ -153,7 +155,7 @@ files:
 	}
 	fileHolds(t, filepath.Join(dir, "a"), "better", 10*time.Second)
 	lineCount(t, runs, 4)
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if err := status(); err != nil {
 			return err
 		}
@@ -166,7 +168,7 @@ files:
 }
 
 func TestExecRestartStillStopsOnSIGTERM(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	createBucket(t, jetStream(t, s), "flags", 1)
 	dir := t.TempDir()
 	marker := filepath.Join(dir, "up")

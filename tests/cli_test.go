@@ -15,6 +15,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // entry is the JSON form of a KV entry that kv get/history/watch print.
@@ -51,7 +53,7 @@ func deadURL(t *testing.T) string {
 }
 
 func TestKVPutGet(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	createBucket(t, jetStream(t, s), "app", 5)
 	url := s.ClientURL()
 
@@ -112,7 +114,7 @@ func TestKVPutGet(t *testing.T) {
 }
 
 func TestKVGetRevision(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 5)
 	ctx := context.Background()
 	r1, _ := kv.Put(ctx, "k", []byte("one"))
@@ -157,7 +159,7 @@ func TestKVGetRevision(t *testing.T) {
 }
 
 func TestKVCreateUpdate(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	createBucket(t, jetStream(t, s), "app", 5)
 	url := s.ClientURL()
 
@@ -202,7 +204,7 @@ func mustUpdateStdin(t *testing.T, url string, rev uint64, value string) string 
 }
 
 func TestKVDelPurge(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 5)
 	ctx := context.Background()
 	url := s.ClientURL()
@@ -251,7 +253,7 @@ func TestKVDelPurge(t *testing.T) {
 }
 
 func TestKVKeys(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	js := jetStream(t, s)
 	kv := createBucket(t, js, "app", 1)
 	createBucket(t, js, "empty", 1)
@@ -306,7 +308,7 @@ func TestKVKeys(t *testing.T) {
 }
 
 func TestKVHistory(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 10)
 	ctx := context.Background()
 	url := s.ClientURL()
@@ -370,7 +372,7 @@ func TestKVHistory(t *testing.T) {
 }
 
 func TestKVWatch(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	js := jetStream(t, s)
 	ctx := context.Background()
 	for _, tc := range []struct {
@@ -429,7 +431,7 @@ func TestKVWatch(t *testing.T) {
 }
 
 func TestKVRevert(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 10)
 	ctx := context.Background()
 	url := s.ClientURL()
@@ -517,7 +519,7 @@ func TestKVRefusedLocally(t *testing.T) {
 }
 
 func TestKVMissing(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	createBucket(t, jetStream(t, s), "app", 1)
 	url := s.ClientURL()
 	for _, tc := range []struct {
@@ -596,7 +598,7 @@ func TestUsage(t *testing.T) {
 
 // TestConnectionSources: where the server address and credentials come from.
 func TestConnectionSources(t *testing.T) {
-	s := startServerWith(t, func(o *server.Options) { o.Username, o.Password = "app", "s3cret" })
+	s := testutil.RunServer(t, func(o *server.Options) { o.Username, o.Password = "app", "s3cret" })
 	url := s.ClientURL() // nats://127.0.0.1:PORT, no credentials
 	_, port, _ := strings.Cut(strings.TrimPrefix(url, "nats://"), ":")
 	dead := deadURL(t)
@@ -693,7 +695,7 @@ func TestDeadServer(t *testing.T) {
 }
 
 func TestBucket(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 
 	if got, want := mustKvsync(t, "bucket", "ls", "-s", url), ""; got != want {

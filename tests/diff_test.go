@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // diffReport is the JSON `kvsync diff --json` prints.
@@ -45,7 +47,7 @@ env:
 }
 
 func TestDiff(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 5)
 	ctx := context.Background()
 	put := func(k, v string) {
@@ -187,7 +189,7 @@ func TestDiff(t *testing.T) {
 }
 
 func TestDiffUsage(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	root := t.TempDir()
 	good := writeDiffConfig(t, root, s.ClientURL())
 	bad := filepath.Join(root, "bad.yaml")

@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // edgeSite is examples/edge-site run as its README says: hub and leaf as
@@ -19,24 +21,20 @@ import (
 // free ports and temp stores (the only things changed).
 type edgeSite struct {
 	dir       string // the copied example folder
-	hub, leaf *natsProc
+	hub, leaf *testutil.NATSProc
 }
 
 // startEdgeSite copies examples/edge-site, rewrites the ports and store
 // folders of hub.conf, leaf.conf and kvsync.yaml, and starts hub and leaf.
 func startEdgeSite(t *testing.T) *edgeSite {
 	t.Helper()
-	bin, err := natsServerBin()
-	if err != nil {
-		t.Fatal(err)
-	}
 	e := &edgeSite{dir: copyExample(t, "edge-site")}
-	hubPort, leafPort, linkPort := freePort(t), freePort(t), freePort(t)
+	hubPort, leafPort, linkPort := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	subst := strings.NewReplacer(
 		"127.0.0.1:4222", fmt.Sprintf("127.0.0.1:%d", hubPort),
 		"127.0.0.1:4223", fmt.Sprintf("127.0.0.1:%d", leafPort),
 		"127.0.0.1:7422", fmt.Sprintf("127.0.0.1:%d", linkPort),
-		"127.0.0.1:9336", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"127.0.0.1:9336", fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
 		"./data/hub", filepath.Join(t.TempDir(), "hub"),
 		"./data/edge", filepath.Join(t.TempDir(), "edge"),
 	)
@@ -54,11 +52,8 @@ func startEdgeSite(t *testing.T) *edgeSite {
 			t.Fatal(err)
 		}
 	}
-	start := func(port int, conf string) *natsProc {
-		n := &natsProc{bin: bin, port: port, args: []string{"-c", filepath.Join(e.dir, conf)}}
-		n.start(t)
-		t.Cleanup(func() { n.kill(t) })
-		return n
+	start := func(port int, conf string) *testutil.NATSProc {
+		return testutil.StartNATSProcArgs(t, port, "-c", filepath.Join(e.dir, conf))
 	}
 	e.hub = start(hubPort, "hub.conf")
 	e.leaf = start(leafPort, "leaf.conf")
@@ -69,7 +64,7 @@ func startEdgeSite(t *testing.T) *edgeSite {
 // does (down).
 func (e *edgeSite) linked(t *testing.T, up bool, timeout time.Duration) {
 	t.Helper()
-	nc, err := nats.Connect(e.leaf.url())
+	nc, err := nats.Connect(e.leaf.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +73,7 @@ func (e *edgeSite) linked(t *testing.T, up bool, timeout time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pollFor(t, timeout, func() error {
+	testutil.CheckFor(t, timeout, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 		_, err := js.AccountInfo(ctx)
@@ -111,7 +106,7 @@ type edgeStatus struct {
 // the hub's restart new puts reach it again, once the mirror resumes.
 func TestEdgeSite(t *testing.T) {
 	e := startEdgeSite(t)
-	hubURL, leafURL := e.hub.url(), e.leaf.url()
+	hubURL, leafURL := e.hub.URL(), e.leaf.URL()
 	mustKvsync(t, "bucket", "add", "app", "--history", "5", "-s", hubURL)
 	mustKvsync(t, "kv", "put", "app", "greeting", "hello", "-s", hubURL)
 	start := time.Now()
@@ -143,7 +138,7 @@ func TestEdgeSite(t *testing.T) {
 	}
 
 	// Writes at the edge go to the hub's bucket.
-	hnc, hjs := connectRetrying(t, hubURL)
+	hnc, hjs := testutil.ConnectRetrying(t, hubURL)
 	_ = hnc
 	hub, err := hjs.KeyValue(context.Background(), "app")
 	if err != nil {
@@ -151,7 +146,7 @@ func TestEdgeSite(t *testing.T) {
 	}
 	atHub := func(key, want string) {
 		t.Helper()
-		pollFor(t, 10*time.Second, func() error {
+		testutil.CheckFor(t, 10*time.Second, func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			en, err := hub.Get(ctx, key)
@@ -187,7 +182,7 @@ func TestEdgeSite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.hub.kill(t)
+	e.hub.Kill(t)
 	e.linked(t, false, 10*time.Second)
 	a.waitReady(t, 5*time.Second)
 	a.alive(t)
@@ -202,12 +197,12 @@ func TestEdgeSite(t *testing.T) {
 	// The hub is back: a new put reaches the site once the mirror resumes,
 	// which the leaf's server does on its own retry backoff (about 15 s).
 	restarted := time.Now()
-	e.hub.start(t)
+	e.hub.Start(t)
 	rev, _ := putRetrying(t, hub, "greeting", []byte("after the restart"), 10*time.Second)
 	waitFile(t, filepath.Join(files, "greeting"), []byte("after the restart"), time.Now(), 30*time.Second)
 	t.Logf("hub restarted: the put reached the site's file %v later", time.Since(restarted).Round(100*time.Millisecond))
 	a.alive(t)
-	pollFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		st := edgeAgentStatus(t, a)
 		if m := st.Buckets[0].Mirror; m == nil || m.Lag != 0 || m.Error != "" {
 			return fmt.Errorf("/status mirror=%+v, want caught up (lag 0) after revision %d", m, rev)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // copyExample copies examples/NAME into a temp folder, so that the relative
@@ -40,11 +42,11 @@ func copyExample(t *testing.T, name string) string {
 // round, and a removed file goes from both.
 func TestPushBackExample(t *testing.T) {
 	dir := copyExample(t, "push-back")
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	env := []string{"KVSYNC_NATS_URL=" + url, "KVSYNC_HTTP_LISTEN=127.0.0.1:0"}
 	srv := startKvsync(t, run{args: []string{"dev", "-c", "server.yaml", "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, dir: dir, env: env})
-	pollFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		if _, stderr, code := runWith(t, run{args: []string{"bucket", "info", "shared", "-s", url}}); code != 0 {
 			return fmt.Errorf("server not up: %s", stderr)
 		}
@@ -59,7 +61,7 @@ func TestPushBackExample(t *testing.T) {
 		}()
 	}
 	// Both agents have synced once their folders exist.
-	pollFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		for _, d := range []string{"a", "b"} {
 			if _, err := os.Stat(filepath.Join(dir, d, ".kvsync")); err != nil {
 				return err
@@ -91,7 +93,7 @@ func TestPushBackExample(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, "a", "motd")); err != nil {
 		t.Fatal(err)
 	}
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		for _, d := range []string{"b", "mirror"} {
 			if _, err := os.Stat(filepath.Join(dir, d, "motd")); !os.IsNotExist(err) {
 				return fmt.Errorf("%s/motd still there", d)

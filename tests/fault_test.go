@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/testutil"
 	"github.com/kvsync/kvsync/projector"
 )
 
@@ -49,8 +50,8 @@ func TestFaultServerKill(t *testing.T) {
 }
 
 func testServerKill(t *testing.T, outage time.Duration) {
-	n := startNATSProc(t)
-	_, js := connectRetrying(t, n.url())
+	n := testutil.StartNATSProc(t)
+	_, js := testutil.ConnectRetrying(t, n.URL())
 	kv := createBucket(t, js, "app", 1)
 	for i := range 20 {
 		if _, err := kv.Put(context.Background(), fmt.Sprintf("key%03d", i), []byte("seed")); err != nil {
@@ -58,7 +59,7 @@ func testServerKill(t *testing.T, outage time.Duration) {
 		}
 	}
 	dir := filepath.Join(t.TempDir(), "conf")
-	a := startAgent(t, n.url(), fmt.Sprintf("files:\n  - {name: app, bucket: app, dir: %q}\n", dir))
+	a := startAgent(t, n.URL(), fmt.Sprintf("files:\n  - {name: app, bucket: app, dir: %q}\n", dir))
 	a.waitReady(t, 15*time.Second)
 	converges(t, 10*time.Second, kv, dir)
 
@@ -67,7 +68,7 @@ func testServerKill(t *testing.T, outage time.Duration) {
 	stop, done := make(chan struct{}), make(chan struct{})
 	go churn(kv, 40, 64, stop, &acked, done)
 	waitAcked(t, &acked, 300, 20*time.Second)
-	n.kill(t)
+	n.Kill(t)
 	close(stop)
 	<-done
 	before := acked.Load()
@@ -75,7 +76,7 @@ func testServerKill(t *testing.T, outage time.Duration) {
 	// (2) Restart it on the same port from the same store, after the outage.
 	// The outage is a duration the test chooses, not a wait for anything.
 	time.Sleep(outage)
-	n.start(t)
+	n.Start(t)
 
 	// (3) The first put after the restart reaches disk within the budget.
 	value := []byte(fmt.Sprintf("after restart %d", time.Now().UnixNano()))
@@ -102,7 +103,7 @@ func testServerKill(t *testing.T, outage time.Duration) {
 // manifest is intact: a foreign file is untouched and owned files are exactly
 // the bucket's keys.
 func TestFaultAgentKill(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	dir := filepath.Join(t.TempDir(), "conf")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -179,7 +180,7 @@ func TestFaultAgentKill(t *testing.T) {
 // values only ever see complete values that were put, in file and in snapshot
 // mode.
 func TestFaultTornReads(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	root := t.TempDir()
 	fileDir, snapDir := filepath.Join(root, "file"), filepath.Join(root, "snap")
@@ -262,7 +263,7 @@ func TestFaultTornReads(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pollFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		for _, dir := range []string{fileDir, snapDir} {
 			files, err := dirState(dir)
 			if err != nil {
@@ -292,7 +293,7 @@ func TestFaultTornReads(t *testing.T) {
 // files as they were, turns /readyz red and logs an error; once the bucket is
 // created again, projection resumes.
 func TestFaultBucketDeleted(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	js := jetStream(t, s)
 	kv := createBucket(t, js, "app", 1)
 	want := map[string][]byte{"a": []byte("1"), "b": []byte("2")}
@@ -340,7 +341,7 @@ func TestFaultBucketDeleted(t *testing.T) {
 // template dest that is a folder each give an error on their own projection;
 // the other projections keep working; each recovers once fixed.
 func TestFaultDestProblems(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	root := t.TempDir()
 	good, blocked, full := filepath.Join(root, "good"), filepath.Join(root, "blocked"), filepath.Join(root, "full")
@@ -386,7 +387,7 @@ templates:
 	a.waitNeverRendered(t, 15*time.Second, "tmpl")
 
 	// Each broken projection reports its own error; nothing else broke.
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		st := a.status(t)
 		for _, c := range []struct{ name, want string }{
 			{"blocked", "sub"}, {"full", "no space left"}, {"tmpl", "rendered.conf"},
@@ -478,7 +479,7 @@ func (a *agentProc) status(t testing.TB) agentStatus {
 // the agent starts. That projection reports the error; the other keeps
 // working; once the file is gone, the projection starts.
 func TestFaultDirIsAFile(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	root := t.TempDir()
 	good, bad := filepath.Join(root, "good"), filepath.Join(root, "bad")
@@ -494,7 +495,7 @@ func TestFaultDirIsAFile(t *testing.T) {
   - {name: good, bucket: app, keys: ["g.>"], strip_prefix: "g.", dir: %q}
   - {name: bad, bucket: app, keys: ["b.>"], strip_prefix: "b.", dir: %q}
 `, good, bad))
-	pollFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		a.alive(t)
 		if _, err := os.Stat(filepath.Join(good, "one")); err != nil {
 			return err
@@ -521,7 +522,7 @@ func TestFaultDirIsAFile(t *testing.T) {
 // TestFaultRetryWithoutChange: once a write problem is fixed, the projection
 // catches up by itself, without waiting for the next change of the key.
 func TestFaultRetryWithoutChange(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	dir := filepath.Join(t.TempDir(), "blocked")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -535,7 +536,7 @@ func TestFaultRetryWithoutChange(t *testing.T) {
 	}
 	a := startAgent(t, s.ClientURL(), fmt.Sprintf("files:\n  - {name: app, bucket: app, dir: %q}\n", dir))
 	a.waitReady(t, 15*time.Second)
-	pollFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		if got := a.status(t).projection("app").LastError; !strings.Contains(got, "sub") {
 			return fmt.Errorf("last_error = %q, want it to name sub", got)
 		}

@@ -9,152 +9,20 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
-
-// natsServerBin builds the nats-server binary of go.mod once per test binary,
-// for the tests that SIGKILL a server and restart it from its file store.
-var natsServerBin = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "kvsync-nats-server-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "nats-server")
-	build := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
-	build.Dir = ".." // the module root: its go.mod pins the version
-	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build nats-server: %v\n%s", err, out)
-	}
-	return bin, nil
-})
-
-// freePort returns a loopback TCP port nothing listens on right now.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// natsProc is a nats-server running as a child process with JetStream and a
-// file store, so that it can be SIGKILLed and restarted on the same port from
-// the same store.
-type natsProc struct {
-	bin   string
-	port  int
-	store string
-	cmd   *exec.Cmd
-	done  chan struct{}
-	log   *lockedBuffer
-	args  []string // the server's arguments when not the default ones (a config file)
-}
-
-// startNATSProc starts a nats-server child on a free port with its store in a
-// temp folder. It is killed when the test ends.
-func startNATSProc(t testing.TB) *natsProc {
-	t.Helper()
-	bin, err := natsServerBin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := &natsProc{bin: bin, port: freePort(t), store: t.TempDir()}
-	n.start(t)
-	t.Cleanup(func() { n.kill(t) })
-	return n
-}
-
-// url is the client URL of the server.
-func (n *natsProc) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.port) }
-
-// start runs the server and waits until JetStream answers.
-func (n *natsProc) start(t testing.TB) {
-	t.Helper()
-	n.log = &lockedBuffer{}
-	args := n.args
-	if args == nil {
-		args = []string{"-js", "-sd", n.store, "-p", strconv.Itoa(n.port), "-a", "127.0.0.1"}
-	}
-	n.cmd = exec.Command(n.bin, args...)
-	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
-	if err := n.cmd.Start(); err != nil {
-		t.Fatalf("start nats-server: %v", err)
-	}
-	n.done = make(chan struct{})
-	go func() {
-		_ = n.cmd.Wait()
-		close(n.done)
-	}()
-	pollFor(t, 20*time.Second, func() error {
-		select {
-		case <-n.done:
-			t.Fatalf("nats-server exited:\n%s", n.log.String())
-		default:
-		}
-		nc, err := nats.Connect(n.url(), nats.Timeout(time.Second))
-		if err != nil {
-			return err
-		}
-		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return err
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err = js.AccountInfo(ctx)
-		return err
-	})
-}
-
-// kill SIGKILLs the server, if it runs, and waits for it to be gone.
-func (n *natsProc) kill(t testing.TB) {
-	t.Helper()
-	select {
-	case <-n.done:
-		return
-	default:
-	}
-	if err := n.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		t.Fatalf("kill nats-server: %v", err)
-	}
-	<-n.done
-}
-
-// connectRetrying connects the test itself to url with a client that
-// reconnects forever and quickly, so that it survives the restarts the test
-// causes.
-func connectRetrying(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
-	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
-		nats.RetryOnFailedConnect(true), nats.ReconnectJitter(0, 0))
-	if err != nil {
-		t.Fatalf("connect %s: %v", url, err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
-	return nc, js
-}
 
 // agentProc is a `kvsync run` child with its HTTP endpoints on a known address.
 type agentProc struct {
@@ -179,7 +47,7 @@ func writeAgentConfig(t testing.TB, url, httpAddr, body string) string {
 // on it. It is killed when the test ends.
 func startAgent(t testing.TB, url, body string) *agentProc {
 	t.Helper()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	return runAgentConfig(t, writeAgentConfig(t, url, addr, body), addr)
 }
 
@@ -225,7 +93,7 @@ func (a *agentProc) waitReady(t testing.TB, timeout time.Duration) {
 // waitReadyz waits for /readyz to answer code.
 func (a *agentProc) waitReadyz(t testing.TB, timeout time.Duration, code int) {
 	t.Helper()
-	pollFor(t, timeout, func() error {
+	testutil.CheckFor(t, timeout, func() error {
 		a.alive(t)
 		got, body, err := a.get("/readyz")
 		if err != nil {
@@ -386,7 +254,7 @@ func clip(b []byte) string {
 // foreign files the test placed there.
 func converges(t testing.TB, timeout time.Duration, kv jetstream.KeyValue, dir string, skip ...string) {
 	t.Helper()
-	pollFor(t, timeout, func() error {
+	testutil.CheckFor(t, timeout, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		want, err := bucketState(ctx, kv)
@@ -421,21 +289,21 @@ func tempFiles(t testing.TB, dir string) []string {
 	return out
 }
 
-// waitFile polls path until it holds want, as fast as it can, and returns
-// how long that took from start. It fails the test after timeout.
+// waitFile polls path until it holds want, every millisecond (the poll
+// interval is part of the delay measured), and returns how long that took
+// from start. It fails the test after timeout.
 func waitFile(t testing.TB, path string, want []byte, start time.Time, timeout time.Duration) time.Duration {
 	t.Helper()
-	deadline := start.Add(timeout)
-	for {
-		if b, err := os.ReadFile(path); err == nil && string(b) == string(want) {
-			return time.Since(start)
+	var took time.Duration
+	testutil.CheckForEvery(t, timeout, time.Millisecond, func() error {
+		b, err := os.ReadFile(path)
+		if err != nil || string(b) != string(want) {
+			return fmt.Errorf("%s: %q (%v), want %q", path, clip(b), err, clip(want))
 		}
-		if time.Now().After(deadline) {
-			b, err := os.ReadFile(path)
-			t.Fatalf("%s after %v: %q (%v), want %q", path, timeout, clip(b), err, clip(want))
-		}
-		time.Sleep(time.Millisecond)
-	}
+		took = time.Since(start)
+		return nil
+	})
+	return took
 }
 
 // putRetrying puts until the server accepts it (it may be electing a leader
@@ -443,20 +311,19 @@ func waitFile(t testing.TB, path string, want []byte, start time.Time, timeout t
 // attempt started.
 func putRetrying(t testing.TB, kv jetstream.KeyValue, key string, value []byte, timeout time.Duration) (uint64, time.Time) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		start := time.Now()
+	var rev uint64
+	var start time.Time
+	testutil.CheckFor(t, timeout, func() error {
+		start = time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		rev, err := kv.Put(ctx, key, value)
-		cancel()
-		if err == nil {
-			return rev, start
+		defer cancel()
+		var err error
+		if rev, err = kv.Put(ctx, key, value); err != nil {
+			return fmt.Errorf("put %s: %w", key, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("put %s: %v", key, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return rev, start
 }
 
 // churn puts and deletes keys key000..key(n-1) of kv until stop is closed,
@@ -505,27 +372,10 @@ func churnValue(key string, i, size int) []byte {
 // waitAcked waits until churn has had at least n operations acknowledged.
 func waitAcked(t testing.TB, acked *atomic.Int64, n int64, timeout time.Duration) {
 	t.Helper()
-	pollFor(t, timeout, func() error {
+	testutil.CheckFor(t, timeout, func() error {
 		if got := acked.Load(); got < n {
 			return fmt.Errorf("%d operations acknowledged, want %d", got, n)
 		}
 		return nil
 	})
-}
-
-// pollFor calls fn until it returns nil, and fails the test with fn's last
-// error once timeout has passed. It polls every 10 ms.
-func pollFor(t testing.TB, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

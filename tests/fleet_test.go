@@ -16,6 +16,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // fleetAgent starts `kvsync run` with a files projection of bucket app
@@ -62,7 +64,7 @@ type fleetStatusJSON struct {
 // waitRecords waits until the status bucket holds n readable records.
 func waitRecords(t *testing.T, url string, n int) {
 	t.Helper()
-	pollFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, func() error {
 		out, errs, code := fleetRun(t, url, "status", "--json")
 		if code != 0 {
 			return fmt.Errorf("fleet status: exit %d: %s", code, errs)
@@ -96,7 +98,7 @@ func fleetStatus(t *testing.T, url string, args ...string) fleetStatusJSON {
 // a frozen agent makes fleet wait time out naming it, and once thawed it
 // catches up.
 func TestFleetRollout(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	js := jetStream(t, s)
 	kv := createBucket(t, js, "app", 1)
@@ -188,7 +190,7 @@ func TestFleetRollout(t *testing.T) {
 // TestFleetActionFails: an agent whose action fails makes fleet wait exit 1
 // at once, naming the agent and the action's error.
 func TestFleetActionFails(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	js := jetStream(t, s)
 	kv := createBucket(t, js, "app", 1)
@@ -223,7 +225,7 @@ func TestFleetActionFails(t *testing.T) {
 // TestFleetKilledAgentExpires: a SIGKILLed agent's record expires after 3
 // intervals and it no longer counts for fleet wait.
 func TestFleetKilledAgentExpires(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	js := jetStream(t, s)
 	kv := createBucket(t, js, "app", 1)
@@ -249,7 +251,7 @@ func TestFleetKilledAgentExpires(t *testing.T) {
 // TestFleetNoReportPermission: an agent that may not write the status
 // bucket keeps projecting and says why it cannot report.
 func TestFleetNoReportPermission(t *testing.T) {
-	s := startServerWith(t, func(o *server.Options) {
+	s := testutil.RunServer(t, func(o *server.Options) {
 		o.Users = []*server.User{
 			{Username: "admin", Password: "a"},
 			{Username: "agent", Password: "a", Permissions: &server.Permissions{
@@ -266,14 +268,14 @@ func TestFleetNoReportPermission(t *testing.T) {
 	a, dir := fleetAgent(t, url, "walled", "", "1s", "")
 	a.waitReady(t, 20*time.Second)
 	putKey(t, kv, "conf.x", "projected")
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		b, err := os.ReadFile(filepath.Join(dir, "conf.x"))
 		if err != nil || string(b) != "projected" {
 			return fmt.Errorf("conf.x: %q, %v", b, err)
 		}
 		return nil
 	})
-	pollFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, func() error {
 		code, body, err := a.get("/status")
 		if err != nil || code != http.StatusOK {
 			return fmt.Errorf("/status: %d %v", code, err)
@@ -293,8 +295,8 @@ func TestFleetNoReportPermission(t *testing.T) {
 		}
 		return nil
 	})
-	a.waitReady(t, 5*time.Second)             // reporting is not projecting: still ready
-	pollFor(t, 10*time.Second, func() error { // stderr comes through a pipe
+	a.waitReady(t, 5*time.Second)                       // reporting is not projecting: still ready
+	testutil.CheckFor(t, 10*time.Second, func() error { // stderr comes through a pipe
 		if !strings.Contains(a.stderr.String(), "cannot report to the status bucket") {
 			return fmt.Errorf("no log line says why the agent cannot report:\n%s", a.stderr.String())
 		}
@@ -306,7 +308,7 @@ func TestFleetNoReportPermission(t *testing.T) {
 // TestFleetBadInput: bad labels, a status bucket that is a plain stream,
 // garbage in a record and bad flags give clear errors and no crash.
 func TestFleetBadInput(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	js := jetStream(t, s)
 	kv := createBucket(t, js, "app", 1)
@@ -361,7 +363,7 @@ func TestFleetBadInput(t *testing.T) {
 	good, _ := fleetAgent(t, url, "good", "", "30s", "")
 	good.waitReady(t, 20*time.Second)
 	var st jetstream.KeyValue
-	pollFor(t, 10*time.Second, func() error { // the agent creates it after its first sync
+	testutil.CheckFor(t, 10*time.Second, func() error { // the agent creates it after its first sync
 		var err error
 		st, err = js.KeyValue(context.Background(), "kvsync_status")
 		return err
@@ -387,11 +389,11 @@ func TestFleetBadInput(t *testing.T) {
 // fleet status selects by label.
 func TestFleetExample(t *testing.T) {
 	dir := copyExample(t, "fleet")
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	env := []string{"KVSYNC_NATS_URL=" + url, "KVSYNC_HTTP_LISTEN=127.0.0.1:0"}
 	srv := startKvsync(t, run{args: []string{"dev", "-c", "server.yaml", "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, dir: dir, env: env})
-	pollFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		if _, stderr, code := runWith(t, run{args: []string{"bucket", "info", "app", "-s", url}}); code != 0 {
 			return fmt.Errorf("server not up: %s", stderr)
 		}
@@ -434,8 +436,8 @@ func TestFleetScale(t *testing.T) {
 		t.Skip("set KVSYNC_FLEET_SCALE=1 to measure")
 	}
 	const agents = 5000
-	n := startNATSProc(t)
-	url := n.url()
+	n := testutil.StartNATSProc(t)
+	url := n.URL()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
@@ -493,7 +495,7 @@ func TestFleetScale(t *testing.T) {
 		return time.Since(start)
 	}
 	cpu := func() time.Duration { // the server's user+system CPU time
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.cmd.Process.Pid))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.PID()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -504,7 +506,7 @@ func TestFleetScale(t *testing.T) {
 		return time.Duration(u+s) * 10 * time.Millisecond // USER_HZ 100
 	}
 	diskWrites := func() int64 {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", n.cmd.Process.Pid))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", n.PID()))
 		if err != nil {
 			return -1
 		}
@@ -582,7 +584,7 @@ func TestFleetScale(t *testing.T) {
 		agents, written, waited, line, cpu1-cpu0, float64((cpu1-cpu0).Microseconds())/agents, float64(disk1-disk0)/(1<<20))
 	info, _ = st.Info(ctx)
 	var onDisk int64
-	_ = filepath.Walk(n.store, func(p string, fi os.FileInfo, err error) error {
+	_ = filepath.Walk(n.Store(), func(p string, fi os.FileInfo, err error) error {
 		if err == nil && !fi.IsDir() && strings.Contains(p, "KV_kvsync_status") {
 			onDisk += fi.Size()
 		}
@@ -595,7 +597,7 @@ func TestFleetScale(t *testing.T) {
 // again on SIGHUP; a reload whose variable is unset keeps the running config
 // and names the path.
 func TestConfigVariablesReload(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	base := t.TempDir()
@@ -621,7 +623,7 @@ func TestConfigVariablesReload(t *testing.T) {
 		}
 	}()
 	putKey(t, kv, "k", "v1")
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		_, err := os.Stat(filepath.Join(base, "o-web-1", "k"))
 		return err
 	})
@@ -630,7 +632,7 @@ func TestConfigVariablesReload(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		_, err := os.Stat(filepath.Join(base, "two-web-1", "k"))
 		return err
 	})
@@ -639,14 +641,14 @@ func TestConfigVariablesReload(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if !strings.Contains(a.stderr.String(), "files[0].dir: ${NOT_SET_ANYWHERE} is not set") {
 			return fmt.Errorf("no reload error naming the path yet")
 		}
 		return nil
 	})
 	putKey(t, kv, "k2", "v")
-	pollFor(t, 10*time.Second, func() error { // the running config goes on
+	testutil.CheckFor(t, 10*time.Second, func() error { // the running config goes on
 		_, err := os.Stat(filepath.Join(base, "two-web-1", "k2"))
 		return err
 	})
@@ -659,7 +661,7 @@ func TestConfigVariablesReload(t *testing.T) {
 // that fails with rollback: true both reach the record, and fleet wait exits
 // 1 at once naming them.
 func TestFleetCheckAndRollback(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	root := t.TempDir()

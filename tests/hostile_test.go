@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // publishRaw publishes value on the stream subject of key, bypassing every
@@ -36,7 +38,7 @@ func publishRaw(t testing.TB, nc *nats.Conn, bucket, key string, value []byte) b
 // the agent, are counted in kvsync_rejected_keys_total, and valid keys keep
 // flowing.
 func TestHostileKeys(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	js := jetStream(t, s)
 	kv := createBucket(t, js, "app", 1)
 	nc, err := nats.Connect(s.ClientURL())
@@ -98,7 +100,7 @@ env:
 	}
 	waitFile(t, filepath.Join(flat, "after"), []byte("still ok"), time.Now(), 5*time.Second)
 	waitFile(t, filepath.Join(tree, "after"), []byte("still ok"), time.Now(), 5*time.Second)
-	pollFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		got := a.metric(t, "kvsync_rejected_keys_total", `projection="flat"`)
 		if want := rejectedBefore + float64(len(storedEscaping)); got < want {
 			return fmt.Errorf("kvsync_rejected_keys_total{projection=\"flat\"} = %v, want at least %v", got, want)
@@ -153,7 +155,7 @@ env:
 	// /status is published once the owner has finished the whole batch
 	// (every projection), which may be a moment after the flat projection
 	// counted the keys.
-	pollFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		rejected := a.status(t).projection("flat").Rejected
 		if got, want := len(rejected), len(storedEscaping); got < want {
 			return fmt.Errorf("/status lists %d rejected keys for flat, want at least %d", got, want)
@@ -166,7 +168,7 @@ env:
 // values and invalid UTF-8 go through files, env and templates intact; a NUL
 // byte, which no environment can carry, is reported, not projected.
 func TestHostileValues(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	js := jetStream(t, s)
 	kv := createBucket(t, js, "app", 1)
 	nc, err := nats.Connect(s.ClientURL())
@@ -211,7 +213,7 @@ env:
 
 	// The dotenv file carries the binary and invalid UTF-8 values through a
 	// shell intact, and leaves out the value with a NUL byte.
-	pollFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		b, err := os.ReadFile(envFile)
 		if err != nil {
 			return err
@@ -235,7 +237,7 @@ env:
 	if bytes.Contains(b, []byte("NUL=")) {
 		t.Fatalf("the value with a NUL byte was projected:\n%q", b)
 	}
-	pollFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if got := a.status(t).projection("env").Rejected; len(got) != 1 || !strings.Contains(got[0], "NUL") {
 			return fmt.Errorf("env rejected = %q, want the NUL key reported", got)
 		}
@@ -248,7 +250,7 @@ env:
 // at max_output_size; the last good file stays, the error is in /status, and
 // the agent keeps running and projecting.
 func TestHostileTemplateOutput(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	root := t.TempDir()
 	dest, dir := filepath.Join(root, "huge.conf"), filepath.Join(root, "files")
@@ -275,7 +277,7 @@ templates:
 	waitFile(t, dest, []byte("small"), time.Now(), 5*time.Second)
 
 	put("blob", bytes.Repeat([]byte("y"), 64<<10))
-	pollFor(t, 30*time.Second, func() error {
+	testutil.CheckFor(t, 30*time.Second, func() error {
 		a.alive(t)
 		if got := a.status(t).projection("huge").LastError; !strings.Contains(got, "huge") {
 			return fmt.Errorf("huge last_error = %q, want a render error", got)

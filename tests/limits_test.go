@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // bucketLimitStatus is the part of a bucket's GET /status this file reads.
@@ -29,7 +31,7 @@ type bucketLimitStatus struct {
 // /status, in a metric and in the /readyz body, keep retrying, and become
 // ready soon after the limit is raised.
 func TestConsumerLimit(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	mustKvsync(t, "bucket", "add", "app", "--max-consumers", "3", "-s", url)
 	mustKvsync(t, "kv", "put", "app", "k", "v1", "-s", url)
@@ -50,7 +52,7 @@ func TestConsumerLimit(t *testing.T) {
 
 	// Settle: three ready, two refused for the limit.
 	var ready, refused []*agentProc
-	pollFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, func() error {
 		ready, refused = nil, nil
 		for _, a := range agents {
 			a.alive(t)
@@ -87,7 +89,7 @@ func TestConsumerLimit(t *testing.T) {
 			t.Errorf("kvsync_consumer_limit_reached=%v, want 1", got)
 		}
 		// It keeps trying (a DEBUG line each time), and says so at ERROR once.
-		pollFor(t, 10*time.Second, func() error {
+		testutil.CheckFor(t, 10*time.Second, func() error {
 			n := 0
 			for _, l := range strings.Split(a.stderr.String(), "\n") {
 				if strings.Contains(l, "level=DEBUG") && strings.Contains(l, "maximum consumers limit reached") {
@@ -151,7 +153,7 @@ func limitStatus(t *testing.T, a *agentProc) bucketLimitStatus {
 // without the flag), `bucket info` shows it, an existing bucket's limit
 // changes only when the flag is given, and a bad value is a usage error.
 func TestBucketMaxConsumers(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	js := jetStream(t, s)
 	ctx := context.Background()
@@ -235,7 +237,7 @@ func TestBucketMaxConsumers(t *testing.T) {
 // allows fewer consumers than kvsync's default gets a bucket without a limit
 // of its own, with a note; with the flag over the account's limit, an error.
 func TestBucketAddUnderAccountLimit(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	if err := s.GlobalAccount().UpdateJetStreamLimits(map[string]server.JetStreamAccountLimits{
 		"": {MaxConsumers: 50, MaxMemory: -1, MaxStore: -1, MaxStreams: -1, MaxAckPending: -1},
 	}); err != nil {
@@ -262,7 +264,7 @@ func TestBucketAddUnderAccountLimit(t *testing.T) {
 // TestBucketAddMirrorUsage: bad --mirror flags are usage errors and create
 // nothing; a mirror in the same domain is made and shown by bucket info.
 func TestBucketAddMirrorUsage(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	for _, args := range [][]string{
 		{"--mirror-domain", "hub"},
@@ -283,7 +285,7 @@ func TestBucketAddMirrorUsage(t *testing.T) {
 	if got, want := mustKvsync(t, "bucket", "add", "copy", "--mirror", "app", "-s", url), "bucket copy created (a mirror of app)\n"; got != want {
 		t.Fatalf("add --mirror=%q, want %q", got, want)
 	}
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		var bi struct {
 			Mirror    string `json:"mirror"`
 			Values    uint64 `json:"values"`
@@ -310,7 +312,7 @@ func TestBucketAddMirrorUsage(t *testing.T) {
 // bucket once `bucket add --max-consumers` raised it. On a bucket kvsync
 // made, 1,100 consumers and the agent all fit.
 func TestConsumerLimitServerDefault(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	js := jetStream(t, s)
 	ctx := context.Background()
@@ -330,7 +332,7 @@ func TestConsumerLimitServerDefault(t *testing.T) {
 	fill("plain", 1000)
 	dir := t.TempDir()
 	a := startAgent(t, url, fmt.Sprintf("files:\n  - {name: f, bucket: plain, dir: %q}\n", dir))
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		a.alive(t)
 		code, body, err := a.get("/readyz")
 		if err != nil {

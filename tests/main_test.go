@@ -18,9 +18,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	natstest "github.com/nats-io/nats-server/v2/test"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // kvsyncBin is the binary TestMain built. It is set once, before any test runs.
@@ -122,55 +123,18 @@ func mustKvsync(t testing.TB, args ...string) string {
 	return out
 }
 
-// startServer runs a JetStream server on a random loopback port with its store
-// in a temp folder. It is shut down when the test ends.
-func startServer(t testing.TB) *server.Server {
-	t.Helper()
-	return startServerWith(t, nil)
-}
-
-// startServerWith is startServer with a hook to change the options (auth,
-// TLS, a fixed port) before the server starts.
-func startServerWith(t testing.TB, edit func(*server.Options)) *server.Server {
-	t.Helper()
-	opts := natstest.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = t.TempDir()
-	opts.JetStreamMaxMemory = 64 << 20
-	opts.JetStreamMaxStore = 256 << 20
-	if edit != nil {
-		edit(&opts)
-	}
-	s := natstest.RunServer(&opts)
-	t.Cleanup(s.Shutdown)
-	return s
-}
-
 // jetStream connects the test itself to s, to set up and check state
 // independently of the binary under test.
 func jetStream(t testing.TB, s *server.Server, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL(), opts...)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
+	_, js := testutil.Connect(t, s.ClientURL(), opts...)
 	return js
 }
 
 // createBucket creates a bucket with the given history and returns it.
 func createBucket(t testing.TB, js jetstream.JetStream, name string, history uint8) jetstream.KeyValue {
 	t.Helper()
-	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: name, History: history})
-	if err != nil {
-		t.Fatalf("create bucket %s: %v", name, err)
-	}
-	return kv
+	return testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: name, History: history})
 }
 
 // proc is a kvsync running in the background (`kv watch`, `run`).

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // natscliVersion is the official NATS CLI the end-to-end tests use as a second
@@ -94,7 +96,7 @@ func TestNATSCLISecondClient(t *testing.T) {
 	if _, err := natsCLIBin(); err != nil {
 		t.Fatal(err)
 	}
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
 	kv := createBucket(t, jetStream(t, s), "app", 10)
 	dir := t.TempDir()
@@ -141,7 +143,7 @@ func TestNATSCLISecondClient(t *testing.T) {
 	}
 
 	natsCLI(t, url, "kv", "del", "app", "from.nats", "-f")
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if _, err := os.Stat(filepath.Join(dir, "from.nats")); !os.IsNotExist(err) {
 			return fmt.Errorf("from.nats still there after nats kv del (%v)", err)
 		}

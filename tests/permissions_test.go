@@ -16,9 +16,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	natstest "github.com/nats-io/nats-server/v2/test"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // The permission blocks of docs/PERMISSIONS.md are tested as they are
@@ -82,10 +83,6 @@ func startPermServer(t testing.TB, conf string) *permServer {
 	if err != nil {
 		t.Fatalf("the doc's conf block does not load: %v", err)
 	}
-	opts.Host, opts.Port = "127.0.0.1", -1
-	opts.JetStream, opts.StoreDir = true, t.TempDir()
-	opts.JetStreamMaxMemory, opts.JetStreamMaxStore = 64<<20, 256<<20
-	opts.NoLog, opts.NoSigs = true, true
 	var acc *server.Account
 	for _, a := range opts.Accounts {
 		if a.Name == "APP" {
@@ -96,17 +93,17 @@ func startPermServer(t testing.TB, conf string) *permServer {
 		t.Fatal("the conf block has no account APP")
 	}
 	opts.Users = append(opts.Users, &server.User{Username: "admin", Password: "admin-pw", Account: acc})
-	s := natstest.RunServer(opts)
-	t.Cleanup(s.Shutdown)
-	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo("admin", "admin-pw"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The block's options, on loopback, a random port, JetStream with a temp
+	// store and limits, no logs, no signal handlers.
+	s := testutil.RunServer(t, func(o *server.Options) {
+		store := o.StoreDir
+		*o = *opts
+		o.Host, o.Port = "127.0.0.1", -1
+		o.JetStream, o.StoreDir = true, store
+		o.JetStreamMaxMemory, o.JetStreamMaxStore = 64<<20, 256<<20
+		o.NoLog, o.NoSigs = true, true
+	})
+	nc, js := testutil.Connect(t, s.ClientURL(), nats.UserInfo("admin", "admin-pw"))
 	return &permServer{srv: s, admin: js, nc: nc}
 }
 
@@ -205,7 +202,7 @@ func TestPermissionsDocAgent(t *testing.T) {
 				if err := os.WriteFile(filepath.Join(dir, "local.new"), []byte("from disk"), 0o644); err != nil {
 					t.Fatal(err)
 				}
-				pollFor(t, 10*time.Second, func() error {
+				testutil.CheckFor(t, 10*time.Second, func() error {
 					e, err := kv.Get(context.Background(), "local.new")
 					if err != nil {
 						return err
@@ -289,7 +286,7 @@ func TestPermissionsDocMissing(t *testing.T) {
 
 	a := startAgent(t, ps.url("kvsync-watch"), fmt.Sprintf("files:\n  - {name: app, bucket: app, dir: %q}\n", t.TempDir()))
 	const grant = "$JS.API.CONSUMER.CREATE.KV_app.>"
-	pollFor(t, 20*time.Second, func() error {
+	testutil.CheckFor(t, 20*time.Second, func() error {
 		a.alive(t)
 		code, body, err := a.get("/readyz")
 		if err != nil {

@@ -8,12 +8,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // TestPurgeAllEmptiesProjections: `kv purge BUCKET --all` purges every key
 // with a marker, and every projection of the bucket empties.
 func TestPurgeAllEmptiesProjections(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 5)
 	for i := 0; i < 5; i++ {
 		if _, err := kv.PutString(context.Background(), fmt.Sprintf("k%d", i), "v"); err != nil {
@@ -29,7 +31,7 @@ func TestPurgeAllEmptiesProjections(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "purged 5 keys") {
 		t.Fatalf("purge --all: exit %d, out %q, stderr %s", code, out, stderr)
 	}
-	pollFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		for i := 0; i < 5; i++ {
 			if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("k%d", i))); !os.IsNotExist(err) {
 				return fmt.Errorf("k%d still projected", i)

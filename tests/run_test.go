@@ -9,12 +9,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // fileHolds polls until path holds want.
 func fileHolds(t *testing.T, path, want string, timeout time.Duration) {
 	t.Helper()
-	pollFor(t, timeout, func() error {
+	testutil.CheckFor(t, timeout, func() error {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return err
@@ -27,7 +29,7 @@ func fileHolds(t *testing.T, path, want string, timeout time.Duration) {
 }
 
 func TestRunExecExitCodeIsKvsyncs(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "flags", 1)
 	if _, err := kv.PutString(context.Background(), "code", "7"); err != nil {
 		t.Fatal(err)
@@ -47,7 +49,7 @@ exec:
 }
 
 func TestRunForwardsSIGTERMToChild(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	createBucket(t, jetStream(t, s), "flags", 1)
 	dir := t.TempDir()
 	marker := filepath.Join(dir, "got")
@@ -68,7 +70,7 @@ exec:
 
 func TestRunStopsChildOnShutdownWithoutExec(t *testing.T) {
 	// Without exec, SIGTERM stops kvsync with exit 0.
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	dir := t.TempDir()
 	ag := startAgent(t, s.ClientURL(), fmt.Sprintf("files:\n  - {bucket: app, dir: %q}\n", dir))
@@ -83,7 +85,7 @@ func TestRunStopsChildOnShutdownWithoutExec(t *testing.T) {
 }
 
 func TestRunSIGHUPReloadsConfig(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	if _, err := kv.PutString(context.Background(), "k", "v1"); err != nil {
 		t.Fatal(err)
@@ -103,7 +105,7 @@ func TestRunSIGHUPReloadsConfig(t *testing.T) {
 	if err := ag.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	pollFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if !strings.Contains(ag.stderr.String(), "keeping the running config") {
 			return fmt.Errorf("no reload error logged")
 		}
@@ -127,7 +129,7 @@ func TestRunSIGHUPReloadsConfig(t *testing.T) {
 }
 
 func TestRunOnce(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	for i := 0; i < 20; i++ {
 		if _, err := kv.PutString(context.Background(), fmt.Sprintf("k%d", i), fmt.Sprint(i)); err != nil {
@@ -163,7 +165,7 @@ templates:
 }
 
 func TestRunDryRunWritesNothing(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	if _, err := kv.PutString(context.Background(), "k", "v"); err != nil {
 		t.Fatal(err)
@@ -171,7 +173,7 @@ func TestRunDryRunWritesNothing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "out")
 	cfg := writeAgentConfig(t, s.ClientURL(), "", fmt.Sprintf("files:\n  - {bucket: app, dir: %q}\n", dir))
 	p := startKvsync(t, run{args: []string{"run", "--dry-run", "-c", cfg}})
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if !strings.Contains(p.stderr.String(), "dry run") {
 			return fmt.Errorf("no dry-run log yet")
 		}
@@ -184,7 +186,7 @@ func TestRunDryRunWritesNothing(t *testing.T) {
 }
 
 func TestRenderPrintsAndWritesNothing(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	if _, err := kv.PutString(context.Background(), "name", "world"); err != nil {
 		t.Fatal(err)
@@ -261,14 +263,14 @@ log: {level: loud}
 
 func TestDevBuiltInQuickstart(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	p := startKvsync(t, run{
 		args: []string{"dev", "--listen", fmt.Sprintf("127.0.0.1:%d", port)},
 		env:  []string{"KVSYNC_HTTP_LISTEN=127.0.0.1:0"},
 		dir:  dir,
 	})
-	pollFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		_, stderr, code := runWith(t, run{args: []string{"kv", "put", "app", "greeting", "hi", "-s", url}})
 		if code != 0 {
 			return fmt.Errorf("kv put: %d %s", code, stderr)
@@ -276,7 +278,7 @@ func TestDevBuiltInQuickstart(t *testing.T) {
 		return nil
 	})
 	fileHolds(t, filepath.Join(dir, "kvsync-dev", "files", "greeting"), "hi", 5*time.Second)
-	pollFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		b, err := os.ReadFile(filepath.Join(dir, "kvsync-dev", "app.conf"))
 		if err != nil || !strings.Contains(string(b), "greeting = hi") {
 			return fmt.Errorf("app.conf: %q %v", b, err)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 var (
@@ -51,11 +53,11 @@ func TestSoak(t *testing.T) {
 	if dl, ok := t.Deadline(); ok && time.Until(dl) < *soakDuration+time.Minute {
 		t.Fatalf("-timeout leaves %v, the soak needs %v and a minute: raise -timeout", time.Until(dl).Round(time.Second), *soakDuration)
 	}
-	n := startNATSProc(t)
-	_, js := connectRetrying(t, n.url())
+	n := testutil.StartNATSProc(t)
+	_, js := testutil.ConnectRetrying(t, n.URL())
 	kv := createBucket(t, js, "app", 1)
 	dir := filepath.Join(t.TempDir(), "conf")
-	a := startAgent(t, n.url(), fmt.Sprintf("log: {level: warn}\nfiles:\n  - {name: app, bucket: app, dir: %q}\n", dir))
+	a := startAgent(t, n.URL(), fmt.Sprintf("log: {level: warn}\nfiles:\n  - {name: app, bucket: app, dir: %q}\n", dir))
 	a.waitReady(t, 15*time.Second)
 
 	warmup := min(max(*soakDuration/10, 20*time.Second), 2*time.Minute)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // TestValidateParsesTemplates: `kvsync validate` parses every template and
@@ -97,7 +99,7 @@ func readFile(t *testing.T, path string) string {
 // TestRunDelimitersAndReadyz: the real binary against a real server renders a
 // [[ ]] template full of {{ }} text, and /readyz waits for its first render.
 func TestRunDelimitersAndReadyz(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	if _, err := kv.PutString(context.Background(), "image", "web:1.2"); err != nil {
 		t.Fatal(err)
@@ -116,7 +118,7 @@ templates:
       replicas: [[ key "replicas" ]]
       name: {{ .Release.Name }}-{{ .Chart.Name | trunc 63 }}
 `, dest))
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		ag.alive(t)
 		code, body, err := ag.get("/readyz")
 		if err != nil {
@@ -137,7 +139,7 @@ templates:
 // TestRenderWithFileRoot: `kvsync render` reads `file` from file_root and
 // refuses a path that leads out of it.
 func TestRenderWithFileRoot(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 1)
 	if _, err := kv.PutString(context.Background(), "name", "world"); err != nil {
 		t.Fatal(err)
@@ -175,7 +177,7 @@ templates:
 // /readyz answers 503 only because the template name has never rendered.
 func (a *agentProc) waitNeverRendered(t testing.TB, timeout time.Duration, name string) {
 	t.Helper()
-	pollFor(t, timeout, func() error {
+	testutil.CheckFor(t, timeout, func() error {
 		a.alive(t)
 		code, body, err := a.get("/readyz")
 		if err != nil {

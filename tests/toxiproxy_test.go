@@ -15,6 +15,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // Network faults between the agent and its server, injected by toxiproxy
@@ -65,7 +67,7 @@ func (f *faultProxy) remove(t testing.TB, name string) {
 // projects the bucket through the proxy, ready.
 func faultSetup(t *testing.T, extra ...string) (jetstream.KeyValue, *faultProxy, *agentProc, string) {
 	t.Helper()
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	kv := createBucket(t, jetStream(t, s), "app", 5)
 	for i := range 50 {
 		if _, err := kv.Put(context.Background(), fmt.Sprintf("k.%02d", i), []byte(fmt.Sprint("v0-", i))); err != nil {
@@ -133,7 +135,7 @@ func TestToxiBlackhole(t *testing.T) {
 	fp.add(t, "hole-up", "timeout", "upstream", map[string]any{"timeout": 0})
 	cut := time.Now()
 	changes(t, kv, 1)
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if st := a.permStatus(t); st.Connection.State != "stale" {
 			return fmt.Errorf("connection state %q, want stale", st.Connection.State)
 		}
@@ -144,14 +146,14 @@ func TestToxiBlackhole(t *testing.T) {
 		t.Fatalf("kvsync_nats_link_stale = %v while stale", got)
 	}
 	// The pings give the connection up.
-	pollFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		if st := a.permStatus(t); st.Connection.State != "disconnected" {
 			return fmt.Errorf("connection state %q, want disconnected", st.Connection.State)
 		}
 		return nil
 	})
 	t.Logf("stale after %v, disconnected after %v", stale.Round(10*time.Millisecond), time.Since(cut).Round(10*time.Millisecond))
-	pollFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if got := a.metric(t, "kvsync_nats_link_stale"); got != 0 {
 			return fmt.Errorf("kvsync_nats_link_stale = %v once disconnected (kvsync_connected says it)", got)
 		}
@@ -161,7 +163,7 @@ func TestToxiBlackhole(t *testing.T) {
 	fp.remove(t, "hole-down")
 	fp.remove(t, "hole-up")
 	converges(t, 20*time.Second, kv, dir)
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if st := a.permStatus(t); st.Connection.State != "connected" {
 			return fmt.Errorf("connection state %q, want connected", st.Connection.State)
 		}
@@ -178,7 +180,7 @@ func TestToxiResetPeer(t *testing.T) {
 	kv, fp, a, dir := faultSetup(t)
 	fp.add(t, "reset", "reset_peer", "downstream", map[string]any{"timeout": 0})
 	changes(t, kv, 1)
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if got := a.metric(t, "kvsync_connected"); got != 0 {
 			return fmt.Errorf("kvsync_connected = %v, want 0 while every connection is reset", got)
 		}
@@ -212,7 +214,7 @@ func TestToxiLimitData(t *testing.T) {
 		changes(t, kv, r)
 	}
 	// Sizes past one connection's allowance were sent: the fault happened.
-	pollFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if !strings.Contains(a.stderr.String(), "disconnected from NATS") {
 			return fmt.Errorf("no disconnect logged yet")
 		}
@@ -230,7 +232,7 @@ func TestToxiLimitData(t *testing.T) {
 // to lose a creation, and asking again only lengthens its API queue, which is
 // what overflowed it when thousands of agents reconnected at once.
 func TestToxiSlowServerAsksOnce(t *testing.T) {
-	s := startServer(t)
+	s := testutil.RunServer(t, nil)
 	js := jetStream(t, s)
 	kv := createBucket(t, js, "app", 1)
 	if _, err := kv.Put(context.Background(), "k", []byte("v")); err != nil {

@@ -7,9 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	natstest "github.com/nats-io/nats-server/v2/test"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // kvsyncIn runs kvsync in this process and returns stdout, stderr and the
@@ -21,23 +19,12 @@ func kvsyncIn(args ...string) (string, string, int) {
 }
 
 func TestBucketAddRepublish(t *testing.T) {
-	opts := natstest.DefaultTestOptions
-	opts.Port = -1
-	opts.JetStream = true
-	opts.StoreDir = t.TempDir()
-	s := natstest.RunServer(&opts)
-	t.Cleanup(s.Shutdown)
-	url := s.ClientURL()
+	url := testutil.RunServer(t, nil).ClientURL()
 
 	if out, errs, code := kvsyncIn("bucket", "add", "flags", "--republish", "-s", url); code != 0 || out != "bucket flags created\n" {
 		t.Fatalf("add --republish: exit %d, out %q, err %q", code, out, errs)
 	}
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := testutil.Connect(t, url)
 	st, err := js.Stream(context.Background(), "KV_flags")
 	if err != nil {
 		t.Fatal(err)

@@ -33,9 +33,9 @@ func StartCluster(tb testing.TB) *Cluster {
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", route[i]))
 	}
 	for i := range size {
-		n := &NATSProc{name: fmt.Sprintf("n%d", i+1), port: FreePort(tb)}
+		n := &NATSProc{name: fmt.Sprintf("n%d", i+1), port: FreePort(tb), store: tb.TempDir()}
 		mon := FreePort(tb)
-		n.args = []string{"-js", "-sd", tb.TempDir(), "-n", n.name, "-a", "127.0.0.1",
+		n.args = []string{"-js", "-sd", n.store, "-n", n.name, "-a", "127.0.0.1",
 			"-p", strconv.Itoa(n.port), "-m", strconv.Itoa(mon),
 			"--cluster_name", "kvsync", "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", route[i]),
 			"--routes", strings.Join(routes, ",")}

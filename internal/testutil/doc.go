@@ -4,7 +4,9 @@
 // buckets (CreateBucket), a nats-server child process that can be stopped,
 // SIGKILLed and restarted on the same port and store (NATSProc), a 3-node
 // cluster of such processes (Cluster), free loopback ports (FreePort) and the
-// one polling helper (CheckFor).
+// polling helpers: CheckFor (CheckForEvery where a test measures a delay),
+// Poll where the caller reports the failure itself, and True to poll a
+// condition.
 //
 // Everything a helper starts is stopped, closed or killed in tb.Cleanup, and
 // every store lives in tb.TempDir(). The helpers fail the test themselves

@@ -1,12 +1,14 @@
 package testutil
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 )
 
-// pollInterval is how long CheckFor waits between two calls of fn.
+// pollInterval is how long CheckFor and Poll wait between two calls of fn.
 const pollInterval = 10 * time.Millisecond
 
 // CheckFor calls fn until it returns nil. Once timeout has passed without
@@ -17,16 +19,49 @@ const pollInterval = 10 * time.Millisecond
 // so that a loaded machine does not fail the test.
 func CheckFor(tb testing.TB, timeout time.Duration, fn func() error) {
 	tb.Helper()
+	CheckForEvery(tb, timeout, pollInterval, fn)
+}
+
+// CheckForEvery is CheckFor calling fn every interval. It is for a test that
+// measures how long a state takes to come (the interval bounds the error of
+// that measure); any other test uses CheckFor.
+func CheckForEvery(tb testing.TB, timeout, interval time.Duration, fn func() error) {
+	tb.Helper()
+	if err := poll(timeout, interval, fn); err != nil {
+		tb.Fatalf("%v", err)
+	}
+}
+
+// Poll is CheckFor that returns the failure instead of failing the test: nil
+// once fn returns nil, or, once timeout has passed without that, fn's last
+// error (wrapped, with the timeout). It is for a caller that adds context to
+// the failure (a log), or that runs on a goroutine other than the test's.
+func Poll(timeout time.Duration, fn func() error) error {
+	return poll(timeout, pollInterval, fn)
+}
+
+func poll(timeout, interval time.Duration, fn func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := fn()
 		if err == nil {
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("after %v: %v", timeout, err)
+			return fmt.Errorf("after %v: %w", timeout, err)
 		}
-		time.Sleep(pollInterval)
+		time.Sleep(interval)
+	}
+}
+
+// True turns a condition into a check for CheckFor or Poll: nil once cond
+// returns true, otherwise an error that is what (the state waited for).
+func True(what string, cond func() bool) func() error {
+	return func() error {
+		if cond() {
+			return nil
+		}
+		return errors.New(what)
 	}
 }
 

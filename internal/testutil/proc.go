@@ -49,10 +49,11 @@ func NATSServerBin(tb testing.TB) string {
 // SIGKILLed (no goodbye to its clients or peers) and started again on the
 // same port from the same store.
 type NATSProc struct {
-	name string   // server name, for a cluster node
-	port int      // client port
-	args []string // the server's command line
-	js   bool     // Start waits for JetStream to answer, not only for a connection
+	name  string   // server name, for a cluster node
+	port  int      // client port
+	store string   // store folder, when the test chose it
+	args  []string // the server's command line
+	js    bool     // Start waits for JetStream to answer, not only for a connection
 
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
@@ -65,7 +66,7 @@ type NATSProc struct {
 func StartNATSProc(tb testing.TB) *NATSProc {
 	tb.Helper()
 	port, store := FreePort(tb), tb.TempDir()
-	n := &NATSProc{port: port, js: true,
+	n := &NATSProc{port: port, store: store, js: true,
 		args: []string{"-js", "-sd", store, "-p", strconv.Itoa(port), "-a", "127.0.0.1"}}
 	n.start(tb)
 	return n
@@ -96,6 +97,20 @@ func (n *NATSProc) Port() int { return n.port }
 // Name is the server name of a cluster node ("" for a server of
 // StartNATSProc or StartNATSProcArgs).
 func (n *NATSProc) Name() string { return n.name }
+
+// Store is the folder of the server's JetStream store ("" for a server of
+// StartNATSProcArgs: its command line names it). It is the same after a
+// restart.
+func (n *NATSProc) Store() string { return n.store }
+
+// PID is the process id of the running server, 0 when it does not run (for
+// a test that reads the server's /proc figures).
+func (n *NATSProc) PID() int {
+	if !n.Running() {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
 
 // Log is what the current (or last) run of the server wrote.
 func (n *NATSProc) Log() string { return n.log.String() }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -71,6 +73,49 @@ func TestCheckForFailsWithTheLastError(t *testing.T) {
 	})
 	if want := fmt.Sprintf("after 50ms: not yet (call %d)", calls); msg != want || calls < 2 {
 		t.Fatalf("CheckFor: fatal %q after %d calls, want %q after 2 or more", msg, calls, want)
+	}
+}
+
+func TestCheckForEveryPollsAtItsInterval(t *testing.T) {
+	calls := 0
+	msg := runTB(t, func(tb testing.TB) {
+		CheckForEvery(tb, 100*time.Millisecond, 40*time.Millisecond, func() error {
+			calls++
+			return fmt.Errorf("call %d", calls)
+		})
+	})
+	// Calls at 0, 40, 80 and 120 ms: the last one after the timeout fails.
+	if want := "after 100ms: call "; !strings.HasPrefix(msg, want) || calls < 2 || calls > 5 {
+		t.Fatalf("CheckForEvery: fatal %q after %d calls, want %q... after about 4", msg, calls, want)
+	}
+}
+
+func TestPollReturnsTheLastErrorWrapped(t *testing.T) {
+	errNotYet := errors.New("not yet")
+	err := Poll(30*time.Millisecond, func() error { return errNotYet })
+	if !errors.Is(err, errNotYet) || err.Error() != "after 30ms: not yet" {
+		t.Fatalf("Poll = %v, want after 30ms: not yet, wrapping fn's error", err)
+	}
+	calls := 0
+	if err := Poll(time.Minute, func() error {
+		if calls++; calls < 3 {
+			return errNotYet
+		}
+		return nil
+	}); err != nil || calls != 3 {
+		t.Fatalf("Poll = %v after %d calls, want nil after 3", err, calls)
+	}
+}
+
+func TestTrue(t *testing.T) {
+	ok := false
+	check := True("ok is set", func() bool { return ok })
+	if err := check(); err == nil || err.Error() != "ok is set" {
+		t.Fatalf("True with a false condition = %v, want the error ok is set", err)
+	}
+	ok = true
+	if err := check(); err != nil {
+		t.Fatalf("True with a true condition = %v, want nil", err)
 	}
 }
 
@@ -150,10 +195,17 @@ func TestNATSProcKillAndRestart(t *testing.T) {
 	if _, err := kv.PutString(context.Background(), "k", "v1"); err != nil {
 		t.Fatal(err)
 	}
+	// The store is the server's: the bucket's stream is in it.
+	if _, err := os.Stat(filepath.Join(n.Store(), "jetstream", "$G", "streams", "KV_app")); err != nil {
+		t.Fatalf("Store() %q does not hold the bucket: %v", n.Store(), err)
+	}
 
+	if pid := n.PID(); pid <= 0 {
+		t.Fatalf("PID() = %d of a running server", pid)
+	}
 	n.Kill(t)
-	if n.Running() {
-		t.Fatal("Running() after Kill")
+	if n.Running() || n.PID() != 0 {
+		t.Fatalf("Running() or PID() %d after Kill", n.PID())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	_, err := kv.Get(ctx, "k")
