@@ -160,8 +160,8 @@ const (
 	pushLanded pushResult = iota
 	// pushRefused: the job cannot be pushed (err); the file stays.
 	pushRefused
-	// pushLost: a put lost a conflict and the remote value is kept
-	// (keep-remote); the local bytes are in a conflict copy.
+	// pushLost: a put or delete lost a conflict and the remote value is
+	// kept; a put's local bytes are in a conflict copy.
 	pushLost
 )
 
