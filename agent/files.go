@@ -90,12 +90,26 @@ func (p *filesProjection) open() error {
 	}
 	p.dir = d
 	if p.cfg.Push.Enabled && !p.o.a.opts.Once {
-		p.push = newPusher(p, p.o)
+		p.push = newPusher(p.cfg, p.layout, d, p, p.m, p.o.in, p.o.js, p.o.a.metrics)
 		if p.ctx != nil { // the owner runs already: start it now
 			p.push.start(p.ctx, p.wg)
 		}
 	}
 	return nil
+}
+
+// projectedRev returns the revision last projected at rel (push-back's guard).
+func (p *filesProjection) projectedRev(rel string) (uint64, bool) {
+	rev, ok := p.revs[rel]
+	return rev, ok
+}
+
+// pushedRev notes that the bucket holds the bytes at rel at rev, so that a
+// further edit before the value comes back is guarded by rev.
+func (p *filesProjection) pushedRev(rel string, rev uint64) {
+	if cur, ok := p.revs[rel]; !ok || cur < rev {
+		p.revs[rel] = rev
+	}
 }
 
 // start runs the push-back goroutines, if push-back is on, and remembers
@@ -258,7 +272,7 @@ func (p *filesProjection) update(s *state, full bool) (bool, error) {
 		p.writeNotes()
 	}
 	if p.push != nil {
-		p.push.afterWrite(res)
+		p.push.afterWrite(res, b)
 	}
 	// A fresh slice: the last /status snapshot shares the old one, and
 	// an HTTP handler may be encoding it now.

@@ -350,7 +350,9 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 	}
 }
 
-// handle applies one watcher message to the state and marks projections dirty.
+// handle applies one message of the inbox: a watcher's to the state, marking
+// projections dirty; push-back's (localEdits, ownedWanted, watchFailed,
+// pushDone) to the pusher it names.
 func (o *owner) handle(m any) {
 	now := time.Now()
 	switch m := m.(type) {
@@ -400,10 +402,14 @@ func (o *owner) handle(m any) {
 		if len(gone) > 0 {
 			o.logger.Info("reconciled after reconnect", "bucket", m.bucket, "removed", len(gone))
 		}
-	case func(*owner):
-		// Work handed in by other goroutines of the agent (push-back) that
-		// must run where the state lives.
-		m(o)
+	case localEdits:
+		m.to.handle(m, o.st)
+	case ownedWanted:
+		m.to.handle(m, o.st)
+	case watchFailed:
+		m.to.handle(m, o.st)
+	case pushDone:
+		m.to.handle(m, o.st)
 	case bucketGone:
 		b := o.st.bucket(m.bucket)
 		b.gone = true

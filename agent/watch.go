@@ -85,35 +85,11 @@ type (
 	}
 )
 
-// inbox is the unbounded queue from the watchers to the owner. Watchers must
-// never block on a slow owner (the client would buffer hundreds of MiB: ~300 MiB
-// was seen on a 1M-key bucket whose reader stopped draining), so push appends and signals without waiting.
-type inbox struct {
-	mu    sync.Mutex
-	items []any
-	ready chan struct{}
-}
+// inbox is the owner's queue (queue.go): the watchers and the push-back
+// actors put typed messages in it and never wait for the owner.
+type inbox = queue[any]
 
-func newInbox() *inbox { return &inbox{ready: make(chan struct{}, 1)} }
-
-func (q *inbox) push(m any) {
-	q.mu.Lock()
-	q.items = append(q.items, m)
-	q.mu.Unlock()
-	select {
-	case q.ready <- struct{}{}:
-	default:
-	}
-}
-
-// take returns everything queued and leaves the queue empty. buf is reused.
-func (q *inbox) take(buf []any) []any {
-	q.mu.Lock()
-	items := q.items
-	q.items = buf[:0]
-	q.mu.Unlock()
-	return items
-}
+func newInbox() *inbox { return newQueue[any]() }
 
 // watcher follows one bucket for the union of the key filters of every
 // projection that reads it. It is built on an ephemeral push consumer like
