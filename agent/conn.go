@@ -18,6 +18,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kvsync/kvsync/internal/retry"
 )
 
 // Connection tuning.
@@ -239,7 +241,7 @@ func reconnectDelayWith(attempts int, rnd func(n int64) int64) time.Duration {
 	if attempts < 16 {
 		d = min(reconnectFirst<<max(attempts-1, 0), reconnectMax)
 	}
-	return equalJitter(d, rnd)
+	return retry.EqualJitter(d, rnd)
 }
 
 // serverList normalises a comma-separated URL list: spaces trimmed, empty

@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kvsync/kvsync/internal/retry"
 )
 
 // valueHeadroom is what a pushed value leaves of the bucket's max value size
@@ -71,7 +73,7 @@ func newPushSender(js jetstream.JetStream, bucket, name string, cfg PushConfig, 
 }
 
 func (ps *pushSender) run(ctx context.Context) {
-	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	bo := retry.New(100*time.Millisecond, 5*time.Second)
 	failing := false
 	for {
 		j, ok := ps.jobs.peek()
@@ -98,7 +100,7 @@ func (ps *pushSender) run(ctx context.Context) {
 			case <-ctx.Done():
 				ps.saveUnsent()
 				return
-			case <-time.After(bo.next()):
+			case <-time.After(bo.Next()):
 			}
 			continue
 		}
@@ -106,7 +108,7 @@ func (ps *pushSender) run(ctx context.Context) {
 			ps.logger.Info("push resumed", "path", j.rel, "key", j.key)
 			failing = false
 		}
-		bo.reset()
+		bo.Reset()
 		ps.jobs.pop()
 	}
 }
