@@ -483,7 +483,7 @@ func TestRepublishWatchPermissions(t *testing.T) {
 	if err := st.Purge(context.Background(), jetstream.WithPurgeSubject("$KV.app.a")); err != nil {
 		t.Fatal(err)
 	}
-	s = testutil.RestartServer(t, s, users)
+	_ = testutil.RestartServer(t, s, users) // stopped by its cleanup
 	testutil.CheckFor(t, 10*time.Second, func() error {
 		_, err := kv.PutString(context.Background(), "b", "3")
 		return err
