@@ -3,47 +3,13 @@ package agent
 import (
 	"errors"
 	"log/slog"
-	"math/rand/v2"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/testutil"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// spread draws n delays from next and checks that each lies in [lo, hi] and
-// that together they cover most of that range: a fleet that failed at one
-// moment retries over the whole window, not in step.
-func spread(t *testing.T, what string, n int, lo, hi time.Duration, next func() time.Duration) {
-	t.Helper()
-	ds := make([]time.Duration, n)
-	for i := range ds {
-		ds[i] = next()
-		if ds[i] < lo || ds[i] > hi {
-			t.Fatalf("%s: delay %v outside [%v, %v]", what, ds[i], lo, hi)
-		}
-	}
-	slices.Sort(ds)
-	if got, want := ds[n-1]-ds[0], (hi-lo)*8/10; got < want {
-		t.Fatalf("%s: %d delays span %v (%v..%v), want at least %v", what, n, got, ds[0], ds[n-1], want)
-	}
-	// No tenth of the window holds more than a quarter of the delays.
-	var bins [10]int
-	for _, d := range ds {
-		bins[min(int((d-lo)*10/(hi-lo+1)), 9)]++
-	}
-	for i, c := range bins {
-		if c > n/4 {
-			t.Fatalf("%s: %d of %d delays in tenth %d of the window: %v", what, c, n, i, bins)
-		}
-	}
-}
-
-// seeded is a deterministic random source per agent.
-func seeded(agent uint64) func(int64) int64 {
-	return rand.New(rand.NewPCG(agent, 42)).Int64N
-}
 
 // TestReconnectDelayJitter: agents reconnecting after one server restart
 // spread their attempts over [base/2, base].
@@ -53,9 +19,9 @@ func TestReconnectDelayJitter(t *testing.T) {
 		base     time.Duration
 	}{{1, 100 * time.Millisecond}, {3, 400 * time.Millisecond}, {50, 600 * time.Millisecond}} {
 		agent := uint64(0)
-		spread(t, "reconnect", 1000, tc.base/2, tc.base, func() time.Duration {
+		testutil.Spread(t, "reconnect", 1000, tc.base/2, tc.base, func() time.Duration {
 			agent++
-			return reconnectDelayWith(tc.attempts, seeded(agent))
+			return reconnectDelayWith(tc.attempts, testutil.Seeded(agent))
 		})
 	}
 }
