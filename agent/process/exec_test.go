@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // The child processes of these tests are this test binary, re-executed with
@@ -170,13 +172,7 @@ func procHelperEnvFor(mode, dir string, extra ...string) []string {
 // execPollFor calls fn until it returns true or timeout passes.
 func execPollFor(t *testing.T, timeout time.Duration, what string, fn func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !fn() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, timeout)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.CheckForEvery(t, timeout, 5*time.Millisecond, testutil.True(what, fn))
 }
 
 // waitFile waits for dir/name to exist and returns its content.
