@@ -15,6 +15,7 @@ import (
 
 	"github.com/kvsync/kvsync/agent/process"
 	"github.com/kvsync/kvsync/internal/kvkey"
+	"github.com/kvsync/kvsync/projector"
 )
 
 // Config is the whole agent configuration, as read from kvsync.yaml. It is a plain
@@ -635,7 +636,7 @@ func (c *Config) Validate() error {
 			}
 			dirs[filepath.Clean(e.File)] = p
 		}
-		if e.Prefix != "" && !envNameRE(e.Prefix) {
+		if e.Prefix != "" && !projector.ValidEnvName(e.Prefix) {
 			add(p+".prefix", "%q is not a valid start of an environment variable name", e.Prefix)
 		}
 		action(p+".on_change", e.OnChange)
@@ -701,16 +702,6 @@ func (c *Config) Validate() error {
 }
 
 type problem struct{ path, msg string }
-
-func envNameRE(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return s != ""
-}
 
 // ParseMode parses an octal file mode such as "0644".
 func ParseMode(s string) (os.FileMode, error) {
@@ -850,7 +841,7 @@ func expandString(s string, lookup func(string) (string, bool)) (string, error) 
 		ref := s[i : i+2+end+1] // ${...}
 		body := s[i+2 : i+2+end]
 		name, def, hasDef := strings.Cut(body, ":-")
-		if !envNameRE(name) {
+		if !projector.ValidEnvName(name) {
 			return s, fmt.Errorf("%s: %q is not a variable name (write $$ for a literal $)", ref, name)
 		}
 		v, ok := lookup(name)

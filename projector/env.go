@@ -32,13 +32,15 @@ func envName(key, strip, prefix string) (string, error) {
 		b = append(b, c)
 	}
 	name := string(b)
-	if !validEnvName(name) {
+	if !ValidEnvName(name) {
 		return "", fmt.Errorf("key %q maps to %q, which is not a valid variable name [A-Za-z_][A-Za-z0-9_]*", key, name)
 	}
 	return name, nil
 }
 
-func validEnvName(s string) bool {
+// ValidEnvName reports whether s is a variable name an environment carries
+// everywhere: [A-Za-z_][A-Za-z0-9_]*.
+func ValidEnvName(s string) bool {
 	if s == "" {
 		return false
 	}
@@ -115,7 +117,7 @@ func EncodeDotenv(vars map[string]string) []byte {
 	names := make([]string, 0, len(vars))
 	n := 0
 	for k, v := range vars {
-		if !validEnvName(k) || strings.IndexByte(v, 0) >= 0 {
+		if !ValidEnvName(k) || strings.IndexByte(v, 0) >= 0 {
 			continue
 		}
 		names = append(names, k)

@@ -159,7 +159,7 @@ func FuzzEnvName(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !strings.HasPrefix(name, prefix) || !validEnvName(name) {
+		if !strings.HasPrefix(name, prefix) || !ValidEnvName(name) {
 			t.Fatalf("envName(%q, %q, %q)=%q is not a valid name with the prefix", key, strip, prefix, name)
 		}
 		if got, want := len(name), len(prefix)+len(key)-len(strip); got != want {

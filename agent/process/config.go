@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kvsync/kvsync/projector"
 )
 
 // Exec on_change values.
@@ -159,7 +161,7 @@ func (x *ExecConfig) Validate() []Problem {
 	globs(".env.allow", x.Env.Allow)
 	globs(".env.deny", x.Env.Deny)
 	for _, n := range slices.Sorted(maps.Keys(x.Env.Set)) {
-		if !validEnvName(n) {
+		if !projector.ValidEnvName(n) {
 			add(".env.set", "%q is not a valid environment variable name", n)
 		} else if strings.ContainsRune(x.Env.Set[n], 0) {
 			add(".env.set."+n, "value contains a NUL byte")
@@ -213,17 +215,6 @@ func (a *Action) Validate(haveExec bool) []Problem {
 		ps = append(ps, Problem{".signal", "required with pidfile or process"})
 	}
 	return ps
-}
-
-// validEnvName reports whether s is [A-Za-z_][A-Za-z0-9_]*.
-func validEnvName(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return s != ""
 }
 
 var signals = map[string]syscall.Signal{
