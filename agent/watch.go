@@ -677,9 +677,7 @@ func (w *watcher) create(ctx context.Context, cfg jetstream.ConsumerConfig, chos
 	drop := func(name string) { dropConsumer(&w.bg, w.js, w.stream(), name) }
 	attempt(cfg.Name)
 	asked, pending := 1, 1
-	if w.js.Conn().ConnectedClusterName() == "" {
-		asked = maxAsks // no meta group: no hedge
-	}
+	hedged := w.js.Conn().ConnectedClusterName() != "" // a meta group to lose
 	timer := time.NewTimer(hedge)
 	defer timer.Stop()
 	var found jetstream.PushConsumer
@@ -712,7 +710,7 @@ func (w *watcher) create(ctx context.Context, cfg jetstream.ConsumerConfig, chos
 			}
 			drop(name) // another one delivers already
 		case <-timer.C:
-			if asked < maxAsks {
+			if hedged && asked < maxAsks {
 				attempt(fmt.Sprintf("kvsync_%s_%x", w.bucket, rand.Uint64()))
 				asked++
 				pending++
