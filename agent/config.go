@@ -75,7 +75,8 @@ type NATSConfig struct {
 	TLS      TLSConfig `koanf:"tls"`
 	Name     string    `koanf:"name"`
 	Domain   string    `koanf:"domain"`
-	// PingInterval: how often the client PINGs the server (default 2 s).
+	// PingInterval: how often the client PINGs the server (0: 2 s, applied
+	// where the connection is made, for every caller).
 	// After two unanswered PINGs the connection is re-dialled, and a link
 	// silent for 1.5 intervals is reported stale. A large fleet may raise
 	// it: every connection costs the server one PING per interval.
@@ -398,9 +399,6 @@ func (c *Config) Default() {
 	}
 	if c.NATS.Name == "" {
 		c.NATS.Name = "kvsync"
-	}
-	if c.NATS.PingInterval == 0 {
-		c.NATS.PingInterval = DefaultPingInterval
 	}
 	if c.Agent.ID == "" {
 		if h, err := os.Hostname(); err == nil {
