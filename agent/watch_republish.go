@@ -108,11 +108,27 @@ var (
 //  4. A lost copy with nothing after it shows no gap, so the watcher also
 //     asks the stream for its last sequence: about a second after its own
 //     client dropped a copy (a slow consumer), at once after a reconnect
-//     (then it lists the keys as well), when the stream reports news, and at
-//     a random point of every check interval otherwise. That interval bounds
-//     how long a lost last entry stays unseen. A periodic check is a direct
-//     get of the stream's last message; every tenth is a stream info, which
-//     also shows a recreated bucket or a changed republish.
+//     (then it lists the keys as well), when the stream reports news, and
+//     periodically (the check, below).
+//  5. The periodic check is shared by every agent of the bucket. At a random
+//     point of its check interval an agent asks the stream, with a direct
+//     get, for the first entry after seen, and has the answer sent to
+//     $KVR.<bucket>.$check.<seen> (no key makes that subject): the server
+//     delivers it to every agent's republish subscription, as it delivers a
+//     copy. Usually the answer is a 404 of a few bytes: the stream holds
+//     nothing after that sequence. An answer that says so for an agent's
+//     own seen, whoever asked, starts its interval anew, so a fleet asks
+//     about twice per interval instead of once per agent. An answer that
+//     shows entries after an agent's seen is caught up a second later
+//     unless the copies arrived meanwhile (an answer may overtake them).
+//     With no answer two seconds after its own question (no permission, a
+//     dropped answer), the agent looks at the stream info itself; it also
+//     does so at a random point of every hundred check intervals. A lost
+//     last entry stays unseen at most a check interval and a second.
+//  6. A recreated bucket is told by the stream's advisories; without them
+//     (lost, or not permitted), by a copy up to seen that is newer than
+//     every entry of the epoch, or an answer that the stream holds nothing
+//     after a sequence below seen: the agent then looks at the stream info.
 //
 // When the bucket is recreated a new epoch starts; when it is deleted the
 // owner is told, as by the consumer watcher.
@@ -143,15 +159,37 @@ type republishWatcher struct {
 	seen    uint64    // every entry up to this stream sequence was handed on or is superseded
 	dropped int       // the subscription's drop count when last looked at
 	told    error     // what the owner was last told is wrong with the bucket
-	checks  int       // checks made; every fullCheck-th asks for the stream info
+
+	latest  time.Time // the newest entry's time in this epoch: a copy up to seen that is newer comes from another stream
+
+	// The shared check (live): when this agent last asked, when any
+	// answer last came, and the largest sequence an answer showed ahead of
+	// seen.
+	asked, answered time.Time
+	want            uint64
 
 	bg sync.WaitGroup // consumer deletes; run waits for them
 }
 
-// fullCheck: every so many checks the watcher asks for the stream info (which
-// also shows a recreated bucket or a changed republish) instead of the last
-// message only.
-const fullCheck = 10
+// checkToken names the subjects the shared check's answers go to,
+// $KVR.<bucket>.$check.<sequence>: inside the republish subscription of
+// every agent of the bucket, and made by no key ("$" is not a key
+// character).
+const checkToken = "$check"
+
+// infoChecks: every so many check intervals each agent asks for the stream
+// info itself (50 minutes at the default interval), whatever the answers
+// said. Asked by every agent of a fleet, it is the costliest question, so it
+// is asked rarely; stream advisories and the answers cover nearly every case
+// sooner.
+const infoChecks = 100
+
+// Waits of the shared check: for the answer to this agent's own question,
+// and for the copies an answer showed to be missing.
+const (
+	answerWait = 2 * time.Second
+	copiesWait = time.Second
+)
 
 // defaultRepublishBuffer is how many republished copies wait for the watcher
 // (during a catch-up, say) before the client drops them: 8 KiB of pointers,
@@ -170,6 +208,10 @@ func newRepublishWatcher(js jetstream.JetStream, bucket string, filters []string
 }
 
 func (w *republishWatcher) stream() string { return "KV_" + w.bucket }
+
+// checkPrefix starts the subjects the answers of the shared check go to:
+// the question "what follows sequence X" is answered to checkPrefix + X.
+func (w *republishWatcher) checkPrefix() string { return "$KVR." + w.bucket + "." + checkToken + "." }
 
 // reconnected tells the watcher the connection came back.
 func (w *republishWatcher) reconnected() {
@@ -355,7 +397,7 @@ func (w *republishWatcher) streamInfo(ctx context.Context) (*jetstream.StreamInf
 // sync starts a new epoch and sends the bucket's full view.
 func (w *republishWatcher) sync(ctx context.Context, info *jetstream.StreamInfo) error {
 	w.epoch++
-	w.synced, w.seen, w.created = false, 0, info.Created
+	w.synced, w.seen, w.created, w.latest = false, 0, info.Created, info.State.LastTime
 	size := 0
 	if slices.Contains(w.filters, ">") {
 		size = int(min(info.State.NumSubjects, maxSizeHint))
@@ -514,6 +556,9 @@ func (w *republishWatcher) read(ctx context.Context, cfg jetstream.ConsumerConfi
 
 // emit hands an entry read by a consumer on, when the filters take it.
 func (w *republishWatcher) emit(m jetstream.Msg, md *jetstream.MsgMetadata) {
+	if md.Timestamp.After(w.latest) {
+		w.latest = md.Timestamp
+	}
 	ev, ok := parseMsg(m, "$KV."+w.bucket+".", w.bucket, md)
 	if ok && kvkey.MatchAny(w.filters, ev.key) {
 		w.out.push(ev)
@@ -538,6 +583,9 @@ func (w *republishWatcher) catchUp(ctx context.Context, list bool) error {
 		return errNotRepublishing
 	}
 	last := info.State.LastSeq
+	if info.State.LastTime.After(w.latest) {
+		w.latest = info.State.LastTime
+	}
 	// Copies queued already may take the watcher there without a consumer.
 	w.drain()
 	if last > w.seen {
@@ -568,38 +616,89 @@ func (w *republishWatcher) catchUp(ctx context.Context, list bool) error {
 	return nil
 }
 
-// check makes sure nothing was missed: when the stream's last sequence is
-// the last one handed on, there is nothing to do; otherwise catchUp looks. The
-// last sequence comes from a direct get of the stream's last message, which
-// the stream answers itself, without the JetStream API queue and the stream
-// info's JSON; every fullCheck-th check, and whenever the direct get cannot
-// answer, catchUp asks for the stream info instead.
+// check makes sure nothing was missed after the client dropped copies: when
+// the stream's last sequence is the last one handed on, there is nothing to
+// do; otherwise, or when the direct get cannot answer, catchUp looks.
 func (w *republishWatcher) check(ctx context.Context) error {
 	w.drain()
-	w.checks++
-	if w.checks%fullCheck != 0 {
-		if last, ok := w.lastSeq(ctx); ok && last == w.seen {
-			return nil
-		}
+	if last, ok := w.lastSeq(ctx); ok && last == w.seen {
+		return nil
 	}
 	return w.catchUp(ctx, false)
+}
+
+// ask sends this agent's question of the shared check: a direct get of the
+// first entry after seen, answered to the check subject of seen. Usually
+// there is none, and the answer is a 404 of a few bytes.
+func (w *republishWatcher) ask() error {
+	w.asked = time.Now()
+	return w.js.Conn().PublishMsg(&nats.Msg{
+		Subject: w.apiPrefix() + "DIRECT.GET." + w.stream(),
+		Reply:   w.checkPrefix() + strconv.FormatUint(w.seen, 10),
+		Data:    fmt.Appendf(nil, `{"seq":%d,"next_by_subj":">"}`, w.seen+1),
+	})
+}
+
+// Answers of the shared check, as answer reads them.
+type answerKind int
+
+const (
+	notAnswer answerKind = iota // not an answer: a status other than 404, another stream's message
+	checked                     // the stream holds nothing after seen, or holds more and the catch-up follows
+	behindSeen                  // the stream holds nothing after a sequence below seen
+	entryAfter                  // the stream holds an entry after the asker's sequence
+)
+
+// answer reads an answer of the shared check to "what follows sequence X",
+// this agent's question or another's, delivered to checkPrefix + X: a 404
+// says the stream's last sequence is at most X; an entry of the stream says
+// that entry follows X. What this agent lacks goes into want.
+func (w *republishWatcher) answer(m *nats.Msg) answerKind {
+	x, err := strconv.ParseUint(strings.TrimPrefix(m.Subject, w.checkPrefix()), 10, 64)
+	if err != nil {
+		return notAnswer
+	}
+	if m.Header.Get("Status") == "404" {
+		w.answered = time.Now()
+		switch {
+		case x < w.seen:
+			return behindSeen
+		case x > w.seen:
+			w.want = max(w.want, x) // the asker had seen x
+		}
+		return checked
+	}
+	seq, ok := w.sequence(m)
+	if !ok || seq <= x {
+		return notAnswer
+	}
+	w.answered = time.Now()
+	if seq > w.seen {
+		w.want = max(w.want, seq)
+	}
+	return entryAfter
+}
+
+// apiPrefix is the JetStream API prefix of the watcher's context (a
+// domain's, when one is set).
+func (w *republishWatcher) apiPrefix() string {
+	o := w.js.Options()
+	switch {
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		return strings.TrimSuffix(o.APIPrefix, ".") + "."
+	}
+	return "$JS.API."
 }
 
 // lastSeq is the stream's last sequence, read from its last message with a
 // direct get. ok is false when that cannot answer: no direct get on the
 // stream, no permission, the last message removed, no server.
 func (w *republishWatcher) lastSeq(ctx context.Context) (uint64, bool) {
-	o := w.js.Options()
-	prefix := "$JS.API."
-	switch {
-	case o.Domain != "":
-		prefix = "$JS." + o.Domain + ".API."
-	case o.APIPrefix != "":
-		prefix = strings.TrimSuffix(o.APIPrefix, ".") + "."
-	}
-	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, answerWait)
 	defer cancel()
-	m, err := w.js.Conn().RequestWithContext(rctx, prefix+"DIRECT.GET."+w.stream(), []byte(`{"last_by_subj":">"}`))
+	m, err := w.js.Conn().RequestWithContext(rctx, w.apiPrefix()+"DIRECT.GET."+w.stream(), []byte(`{"last_by_subj":">"}`))
 	if err != nil || m.Header.Get("Status") != "" {
 		return 0, false
 	}
@@ -612,6 +711,10 @@ func (w *republishWatcher) drain() {
 	for {
 		select {
 		case m := <-w.msgs:
+			if strings.HasPrefix(m.Subject, w.checkPrefix()) {
+				w.answer(m)
+				continue
+			}
 			seq, ok := w.sequence(m)
 			if !ok || seq <= w.seen {
 				continue
@@ -642,39 +745,96 @@ func (w *republishWatcher) live(ctx context.Context, cfg jetstream.StreamConfig)
 	defer check.Stop()
 	// After copies arrive, the drop count is looked at a second later: a copy
 	// the client dropped at the end of a burst shows no gap.
-	dropT := time.NewTimer(time.Hour)
-	dropT.Stop()
-	defer dropT.Stop()
-	dropArmed := false
+	drops := newAlarm()
+	defer drops.disarm()
+	// The shared check's waits: for an answer to this agent's question, for
+	// copies an answer showed missing, and, after an answer behind seen, for
+	// one that is not.
+	unanswered, missing, behind := newAlarm(), newAlarm(), newAlarm()
+	defer unanswered.disarm()
+	defer missing.disarm()
+	defer behind.disarm()
+	// A copy newer than the epoch with a sequence up to seen: a new stream.
+	renewed := newAlarm()
+	defer renewed.disarm()
+	// Answers show a recreated bucket only when its last sequence differs
+	// from the old one's; a stream info, which shows it always, is asked for
+	// at a random point of every infoChecks check intervals.
+	info := time.NewTimer(retry.EqualJitter(infoChecks*w.every, nil))
+	defer info.Stop()
 	for {
 		var err error
 		select {
 		case <-ctx.Done():
 			return nil
 		case m := <-w.msgs:
+			drops.arm(time.Second)
+			if strings.HasPrefix(m.Subject, w.checkPrefix()) {
+				switch w.answer(m) {
+				case checked:
+					check.Reset(w.nextCheck()) // this agent need not ask
+					behind.disarm()
+				case behindSeen:
+					// A recreated bucket, or a replica that lags: looked
+					// at unless a later answer says otherwise.
+					behind.arm(w.nextCheck())
+				}
+				break
+			}
 			seq, ok := w.sequence(m)
 			switch {
-			case !ok || seq <= w.seen:
+			case !ok:
+			case seq <= w.seen:
+				if w.newer(m) {
+					// Not a copy handed on before: a new stream's.
+					renewed.arm(copiesWait)
+				}
 			case seq == w.seen+1:
 				w.handOn(m, seq)
 			default:
 				w.logger.Debug("missed republished entries", "from", w.seen+1, "to", seq-1)
 				err = w.catchUp(ctx, false)
 			}
-			if !dropArmed {
-				dropArmed = true
-				dropT.Reset(time.Second)
-			}
-		case <-dropT.C:
-			dropArmed = false
+		case <-drops.c():
+			drops.rang()
 			if d, _ := w.sub.Dropped(); d != w.dropped {
 				w.dropped = d
 				w.logger.Debug("client dropped republished entries", "dropped", d)
 				err = w.check(ctx)
 			}
 		case <-check.C:
-			err = w.check(ctx)
+			w.drain()
+			if err = w.ask(); err == nil {
+				unanswered.arm(answerWait)
+			} else {
+				w.logger.Debug("check: ask", "err", err)
+				err = w.catchUp(ctx, false)
+			}
 			check.Reset(w.nextCheck())
+		case <-unanswered.c():
+			unanswered.rang()
+			if w.answered.Before(w.asked) {
+				w.logger.Debug("check: no answer, asking for the stream info")
+				err = w.catchUp(ctx, false)
+			}
+		case <-missing.c():
+			missing.rang()
+			w.drain()
+			if w.want > w.seen {
+				w.logger.Debug("check: entries missing", "from", w.seen+1, "to", w.want)
+				err = w.catchUp(ctx, false)
+			}
+		case <-renewed.c():
+			renewed.rang()
+			w.logger.Debug("a copy newer than the bucket's entries, with an old sequence")
+			err = w.catchUp(ctx, false)
+		case <-behind.c():
+			behind.rang()
+			w.logger.Debug("check: the stream's last sequence is behind the one seen", "seen", w.seen)
+			err = w.catchUp(ctx, false)
+		case <-info.C:
+			err = w.catchUp(ctx, false)
+			info.Reset(retry.EqualJitter(infoChecks*w.every, nil))
 		case <-w.nudge:
 			err = w.catchUp(ctx, false)
 		case <-w.resumed:
@@ -687,13 +847,57 @@ func (w *republishWatcher) live(ctx context.Context, cfg jetstream.StreamConfig)
 		if err != nil {
 			return err
 		}
+		if w.want > w.seen {
+			missing.arm(copiesWait)
+		} else {
+			w.want = 0
+			missing.disarm()
+		}
 	}
 }
+
+// alarm is a timer that is set or not: arm sets it unless it is set.
+type alarm struct {
+	t   *time.Timer
+	set bool
+}
+
+func newAlarm() *alarm {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &alarm{t: t}
+}
+
+func (a *alarm) arm(d time.Duration) {
+	if !a.set {
+		a.set = true
+		a.t.Reset(d)
+	}
+}
+
+func (a *alarm) disarm() {
+	a.set = false
+	a.t.Stop()
+}
+
+// c is the channel the alarm rings on; who receives from it calls rang.
+func (a *alarm) c() <-chan time.Time { return a.t.C }
+
+// rang marks the alarm unset after it rang.
+func (a *alarm) rang() { a.set = false }
 
 // nextCheck is when an idle watcher next asks the stream: a random point of
 // the check interval, so a fleet's agents do not ask at once.
 func (w *republishWatcher) nextCheck() time.Duration {
 	return retry.EqualJitter(w.every, nil)
+}
+
+// newer says whether a copy is newer than every entry of the epoch the
+// watcher knows of. A copy handed on before, or superseded, is not: the
+// server stamps entries in order, and a copy carries its entry's time.
+func (w *republishWatcher) newer(m *nats.Msg) bool {
+	ts, err := time.Parse(time.RFC3339Nano, last(m.Header, jetstream.TimeStampHeaer))
+	return err == nil && ts.After(w.latest)
 }
 
 // sequence returns the stream sequence of a republished copy of this

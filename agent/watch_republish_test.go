@@ -440,6 +440,124 @@ func TestRepublishWatchCheckFindsSilentLoss(t *testing.T) {
 	}
 }
 
+// TestRepublishCheckShared: the periodic check is shared. An agent whose
+// own check interval is ten minutes, and which never receives the copy of
+// the last entry, still gets it within a few seconds, through the answers
+// to another agent's checks. And ten agents checking every 300 ms ask the
+// stream about twice per interval, not ten times.
+func TestRepublishCheckShared(t *testing.T) {
+	s := testutil.RunServer(t, func(o *server.Options) {
+		o.Users = []*server.User{
+			{Username: "admin", Password: "admin"},
+			{Username: "agent", Password: "agent"},
+			{Username: "deaf", Password: "deaf", Permissions: &server.Permissions{
+				Subscribe: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$KVR.app.tail"}},
+			}},
+		}
+	})
+	nc, js := testutil.Connect(t, s.ClientURL(), nats.UserInfo("admin", "admin"))
+	kv := testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	put(t, kv, "a", "1")
+
+	deafDir := t.TempDir()
+	deaf := republishCfg(s.ClientURL(), "app", deafDir)
+	deaf.NATS.User, deaf.NATS.Password = "deaf", "deaf"
+	deaf.Watch.CheckInterval = 10 * time.Minute
+	deafAgent := startAgent(t, deaf, Options{})
+
+	const agents = 10
+	const every = 300 * time.Millisecond
+	var dirs []string
+	for range agents {
+		dir := t.TempDir()
+		cfg := republishCfg(s.ClientURL(), "app", dir)
+		cfg.NATS.User, cfg.NATS.Password = "agent", "agent"
+		cfg.Watch.CheckInterval = every
+		startAgent(t, cfg, Options{})
+		dirs = append(dirs, dir)
+	}
+	for _, dir := range append(dirs, deafDir) {
+		testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, "a"), "1"))
+	}
+
+	// Count the questions: a plain subscriber sees every direct get.
+	var mu sync.Mutex
+	var asked []time.Time
+	sub, err := nc.Subscribe("$JS.API.DIRECT.GET.KV_app", func(*nats.Msg) {
+		mu.Lock()
+		asked = append(asked, time.Now())
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	const window = 3 * time.Second
+	time.Sleep(window)
+	if err := sub.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	n := len(asked)
+	mu.Unlock()
+	// Unshared, ten agents asking at a random point of each 300 ms interval
+	// (150 to 300 ms apart) would ask about 130 times in 3 s; shared, the
+	// fleet asks about every 150 ms: about 20.
+	if unshared := agents * int(window/every); n == 0 || n > unshared/2 {
+		t.Fatalf("%d questions in %v from %d agents checking every %v: want some, and at most %d", n, window, agents, every, unshared/2)
+	}
+
+	put(t, kv, "tail", "late")
+	for _, dir := range append(dirs, deafDir) {
+		testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, "tail"), "late"))
+	}
+	if !strings.Contains(deafAgent.logs.String(), "check: entries missing") {
+		t.Fatal("the deaf agent got the entry without the shared check: the test proves nothing")
+	}
+}
+
+// TestRepublishCheckNoticesRecreatedBucket: a bucket deleted and made again
+// with fewer entries, seen by an agent that gets no stream advisories: the
+// new bucket's copies and the check's answers are behind what the agent saw,
+// and the agent looks at the stream info and starts over.
+func TestRepublishCheckNoticesRecreatedBucket(t *testing.T) {
+	s := testutil.RunServer(t, func(o *server.Options) {
+		o.Users = []*server.User{
+			{Username: "admin", Password: "admin"},
+			{Username: "agent", Password: "agent", Permissions: &server.Permissions{
+				Subscribe: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.EVENT.>"}},
+			}},
+		}
+	})
+	_, js := testutil.Connect(t, s.ClientURL(), nats.UserInfo("admin", "admin"))
+	cfgKV := jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")}
+	kv := testutil.CreateBucket(t, js, cfgKV)
+	for _, k := range []string{"a", "b", "c"} {
+		put(t, kv, k, "old")
+	}
+	dir := t.TempDir()
+	cfg := republishCfg(s.ClientURL(), "app", dir)
+	cfg.NATS.User, cfg.NATS.Password = "agent", "agent"
+	cfg.Watch.CheckInterval = 300 * time.Millisecond
+	startAgent(t, cfg, Options{})
+	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "c"), "old"))
+
+	if err := js.DeleteKeyValue(context.Background(), "app"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 5*time.Second, func() (err error) {
+		kv, err = js.CreateKeyValue(context.Background(), cfgKV)
+		return err
+	})
+	put(t, kv, "x", "new") // sequence 1: behind the 3 the agent saw
+	testutil.CheckFor(t, 10*time.Second, fileIs(filepath.Join(dir, "x"), "new"))
+	for _, k := range []string{"a", "b", "c"} {
+		testutil.CheckFor(t, 5*time.Second, fileGone(filepath.Join(dir, k)))
+	}
+}
+
 // TestRepublishWatchPermissions: the republish mode works with the
 // documented permissions of a watch-only user and no more.
 func TestRepublishWatchPermissions(t *testing.T) {
