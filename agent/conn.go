@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kvsync/kvsync/agent/natsconn"
 	"github.com/kvsync/kvsync/internal/retry"
 )
 
@@ -55,7 +56,7 @@ const (
 func staleAfter(ping time.Duration) time.Duration { return ping + ping/2 }
 
 // DefaultURL is the server kvsync dials when nothing else is configured.
-const DefaultURL = "nats://127.0.0.1:4222"
+const DefaultURL = natsconn.DefaultURL
 
 // Connect dials NATS with every option of cfg: comma-separated URL list, creds
 // file, nkey seed file, token, user/password, TLS (CA, client cert+key),

@@ -21,10 +21,10 @@ import (
 // fleet needs changed on a live bucket.
 func provision(ctx context.Context, js jetstream.JetStream, buckets []BucketConfig, logger *slog.Logger) error {
 	for _, b := range buckets {
-		want := b.kvConfig()
+		want := kvConfig(b)
 		kv, err := js.KeyValue(ctx, b.Name)
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			mc := b.maxConsumers()
+			mc := maxConsumers(b)
 			_, err := CreateBucket(ctx, js, want, mc)
 			if errors.Is(err, jetstream.ErrMaximumConsumersLimit) && b.MaxConsumers == 0 {
 				// The account caps consumers below kvsync's default: the
@@ -67,7 +67,7 @@ func provision(ctx context.Context, js jetstream.JetStream, buckets []BucketConf
 
 // maxConsumers is the consumer limit a new bucket gets: the configured one,
 // or DefaultMaxConsumers.
-func (b BucketConfig) maxConsumers() int {
+func maxConsumers(b BucketConfig) int {
 	if b.MaxConsumers == 0 {
 		return DefaultMaxConsumers
 	}
@@ -214,7 +214,7 @@ func bucketStreamConfig(cfg jetstream.KeyValueConfig, maxConsumers int) (jetstre
 }
 
 // kvConfig is the jetstream form of the bucket config.
-func (b BucketConfig) kvConfig() jetstream.KeyValueConfig {
+func kvConfig(b BucketConfig) jetstream.KeyValueConfig {
 	st := jetstream.FileStorage
 	if b.Storage == "memory" {
 		st = jetstream.MemoryStorage
