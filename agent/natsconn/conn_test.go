@@ -1,4 +1,4 @@
-package agent
+package natsconn
 
 import (
 	"context"
@@ -366,6 +366,21 @@ func TestConnectTLS(t *testing.T) {
 			if st, err := nc.TLSConnectionState(); err != nil || !st.HandshakeComplete {
 				t.Fatalf("not a TLS connection: %v", err)
 			}
+		})
+	}
+}
+
+// TestReconnectDelayJitter: agents reconnecting after one server restart
+// spread their attempts over [base/2, base].
+func TestReconnectDelayJitter(t *testing.T) {
+	for _, tc := range []struct {
+		attempts int
+		base     time.Duration
+	}{{1, 100 * time.Millisecond}, {3, 400 * time.Millisecond}, {50, 600 * time.Millisecond}} {
+		agent := uint64(0)
+		testutil.Spread(t, "reconnect", 1000, tc.base/2, tc.base, func() time.Duration {
+			agent++
+			return reconnectDelayWith(tc.attempts, testutil.Seeded(agent))
 		})
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package natsconn
 
 import (
 	"context"
@@ -35,40 +35,39 @@ type MirrorStatus struct {
 	AsOf time.Time `json:"as_of"`
 }
 
-// mirrorCache reads the mirror state of the watched buckets when /status is
-// asked for (an idle agent asks nothing), and keeps the last answer for the
-// times the server cannot be asked. A bucket found not to be a mirror is not
-// asked about again.
-type mirrorCache struct {
+// MirrorCache reads the mirror state of buckets when asked (an idle agent
+// asks nothing: /status does), and keeps the last answer for the times the
+// server cannot be asked. A bucket found not to be a mirror is not asked
+// about again. The zero value is ready to use.
+type MirrorCache struct {
 	mu     sync.Mutex
 	last   map[string]*MirrorStatus // bucket -> last known state of a mirror
 	plain  map[string]bool          // buckets known not to be mirrors
-	asking sync.Mutex               // one /status asks at a time
+	asking sync.Mutex               // one Lookup asks at a time
 }
 
-// mirrorTimeout bounds the stream info requests of one /status.
+// mirrorTimeout bounds the stream info requests of one Lookup.
 const mirrorTimeout = time.Second
 
-// annotate returns buckets with Mirror set for every bucket whose stream is
-// a mirror. js is nil when the agent has no JetStream handle or no
-// connection: the last known state is shown then.
-func (c *mirrorCache) annotate(ctx context.Context, js jetstream.JetStream, buckets []BucketStatus) []BucketStatus {
-	if len(buckets) == 0 {
-		return buckets
+// Lookup returns the mirror state of each bucket of names, in their order:
+// nil for a bucket that is not a mirror, or not known to be one. js is nil
+// when there is no JetStream handle or no connection: the last known state
+// is returned then, as it is when another Lookup is asking the server.
+func (c *MirrorCache) Lookup(ctx context.Context, js jetstream.JetStream, names []string) []*MirrorStatus {
+	out := make([]*MirrorStatus, len(names))
+	if len(names) == 0 {
+		return out
 	}
 	if c.asking.TryLock() {
 		defer c.asking.Unlock()
 	} else {
-		// Another /status is asking the server now: this one shows what is
-		// known rather than queueing behind it.
+		// Another Lookup is asking the server now: this one returns what
+		// is known rather than queueing behind it.
 		js = nil
 	}
-	out := make([]BucketStatus, len(buckets))
-	copy(out, buckets)
 	ctx, cancel := context.WithTimeout(ctx, mirrorTimeout)
 	defer cancel()
-	for i := range out {
-		name := out[i].Name
+	for i, name := range names {
 		c.mu.Lock()
 		plain := c.plain[name]
 		c.mu.Unlock()
@@ -90,14 +89,14 @@ func (c *mirrorCache) annotate(ctx context.Context, js jetstream.JetStream, buck
 		case err == nil:
 			if m := mirrorStatus(st.CachedInfo()); m != nil {
 				c.last[name] = m
-				out[i].Mirror = m
+				out[i] = m
 			} else {
 				c.plain[name] = true
 			}
 		case c.last[name] != nil:
 			m := *c.last[name]
 			m.Error = "stream info: " + err.Error()
-			out[i].Mirror = &m
+			out[i] = &m
 		}
 		c.mu.Unlock()
 	}
