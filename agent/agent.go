@@ -70,8 +70,8 @@ type Agent struct {
 	ready  atomic.Bool
 	conn   atomic.Bool
 
-	refusals *Refusals     // permissions the server refused (conn.go)
-	link     natsconn.Link // whether the server is still heard from (conn.go)
+	refusals *Refusals     // permissions the server refused; conn.go sets its handlers
+	link     natsconn.Link // whether the server is still heard from
 	rendered sync.Map      // templateKey of every template that rendered in this process; kept across reloads
 	started  time.Time     // when New ran, shown in the fleet record
 	rep      *reporter     // keeps the fleet record; nil in Once and DryRun mode
