@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kvsync/kvsync/agent/natsconn"
 	"github.com/kvsync/kvsync/agent/process"
 	"github.com/kvsync/kvsync/projector"
 )
@@ -69,14 +70,14 @@ type Agent struct {
 	ready  atomic.Bool
 	conn   atomic.Bool
 
-	refusals *Refusals // permissions the server refused (conn.go)
-	link     link      // whether the server is still heard from (conn.go)
-	rendered sync.Map  // templateKey of every template that rendered in this process; kept across reloads
-	started  time.Time // when New ran, shown in the fleet record
-	rep      *reporter // keeps the fleet record; nil in Once and DryRun mode
+	refusals *Refusals     // permissions the server refused; conn.go sets its handlers
+	link     natsconn.Link // whether the server is still heard from
+	rendered sync.Map      // templateKey of every template that rendered in this process; kept across reloads
+	started  time.Time     // when New ran, shown in the fleet record
+	rep      *reporter     // keeps the fleet record; nil in Once and DryRun mode
 
 	js      atomic.Pointer[jetstream.JetStream] // set by Run, for /status
-	mirrors mirrorCache                         // the mirror state /status shows
+	mirrors natsconn.MirrorCache                // the mirror state /status shows
 }
 
 // jetStream is the agent's JetStream handle once Run made it, else nil.
@@ -99,7 +100,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	a := &Agent{cfg: cfg, opts: opts, logger: opts.Logger, metrics: newMetrics(), refusals: NewRefusals(), started: time.Now()}
-	a.link.gauge = a.metrics.linkStale
+	a.link.StaleGauge = a.metrics.linkStale
 	a.connHandlers()
 	a.status.Store(&Status{})
 	if !opts.Once && !opts.DryRun {
@@ -213,7 +214,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	lctx, lcancel := context.WithCancel(base)
 	defer lcancel()
 	g.add("link",
-		func() error { a.link.run(lctx, nc, a.logger); return nil },
+		func() error { a.link.Run(lctx, nc, a.logger); return nil },
 		func(error) { lcancel() })
 	return g.run()
 }
@@ -327,7 +328,7 @@ func (a *Agent) setConnected(up bool) {
 
 // runConfig runs one configuration until ctx is done.
 func (a *Agent) runConfig(ctx context.Context, cfg *Config, js jetstream.JetStream, exec execChild, reconnects <-chan struct{}) error {
-	if err := provision(ctx, js, cfg.Buckets, a.logger); err != nil {
+	if err := natsconn.Provision(ctx, js, cfg.Buckets, a.logger); err != nil {
 		return err
 	}
 	o, err := newOwner(cfg, a, js, exec)

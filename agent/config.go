@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kvsync/kvsync/agent/natsconn"
 	"github.com/kvsync/kvsync/agent/process"
 	"github.com/kvsync/kvsync/internal/kvkey"
 	"github.com/kvsync/kvsync/projector"
@@ -63,58 +64,15 @@ const (
 	MinReportInterval = time.Second
 )
 
-// NATSConfig says how to reach the NATS server.
-type NATSConfig struct {
-	URL      string    `koanf:"url"`
-	Context  string    `koanf:"context"`
-	Creds    string    `koanf:"creds"`
-	NKey     string    `koanf:"nkey"`
-	Token    string    `koanf:"token"`
-	User     string    `koanf:"user"`
-	Password string    `koanf:"password"`
-	TLS      TLSConfig `koanf:"tls"`
-	Name     string    `koanf:"name"`
-	Domain   string    `koanf:"domain"`
-	// PingInterval: how often the client PINGs the server (0: 2 s, applied
-	// where the connection is made, for every caller).
-	// After two unanswered PINGs the connection is re-dialled, and a link
-	// silent for 1.5 intervals is reported stale. A large fleet may raise
-	// it: every connection costs the server one PING per interval.
-	PingInterval time.Duration `koanf:"ping_interval"`
-}
-
-// TLSConfig holds the paths of the TLS material for the NATS connection.
-type TLSConfig struct {
-	CA   string `koanf:"ca"`
-	Cert string `koanf:"cert"`
-	Key  string `koanf:"key"`
-}
-
-// EmbeddedConfig runs an in-process JetStream server.
-type EmbeddedConfig struct {
-	StoreDir string `koanf:"store_dir"`
-	Listen   string `koanf:"listen"`
-}
-
-// BucketConfig is a bucket kvsync creates when it is missing.
-type BucketConfig struct {
-	Name         string        `koanf:"name"`
-	History      int           `koanf:"history"`
-	TTL          time.Duration `koanf:"ttl"`
-	MaxBytes     int64         `koanf:"max_bytes"`
-	MaxValueSize int32         `koanf:"max_value_size"`
-	Replicas     int           `koanf:"replicas"`
-	Storage      string        `koanf:"storage"` // file | memory
-	Description  string        `koanf:"description"`
-	// MaxConsumers caps the consumers of the bucket's stream, one per
-	// watching agent: 0 is DefaultMaxConsumers, -1 none of the stream's own
-	// (the server's default applies). Set, it is applied to an existing
-	// bucket too.
-	MaxConsumers int `koanf:"max_consumers"`
-	// Republish makes the bucket republish every entry to $KVR.<name>.>,
-	// for agents that follow it in the republish watch mode.
-	Republish bool `koanf:"republish"`
-}
+// The nats:, embedded: and buckets: blocks belong to the natsconn package,
+// which connects and provisions; Config composes its types, and these names
+// keep them reachable from this package as before.
+type (
+	NATSConfig     = natsconn.NATSConfig
+	TLSConfig      = natsconn.TLSConfig
+	EmbeddedConfig = natsconn.EmbeddedConfig
+	BucketConfig   = natsconn.BucketConfig
+)
 
 // Layout values of FilesConfig.Layout.
 const (
@@ -293,30 +251,10 @@ func Default() Config {
 // flat map: names derived from the kind and index, modes, layouts, policies.
 func (c *Config) Default() {
 	if c.Embedded != nil {
-		if c.Embedded.StoreDir == "" {
-			c.Embedded.StoreDir = "./.kvsync/data"
-		}
-		if c.Embedded.Listen == "" {
-			c.Embedded.Listen = "127.0.0.1:4222"
-		}
+		c.Embedded.Default()
 	}
 	for i := range c.Buckets {
-		b := &c.Buckets[i]
-		if b.History == 0 {
-			b.History = 1
-		}
-		if b.MaxBytes == 0 {
-			b.MaxBytes = -1
-		}
-		if b.MaxValueSize == 0 {
-			b.MaxValueSize = -1
-		}
-		if b.Replicas == 0 {
-			b.Replicas = 1
-		}
-		if b.Storage == "" {
-			b.Storage = "file"
-		}
+		c.Buckets[i].Default()
 	}
 	for i := range c.Files {
 		f := &c.Files[i]
@@ -397,9 +335,6 @@ func (c *Config) Default() {
 	if c.Watch.CheckInterval == 0 {
 		c.Watch.CheckInterval = 30 * time.Second
 	}
-	if c.NATS.Name == "" {
-		c.NATS.Name = "kvsync"
-	}
 	if c.Agent.ID == "" {
 		if h, err := os.Hostname(); err == nil {
 			c.Agent.ID = h
@@ -413,11 +348,7 @@ func (c *Config) Default() {
 			r.Interval = DefaultReportInterval
 		}
 	}
-	// The default URL only when nothing else says where to connect: a
-	// context's URL must not be shadowed by it.
-	if c.NATS.URL == "" && c.NATS.Context == "" && c.Embedded == nil {
-		c.NATS.URL = DefaultURL
-	}
+	c.NATS.Default(c.Embedded != nil)
 }
 
 // Validate reports every problem of the config at once, one a line, each
@@ -498,17 +429,8 @@ func (c *Config) Validate() error {
 		}
 	}
 
-	if c.NATS.URL == "" && c.NATS.Context == "" && c.Embedded == nil {
-		add("nats.url", "required (or nats.context, or embedded)")
-	}
-	if (c.NATS.TLS.Cert == "") != (c.NATS.TLS.Key == "") {
-		add("nats.tls", "cert and key go together")
-	}
-	if p := c.NATS.PingInterval; p < 0 || (p > 0 && p < 100*time.Millisecond) || p > 10*time.Minute {
-		add("nats.ping_interval", "%v is outside 100ms..10m", p)
-	}
-	if c.NATS.User == "" && c.NATS.Password != "" {
-		add("nats.user", "required with nats.password")
+	for _, p := range c.NATS.Validate(c.Embedded != nil) {
+		add("nats"+p.Path, "%s", p.Msg)
 	}
 	for _, n := range slices.Sorted(maps.Keys(c.Actions)) {
 		p := "actions." + n
@@ -522,26 +444,14 @@ func (c *Config) Validate() error {
 			action(p, &a)
 		}
 	}
-	if c.Embedded != nil && c.Embedded.StoreDir == "" {
-		add("embedded.store_dir", "required")
+	if c.Embedded != nil {
+		for _, p := range c.Embedded.Validate() {
+			add("embedded"+p.Path, "%s", p.Msg)
+		}
 	}
-	for i, b := range c.Buckets {
-		p := fmt.Sprintf("buckets[%d]", i)
-		bucket(p+".name", b.Name)
-		if b.History < 1 || b.History > 64 {
-			add(p+".history", "%d is outside 1..64", b.History)
-		}
-		if b.TTL < 0 {
-			add(p+".ttl", "must not be negative")
-		}
-		if b.Replicas < 1 || b.Replicas > 5 {
-			add(p+".replicas", "%d is outside 1..5", b.Replicas)
-		}
-		if b.Storage != "file" && b.Storage != "memory" {
-			add(p+".storage", "%q is not file or memory", b.Storage)
-		}
-		if b.MaxConsumers < -1 {
-			add(p+".max_consumers", "%d: give a positive limit, 0 for kvsync's default, or -1 for the server's", b.MaxConsumers)
+	for i := range c.Buckets {
+		for _, p := range c.Buckets[i].Validate() {
+			add(fmt.Sprintf("buckets[%d]", i)+p.Path, "%s", p.Msg)
 		}
 	}
 	dirs := map[string]string{}

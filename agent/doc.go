@@ -1,5 +1,5 @@
-// Package agent is the running part of kvsync: it owns the NATS connection, one
-// watcher per bucket, the single owner goroutine that holds the key -> entry
+// Package agent is the running part of kvsync: it owns the agent's NATS
+// connection (made and watched through agent/natsconn), one watcher per bucket, the single owner goroutine that holds the key -> entry
 // state, the projections (files, templates, env) and their change actions, the
 // exec child, push-back of local edits, and the HTTP endpoints.
 //
@@ -48,9 +48,20 @@
 // and the command actions, webhooks) is the agent/process package's; the
 // agent decides when they run, through the interfaces of children.go.
 //
+// The NATS plumbing (dialling with the nats: block and NATS contexts, the
+// stale-link monitor, refused permissions, the embedded server, creating the
+// buckets: of the config, the mirror state of buckets) is the agent/natsconn
+// package's. The agent sets the connection's handlers (refusals go to its
+// log and metrics, conn.go; reconnects to its watchers, agent.go), runs the
+// link monitor as one of its actors, provisions a config's buckets before its
+// watchers start, and builds /status from what natsconn reports. The
+// watchers (watch.go, watch_republish.go) are the agent's: they feed the
+// owner's inbox.
+//
 // The package must not parse config files (cmd/kvsync does, with koanf),
-// must not start, signal or wait for processes itself (agent/process does),
-// and must not write bytes to disk itself: every write goes through the
+// must not dial NATS itself (agent/natsconn does), must not start, signal
+// or wait for processes itself (agent/process does), and must not write
+// bytes to disk itself: every write goes through the
 // projector. A files projection's folder is written by its projector.Dir
 // alone — the projected files and the manifest, and for push-back the
 // adopted files, the held local edits and the conflict copies — except for
@@ -60,5 +71,6 @@
 // projector.WriteFile or projector.RemoveFile), and a files projection's
 // check tests copies that projector.StageTree writes to a private temp
 // folder. The one writer that is not the projector is the embedded server
-// (embedded:), which keeps its JetStream store in embedded.store_dir.
+// (embedded:, natsconn.StartEmbedded, which cmd/kvsync starts), which keeps
+// its JetStream store in embedded.store_dir.
 package agent

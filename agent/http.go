@@ -41,7 +41,7 @@ func (a *Agent) Handler() http.Handler {
 			// show what is known.
 			js = nil
 		}
-		s.Buckets = a.mirrors.annotate(r.Context(), js, s.Buckets)
+		s.Buckets = annotateMirrors(r.Context(), &a.mirrors, js, s.Buckets)
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")

@@ -4,16 +4,14 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/kvsync/kvsync/agent/natsconn"
 )
 
 // DefaultMaxConsumers is the consumer limit kvsync gives the buckets it
-// creates when the config or the command line says nothing. nats-server 2.15
-// allows 1,000 consumers per stream unless the stream sets a positive limit
-// (or the server's jetstream { limits { default_max_consumers } } does), and
-// every agent watching a bucket holds one consumer on it. A consumer costs
-// the server about 60-75 KiB, so 10,000 consumers are about 700 MiB on each
-// server that holds the bucket.
-const DefaultMaxConsumers = 10_000
+// creates when the config or the command line says nothing (see
+// natsconn.DefaultMaxConsumers).
+const DefaultMaxConsumers = natsconn.DefaultMaxConsumers
 
 // limitNudgeSpread bounds the random pause of a watcher refused for the
 // consumer limit after the stream changed (its limit raised, say): every

@@ -3,7 +3,8 @@
 // (RunServer, RestartServer), test clients (Connect, ConnectRetrying),
 // buckets (CreateBucket), a nats-server child process that can be stopped,
 // SIGKILLed and restarted on the same port and store (NATSProc), a 3-node
-// cluster of such processes (Cluster), free loopback ports (FreePort) and the
+// cluster of such processes (Cluster), free loopback ports (FreePort), a
+// buffer a logger writes while the test reads it (SyncBuffer) and the
 // polling helpers: CheckFor (CheckForEvery where a test measures a delay),
 // Poll where the caller reports the failure itself, and True to poll a
 // condition.

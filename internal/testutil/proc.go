@@ -57,7 +57,7 @@ type NATSProc struct {
 
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
-	log  *syncBuffer   // stdout and stderr of the current run
+	log  *SyncBuffer   // stdout and stderr of the current run
 }
 
 // StartNATSProc starts a nats-server child with JetStream on a free loopback
@@ -144,7 +144,7 @@ func (n *NATSProc) launch(tb testing.TB) {
 	if n.Running() {
 		tb.Fatalf("nats-server on port %d: already running", n.port)
 	}
-	n.log = &syncBuffer{}
+	n.log = &SyncBuffer{}
 	n.cmd = exec.Command(NATSServerBin(tb), n.args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
@@ -229,19 +229,20 @@ func (n *NATSProc) signal(tb testing.TB, sig syscall.Signal) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writing process and a reading test.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for a writer (a process, a logger) and a
+// reading test.
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()

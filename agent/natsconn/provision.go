@@ -1,4 +1,4 @@
-package agent
+package natsconn
 
 import (
 	"context"
@@ -13,18 +13,27 @@ import (
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
 
-// provision creates every configured bucket that is missing, with the
+// DefaultMaxConsumers is the consumer limit kvsync gives the buckets it
+// creates when the config or the command line says nothing. nats-server 2.15
+// allows 1,000 consumers per stream unless the stream sets a positive limit
+// (or the server's jetstream { limits { default_max_consumers } } does), and
+// every agent watching a bucket holds one consumer on it. A consumer costs
+// the server about 60-75 KiB, so 10,000 consumers are about 700 MiB on each
+// server that holds the bucket.
+const DefaultMaxConsumers = 10_000
+
+// Provision creates every configured bucket that is missing, with the
 // consumer limit of the config (DefaultMaxConsumers when it says nothing). An
 // existing bucket whose settings differ is reported at WARN and left as it
 // is, with one exception: a max_consumers set in the config is applied to an
 // existing bucket (logged at INFO), since that is the one setting a growing
 // fleet needs changed on a live bucket.
-func provision(ctx context.Context, js jetstream.JetStream, buckets []BucketConfig, logger *slog.Logger) error {
+func Provision(ctx context.Context, js jetstream.JetStream, buckets []BucketConfig, logger *slog.Logger) error {
 	for _, b := range buckets {
-		want := b.kvConfig()
+		want := kvConfig(b)
 		kv, err := js.KeyValue(ctx, b.Name)
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			mc := b.maxConsumers()
+			mc := maxConsumers(b)
 			_, err := CreateBucket(ctx, js, want, mc)
 			if errors.Is(err, jetstream.ErrMaximumConsumersLimit) && b.MaxConsumers == 0 {
 				// The account caps consumers below kvsync's default: the
@@ -67,7 +76,7 @@ func provision(ctx context.Context, js jetstream.JetStream, buckets []BucketConf
 
 // maxConsumers is the consumer limit a new bucket gets: the configured one,
 // or DefaultMaxConsumers.
-func (b BucketConfig) maxConsumers() int {
+func maxConsumers(b BucketConfig) int {
 	if b.MaxConsumers == 0 {
 		return DefaultMaxConsumers
 	}
@@ -214,7 +223,7 @@ func bucketStreamConfig(cfg jetstream.KeyValueConfig, maxConsumers int) (jetstre
 }
 
 // kvConfig is the jetstream form of the bucket config.
-func (b BucketConfig) kvConfig() jetstream.KeyValueConfig {
+func kvConfig(b BucketConfig) jetstream.KeyValueConfig {
 	st := jetstream.FileStorage
 	if b.Storage == "memory" {
 		st = jetstream.MemoryStorage

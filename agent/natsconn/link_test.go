@@ -1,4 +1,4 @@
-package agent
+package natsconn
 
 import (
 	"context"
@@ -44,30 +44,30 @@ func TestLinkIdleNotStale(t *testing.T) {
 			if tc.wire {
 				ping = nc.Opts.PingInterval
 			}
-			var l link
+			var l Link
 			ctx, cancel := context.WithCancel(context.Background())
 			var wg sync.WaitGroup
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				l.run(ctx, nc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+				l.Run(ctx, nc, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			}()
 			defer func() { cancel(); wg.Wait() }()
 			deadline := time.Now().Add(staleAfter(ping) + 2*ping)
 			for time.Now().Before(deadline) {
-				if since, stale := l.staleSince(); stale {
+				if since, stale := l.StaleSince(); stale {
 					t.Fatalf("an idle link to a healthy server is reported stale since %v", since)
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
-			if age := time.Since(l.lastHeard()); age > staleAfter(ping) {
+			if age := time.Since(l.LastHeard()); age > staleAfter(ping) {
 				t.Errorf("last heard %v ago, want within %v", age, staleAfter(ping))
 			}
 
 			// The server gone: the link goes stale or the connection reports it lost.
 			s.Shutdown()
 			testutil.CheckFor(t, 2*staleAfter(ping), func() error {
-				if _, stale := l.staleSince(); stale || !nc.IsConnected() {
+				if _, stale := l.StaleSince(); stale || !nc.IsConnected() {
 					return nil
 				}
 				return context.DeadlineExceeded

@@ -1,4 +1,4 @@
-package agent
+package natsconn
 
 import (
 	"context"
@@ -20,12 +20,11 @@ func TestProvisionCreatesAndReportsDifferences(t *testing.T) {
 	s := testutil.RunServer(t, nil)
 	nc, js := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	ctx := context.Background()
-	cfg := Config{Buckets: []BucketConfig{{Name: "made", History: 5, TTL: time.Hour, MaxValueSize: 4096}}}
-	cfg.Default()
-	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+	buckets := defaulted(BucketConfig{Name: "made", History: 5, TTL: time.Hour, MaxValueSize: 4096})
+	if err := Provision(ctx, js, buckets, logger); err != nil {
 		t.Fatal(err)
 	}
 	kv, err := js.KeyValue(ctx, "made")
@@ -41,8 +40,8 @@ func TestProvisionCreatesAndReportsDifferences(t *testing.T) {
 	}
 
 	// Existing with other settings: reported, left as it is.
-	cfg.Buckets[0].History = 10
-	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+	buckets[0].History = 10
+	if err := Provision(ctx, js, buckets, logger); err != nil {
 		t.Fatal(err)
 	}
 	st, _ = kv.Status(ctx)
@@ -114,7 +113,7 @@ func TestProvisionMaxConsumers(t *testing.T) {
 	s := testutil.RunServer(t, nil)
 	nc, js := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	ctx := context.Background()
 	maxc := func(bucket string) int {
@@ -124,12 +123,13 @@ func TestProvisionMaxConsumers(t *testing.T) {
 		}
 		return st.CachedInfo().Config.MaxConsumers
 	}
-	cfg := Config{Buckets: []BucketConfig{{Name: "dflt"}, {Name: "set", MaxConsumers: 3}, {Name: "none", MaxConsumers: -1}}}
-	cfg.Default()
-	if err := cfg.Validate(); err != nil && strings.Contains(err.Error(), "max_consumers") {
-		t.Fatalf("valid max_consumers refused: %v", err)
+	buckets := defaulted(BucketConfig{Name: "dflt"}, BucketConfig{Name: "set", MaxConsumers: 3}, BucketConfig{Name: "none", MaxConsumers: -1})
+	for _, b := range buckets {
+		if ps := b.Validate(); len(ps) != 0 {
+			t.Fatalf("valid max_consumers refused: %+v", ps)
+		}
 	}
-	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+	if err := Provision(ctx, js, buckets, logger); err != nil {
 		t.Fatal(err)
 	}
 	for b, want := range map[string]int{"dflt": DefaultMaxConsumers, "set": 3, "none": -1} {
@@ -143,9 +143,8 @@ func TestProvisionMaxConsumers(t *testing.T) {
 	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "old"}); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Buckets = []BucketConfig{{Name: "old"}}
-	cfg.Default()
-	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+	buckets = defaulted(BucketConfig{Name: "old"})
+	if err := Provision(ctx, js, buckets, logger); err != nil {
 		t.Fatal(err)
 	}
 	if got := maxc("old"); got != -1 {
@@ -154,8 +153,8 @@ func TestProvisionMaxConsumers(t *testing.T) {
 	if !strings.Contains(logs.String(), "no max_consumers of its own") {
 		t.Errorf("the missing limit is not reported; log:\n%s", logs)
 	}
-	cfg.Buckets[0].MaxConsumers = 5000
-	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+	buckets[0].MaxConsumers = 5000
+	if err := Provision(ctx, js, buckets, logger); err != nil {
 		t.Fatal(err)
 	}
 	if got := maxc("old"); got != 5000 {
@@ -166,10 +165,10 @@ func TestProvisionMaxConsumers(t *testing.T) {
 	}
 
 	// A negative limit other than -1 is a config error.
-	bad := Config{Buckets: []BucketConfig{{Name: "x", MaxConsumers: -2}}}
-	bad.Default()
-	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "buckets[0].max_consumers") {
-		t.Errorf("max_consumers -2: %v, want an error naming buckets[0].max_consumers", err)
+	// (agent's TestConfigNamesBucketProblems checks the path in the config.)
+	bad := defaulted(BucketConfig{Name: "x", MaxConsumers: -2})[0]
+	if ps := bad.Validate(); len(ps) != 1 || ps[0].Path != ".max_consumers" {
+		t.Errorf("max_consumers -2: %+v, want a problem of .max_consumers", ps)
 	}
 }
 
@@ -185,12 +184,11 @@ func TestProvisionUnderAccountLimit(t *testing.T) {
 	}
 	nc, js := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	ctx := context.Background()
-	cfg := Config{Buckets: []BucketConfig{{Name: "dflt"}}}
-	cfg.Default()
-	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+	buckets := defaulted(BucketConfig{Name: "dflt"})
+	if err := Provision(ctx, js, buckets, logger); err != nil {
 		t.Fatal(err)
 	}
 	st, err := js.Stream(ctx, "KV_dflt")
@@ -203,8 +201,8 @@ func TestProvisionUnderAccountLimit(t *testing.T) {
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "account's consumer limit") {
 		t.Errorf("not said at WARN; log:\n%s", logs)
 	}
-	cfg.Buckets = []BucketConfig{{Name: "big", MaxConsumers: 100}}
-	err = provision(ctx, js, cfg.Buckets, logger)
+	buckets = defaulted(BucketConfig{Name: "big", MaxConsumers: 100})
+	err = Provision(ctx, js, buckets, logger)
 	if err == nil || !strings.Contains(err.Error(), "create bucket big") {
 		t.Errorf("max_consumers over the account's limit: %v, want an error naming the bucket", err)
 	}
@@ -216,15 +214,14 @@ func TestProvisionRepublish(t *testing.T) {
 	s := testutil.RunServer(t, nil)
 	nc, js := testutil.Connect(t, s.ClientURL())
 	defer nc.Close()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	ctx := context.Background()
 	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "plain"}); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Buckets: []BucketConfig{{Name: "flags", Republish: true}, {Name: "plain", Republish: true}}}
-	cfg.Default()
-	if err := provision(ctx, js, cfg.Buckets, logger); err != nil {
+	buckets := defaulted(BucketConfig{Name: "flags", Republish: true}, BucketConfig{Name: "plain", Republish: true})
+	if err := Provision(ctx, js, buckets, logger); err != nil {
 		t.Fatal(err)
 	}
 	st, err := js.Stream(ctx, "KV_flags")
@@ -241,4 +238,13 @@ func TestProvisionRepublish(t *testing.T) {
 	if st, _ := js.Stream(ctx, "KV_plain"); st.CachedInfo().Config.RePublish != nil {
 		t.Error("existing bucket was changed")
 	}
+}
+
+// defaulted returns buckets with their defaults filled, as the agent's
+// config has them.
+func defaulted(buckets ...BucketConfig) []BucketConfig {
+	for i := range buckets {
+		buckets[i].Default()
+	}
+	return buckets
 }
