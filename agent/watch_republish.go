@@ -160,7 +160,7 @@ type republishWatcher struct {
 	dropped int       // the subscription's drop count when last looked at
 	told    error     // what the owner was last told is wrong with the bucket
 
-	latest  time.Time // the newest entry's time in this epoch: a copy up to seen that is newer comes from another stream
+	latest time.Time // the newest entry's time in this epoch: a copy up to seen that is newer comes from another stream
 
 	// The shared check (live): when this agent last asked, when any
 	// answer last came, and the largest sequence an answer showed ahead of
@@ -643,10 +643,10 @@ func (w *republishWatcher) ask() error {
 type answerKind int
 
 const (
-	notAnswer answerKind = iota // not an answer: a status other than 404, another stream's message
-	checked                     // the stream holds nothing after seen, or holds more and the catch-up follows
-	behindSeen                  // the stream holds nothing after a sequence below seen
-	entryAfter                  // the stream holds an entry after the asker's sequence
+	notAnswer  answerKind = iota // not an answer: a status other than 404, another stream's message
+	checked                      // the stream holds nothing after seen, or holds more and the catch-up follows
+	behindSeen                   // the stream holds nothing after a sequence below seen
+	entryAfter                   // the stream holds an entry after the asker's sequence
 )
 
 // answer reads an answer of the shared check to "what follows sequence X",
