@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/kvsync/kvsync/agent/natsconn"
 	"github.com/kvsync/kvsync/internal/testutil"
 )
 
@@ -511,7 +512,7 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 // with history 5 end a pull on its byte budget.
 func TestSyncRepublishDropsNoKey(t *testing.T) {
 	_, js := syncServer(t)
-	testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "big", History: 5, RePublish: RePublish("big")})
+	testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "big", History: 5, RePublish: natsconn.RePublish("big")})
 	wr := newWriter(t, js, "big")
 	for i := range 700 {
 		k := fmt.Sprintf("big.%04d", i)

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kvsync/kvsync/agent/natsconn"
 	"github.com/kvsync/kvsync/internal/kvkey"
 	"github.com/kvsync/kvsync/internal/retry"
 )
@@ -26,44 +27,6 @@ const (
 	WatchRepublish = "republish"
 	WatchAuto      = "auto"
 )
-
-// republishSubject is the subject pattern a bucket republishes its entries
-// to for agents in the republish watch mode: $KVR.<bucket>.>. It does not
-// overlap the bucket's own subjects ($KV.<bucket>.>), as the server requires.
-func republishSubject(bucket string) string { return "$KVR." + bucket + ".>" }
-
-// RePublish is the stream setting that republishes every entry of bucket,
-// headers and value, to $KVR.<bucket>.>.
-func RePublish(bucket string) *jetstream.RePublish {
-	return &jetstream.RePublish{Source: "$KV." + bucket + ".>", Destination: republishSubject(bucket)}
-}
-
-// Republishes reports whether a stream with the setting rp republishes every
-// entry of bucket, with its value, to $KVR.<bucket>.>. Only then is
-// the stream sequence of the republished copies consecutive, which is how
-// the republish watcher sees what it missed.
-func Republishes(bucket string, rp *jetstream.RePublish) bool {
-	if rp == nil || rp.HeadersOnly || rp.Destination != republishSubject(bucket) {
-		return false
-	}
-	switch rp.Source {
-	case "", ">", "$KV." + bucket + ".>":
-		return true
-	}
-	return false
-}
-
-// RepublishName describes a stream's republish setting: "none", or
-// "src -> dest", with " (headers only)" when the values are left out.
-func RepublishName(rp *jetstream.RePublish) string {
-	switch {
-	case rp == nil:
-		return "none"
-	case rp.HeadersOnly:
-		return fmt.Sprintf("%s -> %s (headers only)", rp.Source, rp.Destination)
-	}
-	return fmt.Sprintf("%s -> %s", rp.Source, rp.Destination)
-}
 
 // newBucketWatcher returns the watcher of bucket for the configured watch
 // mode: the consumer watcher, or the republish watcher (which in the auto
@@ -240,9 +203,9 @@ func (w *republishWatcher) run(ctx context.Context) error {
 	}
 	nc := w.js.Conn()
 	w.msgs = make(chan *nats.Msg, w.buffer)
-	sub, err := nc.ChanSubscribe(republishSubject(w.bucket), w.msgs)
+	sub, err := nc.ChanSubscribe(natsconn.RepublishSubject(w.bucket), w.msgs)
 	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", republishSubject(w.bucket), err)
+		return fmt.Errorf("subscribe %s: %w", natsconn.RepublishSubject(w.bucket), err)
 	}
 	w.sub = sub
 	subs := []*nats.Subscription{sub}
@@ -276,7 +239,7 @@ func (w *republishWatcher) run(ctx context.Context) error {
 			w.tell(fmt.Errorf("bucket %s not found", w.bucket))
 		case errors.Is(err, errNotRepublishing):
 			w.tell(fmt.Errorf("%w to %s (watch mode republish): give it one (kvsync bucket add %s --republish, or nats stream edit %s --republish-source '$KV.%s.>' --republish-destination '%s'), or set watch mode auto",
-				errNotRepublishing, republishSubject(w.bucket), w.bucket, w.stream(), w.bucket, republishSubject(w.bucket)))
+				errNotRepublishing, natsconn.RepublishSubject(w.bucket), w.bucket, w.stream(), w.bucket, natsconn.RepublishSubject(w.bucket)))
 			// Jittered like every wait here, so a fleet does not come back in step;
 			// or until the stream reports an update.
 			wait = retry.EqualJitter(w.every, nil)
@@ -313,7 +276,7 @@ func (w *republishWatcher) decide(ctx context.Context) bool {
 		case errors.Is(err, jetstream.ErrStreamNotFound):
 			return false
 		case err == nil:
-			return Republishes(w.bucket, info.Config.RePublish)
+			return natsconn.Republishes(w.bucket, info.Config.RePublish)
 		}
 		w.logger.Debug("watch mode auto: stream info", "err", err)
 		wait := bo.Next()
@@ -332,7 +295,7 @@ func (w *republishWatcher) handOver(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil
 	}
-	w.logger.Info("bucket does not republish to " + republishSubject(w.bucket) + ": following it with a consumer")
+	w.logger.Info("bucket does not republish to " + natsconn.RepublishSubject(w.bucket) + ": following it with a consumer")
 	fb := w.lister // built with the same arguments; the republish loop is done with it
 	w.fallback.Store(fb)
 	return fb.run(ctx)
@@ -360,7 +323,7 @@ func (w *republishWatcher) follow(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if !Republishes(w.bucket, info.Config.RePublish) {
+	if !natsconn.Republishes(w.bucket, info.Config.RePublish) {
 		if w.mode == WatchAuto {
 			return errUseConsumer
 		}
@@ -577,9 +540,9 @@ func (w *republishWatcher) catchUp(ctx context.Context, list bool) error {
 	switch {
 	case !info.Created.Equal(w.created):
 		return errRecreated
-	case !Republishes(w.bucket, info.Config.RePublish) && w.mode == WatchAuto:
+	case !natsconn.Republishes(w.bucket, info.Config.RePublish) && w.mode == WatchAuto:
 		return errUseConsumer
-	case !Republishes(w.bucket, info.Config.RePublish):
+	case !natsconn.Republishes(w.bucket, info.Config.RePublish):
 		return errNotRepublishing
 	}
 	last := info.State.LastSeq

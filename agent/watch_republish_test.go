@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kvsync/kvsync/agent/natsconn"
 	"github.com/kvsync/kvsync/internal/testutil"
 )
 
@@ -100,7 +101,7 @@ func dirMatches(kv jetstream.KeyValue, dir string) func() error {
 
 func TestRepublishWatchFollowsBucket(t *testing.T) {
 	s := testutil.RunServer(t, nil)
-	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 3, RePublish: RePublish("app")})
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 3, RePublish: natsconn.RePublish("app")})
 	js, _ := jetstream.New(nc)
 	put(t, kv, "a", "1")
 	put(t, kv, "b", "2")
@@ -141,7 +142,7 @@ func TestRepublishWatchFollowsBucket(t *testing.T) {
 
 func TestRepublishWatchTTLExpiry(t *testing.T) {
 	s := testutil.RunServer(t, nil)
-	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "ttl", LimitMarkerTTL: time.Second, RePublish: RePublish("ttl")})
+	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "ttl", LimitMarkerTTL: time.Second, RePublish: natsconn.RePublish("ttl")})
 	dir := t.TempDir()
 	startAgent(t, republishCfg(s.ClientURL(), "ttl", dir), Options{})
 	put(t, kv, "stays", "1")
@@ -162,7 +163,7 @@ func TestRepublishWatchTTLExpiry(t *testing.T) {
 // shows the watcher noticed.
 func TestRepublishWatchConvergesDespiteDrops(t *testing.T) {
 	s := testutil.RunServer(t, nil)
-	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 1, RePublish: RePublish("app")})
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 1, RePublish: natsconn.RePublish("app")})
 	js, _ := jetstream.New(nc)
 	for i := range 20 {
 		put(t, kv, fmt.Sprintf("k%02d", i), "init")
@@ -255,7 +256,7 @@ func runOwner(t *testing.T, cfg *Config, logs *syncBuffer, tune func(*republishW
 
 func TestRepublishWatchServerRestart(t *testing.T) {
 	s := testutil.RunServer(t, nil)
-	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 2, RePublish: RePublish("app")})
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", History: 2, RePublish: natsconn.RePublish("app")})
 	put(t, kv, "a", "1")
 	put(t, kv, "x", "doomed")
 	dir := t.TempDir()
@@ -286,7 +287,7 @@ func TestRepublishWatchServerRestart(t *testing.T) {
 // consumer and one that does not with a consumer.
 func TestWatchModeAuto(t *testing.T) {
 	s := testutil.RunServer(t, nil)
-	nc, rkv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "rep", RePublish: RePublish("rep")})
+	nc, rkv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "rep", RePublish: natsconn.RePublish("rep")})
 	js, _ := jetstream.New(nc)
 	// Republishing elsewhere is not what the agent listens to.
 	other, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "other", RePublish: &jetstream.RePublish{Source: "$KV.other.>", Destination: "elsewhere.>"}})
@@ -351,7 +352,7 @@ func TestWatchModeRepublishNeedsRepublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	sc := st.CachedInfo().Config
-	sc.RePublish = RePublish("app")
+	sc.RePublish = natsconn.RePublish("app")
 	if _, err := js.UpdateStream(context.Background(), sc); err != nil {
 		t.Fatal(err)
 	}
@@ -370,7 +371,7 @@ func TestWatchModeRepublishNeedsRepublish(t *testing.T) {
 // Nats-Sequence header does not move the watcher's position.
 func TestRepublishWatchIgnoresForgedHeaders(t *testing.T) {
 	s := testutil.RunServer(t, nil)
-	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: natsconn.RePublish("app")})
 	dir := t.TempDir()
 	startAgent(t, republishCfg(s.ClientURL(), "app", dir), Options{})
 	put(t, kv, "a", "1")
@@ -387,28 +388,6 @@ func TestRepublishWatchIgnoresForgedHeaders(t *testing.T) {
 	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "a"), "2"))
 }
 
-func TestRepublishes(t *testing.T) {
-	for _, tc := range []struct {
-		rp   *jetstream.RePublish
-		want bool
-	}{
-		{nil, false},
-		{RePublish("app"), true},
-		{&jetstream.RePublish{Destination: "$KVR.app.>"}, true},
-		{&jetstream.RePublish{Source: ">", Destination: "$KVR.app.>"}, true},
-		{&jetstream.RePublish{Source: "$KV.app.>", Destination: "$KVR.app.>", HeadersOnly: true}, false},
-		{&jetstream.RePublish{Source: "$KV.app.a.>", Destination: "$KVR.app.>"}, false},
-		{&jetstream.RePublish{Source: "$KV.app.>", Destination: "$KVR.other.>"}, false},
-	} {
-		if got := Republishes("app", tc.rp); got != tc.want {
-			t.Errorf("Republishes(app, %s) = %v, want %v", RepublishName(tc.rp), got, tc.want)
-		}
-	}
-	if got := republishSubject("app"); got != "$KVR.app.>" {
-		t.Fatalf("republishSubject = %q", got)
-	}
-}
-
 // TestRepublishWatchCheckFindsSilentLoss: the agent's user may not receive
 // the republished copies of key "tail", so the server never delivers them
 // and the client counts no drop: a copy lost on the way, with nothing after
@@ -423,7 +402,7 @@ func TestRepublishWatchCheckFindsSilentLoss(t *testing.T) {
 		}
 	})
 	_, js := testutil.Connect(t, s.ClientURL(), nats.UserInfo("admin", "admin"))
-	kv := testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	kv := testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "app", RePublish: natsconn.RePublish("app")})
 	put(t, kv, "a", "1")
 	dir := t.TempDir()
 	cfg := republishCfg(s.ClientURL(), "app", dir)
@@ -456,7 +435,7 @@ func TestRepublishCheckShared(t *testing.T) {
 		}
 	})
 	nc, js := testutil.Connect(t, s.ClientURL(), nats.UserInfo("admin", "admin"))
-	kv := testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	kv := testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "app", RePublish: natsconn.RePublish("app")})
 	put(t, kv, "a", "1")
 
 	deafDir := t.TempDir()
@@ -532,7 +511,7 @@ func TestRepublishCheckNoticesRecreatedBucket(t *testing.T) {
 		}
 	})
 	_, js := testutil.Connect(t, s.ClientURL(), nats.UserInfo("admin", "admin"))
-	cfgKV := jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")}
+	cfgKV := jetstream.KeyValueConfig{Bucket: "app", RePublish: natsconn.RePublish("app")}
 	kv := testutil.CreateBucket(t, js, cfgKV)
 	for _, k := range []string{"a", "b", "c"} {
 		put(t, kv, k, "old")
@@ -579,7 +558,7 @@ func TestRepublishWatchPermissions(t *testing.T) {
 	}
 	s := testutil.RunServer(t, users)
 	_, js := testutil.Connect(t, s.ClientURL(), nats.UserInfo("admin", "admin"))
-	kv := testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	kv := testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "app", RePublish: natsconn.RePublish("app")})
 	put(t, kv, "a", "1")
 	put(t, kv, "gone", "x")
 	dir := t.TempDir()
@@ -619,7 +598,7 @@ func TestRepublishWatchPermissions(t *testing.T) {
 // files and turns /readyz red; the recreated one is followed from its start.
 func TestRepublishWatchBucketDeletedAndRecreated(t *testing.T) {
 	s := testutil.RunServer(t, nil)
-	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: natsconn.RePublish("app")})
 	put(t, kv, "a", "1")
 	dir := t.TempDir()
 	cfg := republishCfg(s.ClientURL(), "app", dir)
@@ -644,7 +623,7 @@ func TestRepublishWatchBucketDeletedAndRecreated(t *testing.T) {
 	// Right after a delete the server can refuse to create the stream's
 	// store again for a moment.
 	testutil.CheckFor(t, 5*time.Second, func() (err error) {
-		kv, err = js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+		kv, err = js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "app", RePublish: natsconn.RePublish("app")})
 		return err
 	})
 	put(t, kv, "b", "new")
@@ -665,7 +644,7 @@ func TestRepublishWatchBucketDeletedAndRecreated(t *testing.T) {
 // last sequence; on an empty stream it cannot answer, and stream info does.
 func TestRepublishLastSeq(t *testing.T) {
 	s := testutil.RunServer(t, nil)
-	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: RePublish("app")})
+	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: natsconn.RePublish("app")})
 	js, _ := jetstream.New(nc)
 	w := newRepublishWatcher(js, "app", []string{">"}, newInbox(), slog.New(slog.DiscardHandler), WatchRepublish, time.Second)
 	if _, ok := w.lastSeq(context.Background()); ok {

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/agent"
+	"github.com/kvsync/kvsync/agent/natsconn"
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
 
@@ -209,7 +210,7 @@ func (s bucketSettings) config(name string) jetstream.KeyValueConfig {
 		cfg.Mirror = &jetstream.StreamSource{Name: s.mirror, Domain: s.mirrorDomain}
 	}
 	if s.republish {
-		cfg.RePublish = agent.RePublish(name)
+		cfg.RePublish = natsconn.RePublish(name)
 	}
 	return cfg
 }
@@ -232,8 +233,8 @@ func (s bucketSettings) differences(have jetstream.KeyValueConfig) []string {
 	if s.description != "" {
 		diff("description", fmt.Sprintf("%q", have.Description), fmt.Sprintf("%q", s.description))
 	}
-	if s.republish && !agent.Republishes(have.Bucket, have.RePublish) {
-		d = append(d, fmt.Sprintf("republish %s (asked %s)", agent.RepublishName(have.RePublish), agent.RepublishName(agent.RePublish(have.Bucket))))
+	if s.republish && !natsconn.Republishes(have.Bucket, have.RePublish) {
+		d = append(d, fmt.Sprintf("republish %s (asked %s)", natsconn.RepublishName(have.RePublish), natsconn.RepublishName(natsconn.RePublish(have.Bucket))))
 	}
 	return d
 }
@@ -374,7 +375,7 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 		}
 	}
 	if cfg.RePublish != nil {
-		bi.Republish = agent.RepublishName(cfg.RePublish)
+		bi.Republish = natsconn.RepublishName(cfg.RePublish)
 	}
 	if asJSON {
 		return writeJSON(c.io.out, bi)

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/agent"
+	"github.com/kvsync/kvsync/agent/natsconn"
 )
 
 // Watch modes of the fanout scenario's agents (Options.Watch).
@@ -39,7 +40,7 @@ func (e *env) fanoutBucket(ctx context.Context) (jetstream.KeyValue, func(), err
 	}
 	// Made as kvsync makes buckets: the agents' initial syncs each hold a
 	// consumer for a moment, so a fleet starting at once needs the limit too.
-	kv, err := agent.CreateBucket(ctx, e.js, jetstream.KeyValueConfig{Bucket: full, Storage: jetstream.FileStorage, RePublish: agent.RePublish(full)}, mc)
+	kv, err := agent.CreateBucket(ctx, e.js, jetstream.KeyValueConfig{Bucket: full, Storage: jetstream.FileStorage, RePublish: natsconn.RePublish(full)}, mc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create bucket %s: %w", full, err)
 	}
