@@ -264,6 +264,7 @@ func (w *watcher) run(ctx context.Context) error {
 	defer w.watchAdvisories()()
 	gone := false
 	fails := 0
+	left := false // the last follow made a consumer and left it
 	var n next
 	for ctx.Err() == nil {
 		started := time.Time{}
@@ -271,6 +272,17 @@ func (w *watcher) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, jetstream.ErrMaximumConsumersLimit) && left {
+			// The consumer this watcher left a moment ago may still count:
+			// its delete runs beside the new creation (dropConsumer), and
+			// a stream at its limit refuses the creation that overtakes it.
+			// Once the delete is done, ask again before counting as
+			// refused, or the slot goes to an agent the stream refused.
+			w.bg.Wait()
+			left = false
+			continue
+		}
+		left = !started.IsZero()
 		switch {
 		case errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound):
 			if !gone {

@@ -358,3 +358,94 @@ func TestConsumerLimitServerDefault(t *testing.T) {
 	b.waitReady(t, 10*time.Second)
 	waitFile(t, filepath.Join(dir2, "k"), []byte("v"), time.Now(), 5*time.Second)
 }
+
+// TestConsumerLimitHoldersKeepTheirConsumers: a bucket whose stream allows 3
+// consumers, 5 agents: the three that follow it keep following it while the
+// stream reports news again and again (each update nudges every agent, and
+// a nudged agent makes its consumer again), and the two refused stay
+// refused: slots do not change hands.
+func TestConsumerLimitHoldersKeepTheirConsumers(t *testing.T) {
+	s := testutil.RunServer(t, nil)
+	url := s.ClientURL()
+	mustKvsync(t, "bucket", "add", "app", "--max-consumers", "3", "-s", url)
+	mustKvsync(t, "kv", "put", "app", "k", "v1", "-s", url)
+
+	agents := make([]*agentProc, 5)
+	for i := range agents {
+		agents[i] = startAgent(t, url, fmt.Sprintf("log: {level: debug}\nfiles:\n  - {name: f, bucket: app, dir: %q}\n", t.TempDir()))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, a := range agents {
+				t.Logf("agent %d stderr:\n%s", i, a.stderr.String())
+			}
+		}
+	})
+	split := func() (ready, refused []*agentProc, err error) {
+		for _, a := range agents {
+			a.alive(t)
+			code, body, err := a.get("/readyz")
+			if err != nil {
+				return nil, nil, err
+			}
+			switch {
+			case code == http.StatusOK:
+				ready = append(ready, a)
+			case strings.Contains(body, "maximum consumers limit reached"):
+				refused = append(refused, a)
+			}
+		}
+		return ready, refused, nil
+	}
+	var holders []*agentProc
+	testutil.CheckFor(t, 20*time.Second, func() error {
+		ready, refused, err := split()
+		if err != nil {
+			return err
+		}
+		if len(ready) != 3 || len(refused) != 2 {
+			return fmt.Errorf("%d ready, %d refused, want 3 and 2", len(ready), len(refused))
+		}
+		holders = ready
+		return nil
+	})
+	refusals := func(a *agentProc) int {
+		return strings.Count(a.stderr.String(), "maximum consumers limit reached")
+	}
+	before := make([]int, len(holders))
+	for i, a := range holders {
+		before[i] = refusals(a)
+	}
+
+	js := jetStream(t, s)
+	ctx := context.Background()
+	for i := range 60 {
+		st, err := js.Stream(ctx, "KV_app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := st.CachedInfo().Config
+		cfg.Description = fmt.Sprintf("update %d", i)
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second) // the refused agents' spread retries after the last news
+	for i, a := range holders {
+		if n := refusals(a) - before[i]; n != 0 {
+			t.Errorf("a holder was refused %d times after the stream's updates", n)
+		}
+		if code, body, _ := a.get("/readyz"); code != http.StatusOK {
+			t.Errorf("a holder is not ready: %d %s", code, body)
+		}
+	}
+	mustKvsync(t, "kv", "put", "app", "k", "v2", "-s", url)
+	ready, refused, err := split()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ready) != 3 || len(refused) != 2 {
+		t.Fatalf("%d ready, %d refused after the updates, want 3 and 2", len(ready), len(refused))
+	}
+}
