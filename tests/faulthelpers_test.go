@@ -47,8 +47,33 @@ func writeAgentConfig(t testing.TB, url, httpAddr, body string) string {
 // on it. It is killed when the test ends.
 func startAgent(t testing.TB, url, body string) *agentProc {
 	t.Helper()
-	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
-	return runAgentConfig(t, writeAgentConfig(t, url, addr, body), addr)
+	for try := 1; ; try++ {
+		addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+		a := runAgentConfig(t, writeAgentConfig(t, url, addr, body), addr)
+		if try == 5 || !a.lostPort() {
+			return a
+		}
+	}
+}
+
+// lostPort waits until the agent serves HTTP, exits, or 3 s have passed, and
+// says whether it exited because its HTTP address was taken: the port was
+// free when the test chose it, and another process (tests of other packages
+// run beside these) can take it before the agent listens.
+func (a *agentProc) lostPort() bool {
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-a.done:
+			return strings.Contains(a.stderr.String(), "address already in use")
+		default:
+		}
+		if strings.Contains(a.stderr.String(), "serving http") {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false
 }
 
 // runAgentConfig starts `kvsync run -c cfg` whose HTTP listener is addr.
