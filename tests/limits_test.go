@@ -33,22 +33,7 @@ type bucketLimitStatus struct {
 func TestConsumerLimit(t *testing.T) {
 	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
-	mustKvsync(t, "bucket", "add", "app", "--max-consumers", "3", "-s", url)
-	mustKvsync(t, "kv", "put", "app", "k", "v1", "-s", url)
-
-	agents := make([]*agentProc, 5)
-	dirs := make([]string, 5)
-	for i := range agents {
-		dirs[i] = t.TempDir()
-		agents[i] = startAgent(t, url, fmt.Sprintf("log: {level: debug}\nfiles:\n  - {name: f, bucket: app, dir: %q}\n", dirs[i]))
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for i, a := range agents {
-				t.Logf("agent %d stderr:\n%s", i, a.stderr.String())
-			}
-		}
-	})
+	agents, dirs := limitedFleet(t, url)
 
 	// Settle: three ready, two refused for the limit.
 	var ready, refused []*agentProc
@@ -134,6 +119,29 @@ func TestConsumerLimit(t *testing.T) {
 			t.Errorf("the recovery is not logged:\n%s", a.stderr.String())
 		}
 	}
+}
+
+// limitedFleet makes bucket app (key k = v1) on the server at url, whose
+// stream allows 3 consumers, and starts 5 agents that project it, each into
+// a folder of its own (dirs). Their logs are printed if the test fails.
+func limitedFleet(t *testing.T, url string) (agents []*agentProc, dirs []string) {
+	t.Helper()
+	mustKvsync(t, "bucket", "add", "app", "--max-consumers", "3", "-s", url)
+	mustKvsync(t, "kv", "put", "app", "k", "v1", "-s", url)
+	agents = make([]*agentProc, 5)
+	dirs = make([]string, 5)
+	for i := range agents {
+		dirs[i] = t.TempDir()
+		agents[i] = startAgent(t, url, fmt.Sprintf("log: {level: debug}\nfiles:\n  - {name: f, bucket: app, dir: %q}\n", dirs[i]))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, a := range agents {
+				t.Logf("agent %d stderr:\n%s", i, a.stderr.String())
+			}
+		}
+	})
+	return agents, dirs
 }
 
 func limitStatus(t *testing.T, a *agentProc) bucketLimitStatus {
@@ -367,20 +375,7 @@ func TestConsumerLimitServerDefault(t *testing.T) {
 func TestConsumerLimitHoldersKeepTheirConsumers(t *testing.T) {
 	s := testutil.RunServer(t, nil)
 	url := s.ClientURL()
-	mustKvsync(t, "bucket", "add", "app", "--max-consumers", "3", "-s", url)
-	mustKvsync(t, "kv", "put", "app", "k", "v1", "-s", url)
-
-	agents := make([]*agentProc, 5)
-	for i := range agents {
-		agents[i] = startAgent(t, url, fmt.Sprintf("log: {level: debug}\nfiles:\n  - {name: f, bucket: app, dir: %q}\n", t.TempDir()))
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for i, a := range agents {
-				t.Logf("agent %d stderr:\n%s", i, a.stderr.String())
-			}
-		}
-	})
+	agents, _ := limitedFleet(t, url)
 	split := func() (ready, refused []*agentProc, err error) {
 		for _, a := range agents {
 			a.alive(t)

@@ -210,6 +210,9 @@ func TestProvisionUnderAccountLimit(t *testing.T) {
 		t.Errorf("bucket big was created")
 	}
 }
+
+// TestProvisionRepublish: a bucket created with republish: true republishes
+// to $KVR.<bucket>.>; an existing one without it is reported, not changed.
 func TestProvisionRepublish(t *testing.T) {
 	s := testutil.RunServer(t, nil)
 	nc, js := testutil.Connect(t, s.ClientURL())
