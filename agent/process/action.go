@@ -355,6 +355,10 @@ func (r *ActionRunner) webhook(ctx context.Context) (string, error) {
 	var status int
 	var err error
 	attempts := 0
+	cancelled := func() (string, error) {
+		return webhookDetail(method, shown, status, err),
+			fmt.Errorf("%s %s: %w (after %d attempts; last: %w)", method, shown, ctx.Err(), attempts, err)
+	}
 	for attempts <= retries {
 		if attempts > 0 {
 			t := time.NewTimer(retry.EqualJitter(backoff, nil))
@@ -362,8 +366,7 @@ func (r *ActionRunner) webhook(ctx context.Context) (string, error) {
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
-				return webhookDetail(method, shown, status, err),
-					fmt.Errorf("%s %s: %w (after %d attempts; last: %w)", method, shown, ctx.Err(), attempts, err)
+				return cancelled()
 			}
 			backoff = min(2*backoff, httpBackoffMax)
 		}
@@ -373,7 +376,11 @@ func (r *ActionRunner) webhook(ctx context.Context) (string, error) {
 		if err == nil {
 			return webhookDetail(method, shown, status, nil), nil
 		}
-		if !retry || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			// Cancelled during the request: say so, whatever the answer.
+			return cancelled()
+		}
+		if !retry {
 			break
 		}
 	}
