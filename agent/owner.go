@@ -310,7 +310,7 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	var buf []any
+	var buf []ownerEvent
 	var childExit <-chan int
 	if o.exec != nil {
 		childExit = o.exec.Exited()
@@ -353,7 +353,7 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 // handle applies one message of the inbox: a watcher's to the state, marking
 // projections dirty; push-back's (localEdits, ownedWanted, watchFailed,
 // pushDone) to the pusher it names.
-func (o *owner) handle(m any) {
+func (o *owner) handle(m ownerEvent) {
 	now := time.Now()
 	switch m := m.(type) {
 	case event:
@@ -416,6 +416,8 @@ func (o *owner) handle(m any) {
 		o.logger.Error("bucket is missing: keeping the files as they are", "bucket", m.bucket, "err", m.err)
 	case consumerLimit:
 		o.noteConsumerLimit(m)
+	default:
+		panic(fmt.Sprintf("owner: no case for the event %T", m))
 	}
 }
 

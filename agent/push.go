@@ -148,6 +148,11 @@ type (
 	}
 )
 
+func (localEdits) ownerEvent()  {}
+func (ownedWanted) ownerEvent() {}
+func (watchFailed) ownerEvent() {}
+func (pushDone) ownerEvent()    {}
+
 // listOwned is the owner's answer to ownedWanted: every path kvsync owns in
 // the folder, sorted.
 type listOwned struct{ rels []string }
@@ -252,7 +257,7 @@ func (ps *pusher) start(ctx context.Context, wg *sync.WaitGroup) {
 
 // handle takes a message of push-back from the owner's inbox, on the owner
 // goroutine; st is the owner's state.
-func (ps *pusher) handle(m any, st *state) {
+func (ps *pusher) handle(m ownerEvent, st *state) {
 	switch m := m.(type) {
 	case localEdits:
 		ps.scan(m.rels, st.bucket(ps.files.Bucket))
