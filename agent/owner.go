@@ -289,6 +289,7 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 	defer func() {
 		cancel()
 		o.wg.Wait()
+		o.stopPush()
 		o.closeAll()
 	}()
 	for b, f := range o.bucketFilters() {
@@ -410,6 +411,12 @@ func (o *owner) handle(m ownerEvent) {
 		m.to.handle(m, o.st)
 	case pushDone:
 		m.to.handle(m, o.st)
+	case heldRead:
+		m.to.handle(m, o.st)
+	case heldSafe:
+		m.to.handle(m, o.st)
+	case conflictSave:
+		m.to.handle(m, o.st)
 	case bucketGone:
 		b := o.st.bucket(m.bucket)
 		b.gone = true
@@ -418,6 +425,20 @@ func (o *owner) handle(m ownerEvent) {
 		o.noteConsumerLimit(m)
 	default:
 		panic(fmt.Sprintf("owner: no case for the event %T", m))
+	}
+}
+
+// stopPush hands push-back the events its goroutines sent that the owner
+// loop did not take, once they have all returned: a pusher drops the held
+// edits whose bytes are safe (pusher.stopped). The rest of the inbox is moot.
+func (o *owner) stopPush() {
+	for _, m := range o.in.drain() {
+		switch m := m.(type) {
+		case pushDone:
+			m.to.stopped(m)
+		case heldSafe:
+			m.to.stopped(m)
+		}
 	}
 }
 
