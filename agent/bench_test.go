@@ -136,7 +136,7 @@ func BenchmarkStateList(b *testing.B) {
 // BenchmarkInbox is a watcher handing one event to the owner.
 func BenchmarkInbox(b *testing.B) {
 	q := newInbox()
-	var buf []any
+	var buf []ownerEvent
 	ev := event{bucket: "b", key: "k", value: []byte("v")}
 	b.ReportAllocs()
 	for b.Loop() {

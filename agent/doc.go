@@ -4,8 +4,9 @@
 // exec child, push-back of local edits, and the HTTP endpoints.
 //
 // The flow: a watcher (an ephemeral pull consumer per bucket, see watch.go)
-// pushes entries into an unbounded inbox; the owner (owner.go) applies them to
-// its state and marks the projections whose keys changed; once a projection's
+// pushes entries into an unbounded inbox, which carries a closed set of
+// event types (ownerEvent); the owner (owner.go) applies them to its state
+// and marks the projections whose keys changed; once a projection's
 // quiescence has passed it is updated, through the projector package for the
 // bytes on disk and the templates package for rendering, and its on_change
 // action runs in a goroutine of its own, once per batch (a named action shared
@@ -63,10 +64,12 @@
 // or wait for processes itself (agent/process does), and must not write
 // bytes to disk itself: every write goes through the
 // projector. A files projection's folder is written by its projector.Dir
-// alone — the projected files and the manifest, and for push-back the
-// adopted files, the held local edits and the conflict copies — except for
-// the notes of rolled-back paths, which projector.WriteNotes keeps in the
-// folder's .kvsync state folder. A template's or an env projection's file is
+// alone, called on the owner goroutine — the projected files and the
+// manifest, and for push-back the adopted files, the held local edits and
+// the conflict copies (push-back's sender holds the bucket's KeyValue and
+// never touches the disk: it asks the owner) — except for the notes of
+// rolled-back paths, which projector.WriteNotes keeps in the folder's
+// .kvsync state folder. A template's or an env projection's file is
 // written with projector.Stage (put back after a failed action with
 // projector.WriteFile or projector.RemoveFile), and a files projection's
 // check tests copies that projector.StageTree writes to a private temp

@@ -129,9 +129,15 @@ func (p *filesProjection) touches(bucket, key string) bool {
 
 func (p *filesProjection) noteKey(_, key string) { p.pending[key] = struct{}{} }
 
+// close saves, through the folder, the local edits push-back has not sent
+// (its goroutines have returned: the owner closes projections after them),
+// and closes the folder.
 func (p *filesProjection) close() error {
 	if p.dir == nil {
 		return nil
+	}
+	if p.push != nil {
+		p.push.stop()
 	}
 	return p.dir.Close()
 }

@@ -289,6 +289,7 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 	defer func() {
 		cancel()
 		o.wg.Wait()
+		o.stopPush()
 		o.closeAll()
 	}()
 	for b, f := range o.bucketFilters() {
@@ -310,7 +311,7 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	var buf []any
+	var buf []ownerEvent
 	var childExit <-chan int
 	if o.exec != nil {
 		childExit = o.exec.Exited()
@@ -352,8 +353,10 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 
 // handle applies one message of the inbox: a watcher's to the state, marking
 // projections dirty; push-back's (localEdits, ownedWanted, watchFailed,
-// pushDone) to the pusher it names.
-func (o *owner) handle(m any) {
+// pushDone, and the sender's heldRead, heldSafe, conflictSave) to the pusher
+// it names. The set of events is closed (ownerEvent): a type without a case
+// here is a bug.
+func (o *owner) handle(m ownerEvent) {
 	now := time.Now()
 	switch m := m.(type) {
 	case event:
@@ -410,12 +413,34 @@ func (o *owner) handle(m any) {
 		m.to.handle(m, o.st)
 	case pushDone:
 		m.to.handle(m, o.st)
+	case heldRead:
+		m.to.handle(m, o.st)
+	case heldSafe:
+		m.to.handle(m, o.st)
+	case conflictSave:
+		m.to.handle(m, o.st)
 	case bucketGone:
 		b := o.st.bucket(m.bucket)
 		b.gone = true
 		o.logger.Error("bucket is missing: keeping the files as they are", "bucket", m.bucket, "err", m.err)
 	case consumerLimit:
 		o.noteConsumerLimit(m)
+	default:
+		panic(fmt.Sprintf("owner: no case for the event %T", m))
+	}
+}
+
+// stopPush hands push-back the events its goroutines sent that the owner
+// loop did not take, once they have all returned: a pusher drops the held
+// edits whose bytes are safe (pusher.stopped). The rest of the inbox is moot.
+func (o *owner) stopPush() {
+	for _, m := range o.in.drain() {
+		switch m := m.(type) {
+		case pushDone:
+			m.to.stopped(m)
+		case heldSafe:
+			m.to.stopped(m)
+		}
 	}
 }
 

@@ -23,10 +23,11 @@ import (
 // Push-back of local edits in a files projection.
 //
 // Three actors and one rule: projection state (revisions, manifest, the
-// files kvsync writes) is read and changed only on the owner goroutine, and
-// NATS is called only by the sender. The owner never waits for either, and
-// the actors talk only through typed messages: the owner's inbox, the
-// sender's job queue and the watcher's listOwned channel.
+// files kvsync writes, the held edits and conflict copies) is read and
+// changed only on the owner goroutine, and NATS is called only by the
+// sender. The owner never waits for either, and the actors talk only
+// through typed messages: the owner's inbox, the sender's job queue, the
+// watcher's listOwned channel and the reply channel of a sender's request.
 //
 //  1. The watcher (push_watch.go, pushWatcher) follows the folder with
 //     fsnotify (sub-folders as they appear, never .kvsync/) and ignores
@@ -46,7 +47,12 @@ import (
 //     connection problem keeps the job and retries it with backoff; a
 //     compare-and-set conflict goes to the conflict policy; a refusal is
 //     reported and the file kept. Each outcome the owner must know of comes
-//     back as a pushDone message.
+//     back as a pushDone message. The sender never touches the disk: when a
+//     job needs the bytes of a held edit or a conflict copy, it asks the
+//     owner (heldRead, conflictSave: a request with a reply channel the
+//     owner answers without waiting, and that the sender stops waiting on
+//     when its context ends), and it tells the owner when a held edit may
+//     go (heldSafe, pushDone).
 //  4. When kvsync replaces or removes a file that holds a local edit, the
 //     projector (Options.KeepEdits) swaps the file out whole, sees that it
 //     does not hold what kvsync wrote, holds it (the same inode, under
@@ -54,8 +60,11 @@ import (
 //     turns it into a job guarded by the revision the edit was based on
 //     (noted by beforeWrite and beforeRemove). The sender gives a held edit
 //     a debounce period (a program may still be writing into it), pushes
-//     what it then holds, and has the projector drop it once it landed or
-//     turn it into a conflict copy when it lost. So a remote change racing a
+//     what the owner then reads from it, and the owner has the projector
+//     drop it once it landed or turn it into a conflict copy when it lost.
+//     Jobs still queued when push-back stops are the pusher's once the
+//     sender has returned: before the folder closes, a displaced edit among
+//     them becomes a conflict copy (pusher.stop). So a remote change racing a
 //     local edit never silently wins, whatever the interleaving: the edit
 //     ends in the bucket or in a conflict file (projector/edits.go says what
 //     exactly is guaranteed, and what is left on file systems without
@@ -66,7 +75,8 @@ import (
 //     so is a new local file pushed with Create.
 //
 // Push-back never writes into the projection folder itself: it reads, adopts,
-// discards and saves conflict copies through the projector.Dir.
+// discards, drops held edits and saves conflict copies through the
+// projector.Dir, and only on the owner goroutine.
 
 type pushOp uint8
 
@@ -146,7 +156,51 @@ type (
 		rev    uint64 // pushLanded: the revision that holds the job's bytes
 		err    error  // pushRefused: why
 	}
+	// heldRead: the sender reached a held edit and its debounce passed; the
+	// owner answers on reply with what the held file holds now.
+	heldRead struct {
+		to    *pusher
+		held  string
+		reply chan<- heldBytes // room for the answer: the owner never waits
+	}
+	// heldSafe: the bytes of the job's held edit are safe (an earlier job
+	// handled them); the owner has the projector drop it.
+	heldSafe struct {
+		to  *pusher
+		job pushJob
+	}
+	// conflictSave: the job's local bytes must be kept in a conflict copy
+	// (the edit lost a conflict, or it cannot be pushed and exists nowhere
+	// else); the owner answers on reply with the copy's name.
+	conflictSave struct {
+		to    *pusher
+		job   pushJob
+		reply chan<- savedCopy // room for the answer: the owner never waits
+	}
 )
+
+func (localEdits) ownerEvent()   {}
+func (ownedWanted) ownerEvent()  {}
+func (watchFailed) ownerEvent()  {}
+func (pushDone) ownerEvent()     {}
+func (heldRead) ownerEvent()     {}
+func (heldSafe) ownerEvent()     {}
+func (conflictSave) ownerEvent() {}
+
+// heldBytes is the owner's answer to heldRead. ok is false when the held
+// edit was dropped or kept already, or cannot be read: the job's bytes, as
+// the projector found them when it displaced the file, stand.
+type heldBytes struct {
+	data []byte
+	ok   bool
+}
+
+// savedCopy is the owner's answer to conflictSave: the conflict copy's
+// name, or why it could not be saved.
+type savedCopy struct {
+	name string
+	err  error
+}
 
 // listOwned is the owner's answer to ownedWanted: every path kvsync owns in
 // the folder, sorted.
@@ -174,7 +228,10 @@ type pushDir interface {
 	Files() map[string][32]byte
 	Adopt(rel string, data []byte) (bool, error)
 	Discard(rel string, sum [32]byte) (string, error)
+	ReadHeld(name string) ([]byte, error)
+	DropHeld(name string, sum [32]byte) (string, error)
 	KeepHeld(name string) (string, error)
+	SaveConflict(rel string, data []byte) (string, error)
 }
 
 // projectedRevs is the revision last projected per path of the files
@@ -188,8 +245,9 @@ type projectedRevs interface {
 }
 
 // pusher pushes the local edits of one files projection back to its bucket.
-// It is the deciding part of push-back and runs on the owner goroutine only;
-// its watcher and sender run on goroutines of their own.
+// It is the deciding part of push-back, and the only one that reads or
+// writes files of the folder; it runs on the owner goroutine only. Its
+// watcher and sender run on goroutines of their own.
 type pusher struct {
 	cfg      PushConfig
 	files    *FilesConfig     // bucket, keys and strip_prefix of the projection
@@ -212,6 +270,7 @@ type pusher struct {
 	base     map[string]uint64    // path -> revision projected before the running update, for displaced edits
 	deferred map[string]struct{}  // scans before the first complete update
 	ready    bool                 // the first complete update ran
+	kept     map[string]string    // held edit -> the conflict copy it became ("" dropped)
 }
 
 // newPusher builds push-back for the files projection of fc in the folder d,
@@ -231,9 +290,10 @@ func newPusher(fc *FilesConfig, layout projector.Layout, d *projector.Dir, revs 
 		jobs: jobs, owned: owned,
 		settled: map[string][32]byte{}, refused: map[string][32]byte{},
 		missing: map[string]time.Time{}, base: map[string]uint64{}, deferred: map[string]struct{}{},
+		kept: map[string]string{},
 	}
 	ps.watcher = newPushWatcher(d.Path(), debounce, fc.Push.Delete, logger, in, ps, owned)
-	ps.sender = newPushSender(js, fc.Bucket, m.name, fc.Push, debounce, d, jobs, in, ps, logger, met)
+	ps.sender = newPushSender(js, fc.Bucket, m.name, fc.Push, debounce, jobs, in, ps, logger, met)
 	return ps
 }
 
@@ -252,7 +312,7 @@ func (ps *pusher) start(ctx context.Context, wg *sync.WaitGroup) {
 
 // handle takes a message of push-back from the owner's inbox, on the owner
 // goroutine; st is the owner's state.
-func (ps *pusher) handle(m any, st *state) {
+func (ps *pusher) handle(m ownerEvent, st *state) {
 	switch m := m.(type) {
 	case localEdits:
 		ps.scan(m.rels, st.bucket(ps.files.Bucket))
@@ -266,11 +326,53 @@ func (ps *pusher) handle(m any, st *state) {
 	case pushDone:
 		switch m.result {
 		case pushLanded:
+			ps.release(m.job)
 			ps.revs.pushedRev(m.job.rel, m.rev)
 		case pushRefused:
 			ps.refusedJob(m.job, m.err)
 		case pushLost:
 			ps.reproject(m.job)
+		}
+	case heldRead:
+		m.reply <- ps.readHeld(m.held)
+	case heldSafe:
+		ps.release(m.job)
+	case conflictSave:
+		name, err := ps.saveConflict(m.job)
+		m.reply <- savedCopy{name: name, err: err}
+	default:
+		panic(fmt.Sprintf("pusher: no case for the event %T", m))
+	}
+}
+
+// stopped takes an event of push-back that was still in the owner's inbox
+// when the owner loop ended, after the sender returned: a held edit whose
+// bytes are safe is dropped, as it would have been. Everything else is
+// moot; a request's sender is gone.
+func (ps *pusher) stopped(m ownerEvent) {
+	switch m := m.(type) {
+	case pushDone:
+		if m.result == pushLanded {
+			ps.release(m.job)
+		}
+	case heldSafe:
+		ps.release(m.job)
+	}
+}
+
+// stop keeps what only the sender's queue holds when push-back stops: local
+// edits kvsync already replaced on disk go to conflict files. Edits still on
+// disk are found again by the next start. It runs on the owner goroutine
+// once the sender has returned (or never ran), before the folder closes.
+func (ps *pusher) stop() {
+	for _, j := range ps.jobs.drain() {
+		if !j.rescue || j.op != pushPut {
+			continue
+		}
+		if name, err := ps.saveConflict(j); err == nil {
+			ps.logger.Warn("stopping with an unpushed local edit; saved", "path", j.rel, "saved_as", name)
+		} else {
+			ps.logger.Error("stopping with an unpushed local edit that cannot be saved", "path", j.rel, "err", err)
 		}
 	}
 }
@@ -542,6 +644,62 @@ func (ps *pusher) reproject(j pushJob) {
 		}
 	}
 	ps.m.markDirty(time.Now(), true, "push-back conflict on "+j.rel)
+}
+
+// ---- held edits and conflict copies, for the sender, on the owner goroutine ----
+
+// readHeld answers heldRead: what the held edit name holds now, unless it
+// was dropped or kept already.
+func (ps *pusher) readHeld(name string) heldBytes {
+	if _, done := ps.kept[name]; done {
+		return heldBytes{}
+	}
+	data, err := ps.d.ReadHeld(name)
+	if err != nil {
+		return heldBytes{}
+	}
+	return heldBytes{data: data, ok: true}
+}
+
+// release lets the projector drop a held edit whose bytes are safe (in the
+// bucket, or handled by an earlier job); one written again after it was
+// read becomes a conflict copy instead.
+func (ps *pusher) release(j pushJob) {
+	if j.held == "" {
+		return
+	}
+	if _, done := ps.kept[j.held]; done {
+		return
+	}
+	kept, err := ps.d.DropHeld(j.held, j.sum)
+	switch {
+	case err != nil:
+		ps.logger.Warn("release a pushed local edit", "path", j.rel, "held", j.held, "err", err)
+	case kept != "":
+		ps.logger.Warn("displaced local edit was written again after it was pushed; kept", "path", j.rel, "saved_as", kept)
+	}
+	ps.kept[j.held] = kept
+}
+
+// saveConflict keeps the local bytes of a job in a conflict copy,
+// <dir>/.kvsync/conflicts/<path>.<unix-nanos> (made by the projector: the
+// held displaced file itself, or a new file), and returns its name.
+func (ps *pusher) saveConflict(j pushJob) (string, error) {
+	if j.held == "" {
+		return ps.d.SaveConflict(j.rel, j.data)
+	}
+	if name, done := ps.kept[j.held]; done {
+		if name != "" {
+			return name, nil
+		}
+		return ps.d.SaveConflict(j.rel, j.data) // dropped: these bytes were safe elsewhere
+	}
+	name, err := ps.d.KeepHeld(j.held)
+	if err != nil {
+		return "", err
+	}
+	ps.kept[j.held] = name
+	return name, nil
 }
 
 // refusedJob records a job the sender could not push and reports it.

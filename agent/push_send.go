@@ -28,27 +28,18 @@ const pushTimeout = 5 * time.Second
 // when other writers keep winning the race.
 const keepLocalTries = 5
 
-// heldFiles is what the sender asks of the projector: the local edits it
-// holds (.kvsync/displaced/) and conflict copies (.kvsync/conflicts/); never
-// a file of the projection itself. A *projector.Dir, safe to call from any
-// goroutine.
-type heldFiles interface {
-	ReadHeld(name string) ([]byte, error)
-	DropHeld(name string, sum [32]byte) (string, error)
-	KeepHeld(name string) (string, error)
-	SaveConflict(rel string, data []byte) (string, error)
-}
-
 // pushSender is push-back's sender (see push.go): it alone calls the bucket,
 // runs the jobs the pusher queues in order, and reports what the owner must
-// know as pushDone messages. Its per-path maps are its own.
+// know as pushDone messages. It never touches the disk: what a held edit
+// holds, dropping it, and conflict copies are the owner's to do, asked for
+// through the owner's inbox (heldRead, heldSafe, conflictSave). Its per-path
+// maps are its own.
 type pushSender struct {
 	js         jetstream.JetStream
 	bucketName string
 	name       string // the projection's, for the metrics
 	cfg        PushConfig
 	debounce   time.Duration
-	held       heldFiles
 	jobs       *queue[pushJob] // from the pusher
 	out        *inbox          // the owner's
 	to         *pusher         // the pusher the messages are for, on the owner goroutine
@@ -60,18 +51,19 @@ type pushSender struct {
 	statusAt time.Time
 	chain    map[string]revChain
 	last     map[string]jobID
-	kept     map[string]string // held edit -> the conflict copy it became ("" dropped)
 }
 
-func newPushSender(js jetstream.JetStream, bucket, name string, cfg PushConfig, debounce time.Duration, held heldFiles,
+func newPushSender(js jetstream.JetStream, bucket, name string, cfg PushConfig, debounce time.Duration,
 	jobs *queue[pushJob], out *inbox, to *pusher, logger *slog.Logger, met *metrics) *pushSender {
 	return &pushSender{
-		js: js, bucketName: bucket, name: name, cfg: cfg, debounce: debounce, held: held,
+		js: js, bucketName: bucket, name: name, cfg: cfg, debounce: debounce,
 		jobs: jobs, out: out, to: to, logger: logger, metrics: met,
-		chain: map[string]revChain{}, last: map[string]jobID{}, kept: map[string]string{},
+		chain: map[string]revChain{}, last: map[string]jobID{},
 	}
 }
 
+// run sends the jobs until ctx is done. The jobs it leaves in the queue are
+// the pusher's to save once it has returned (pusher.stop).
 func (ps *pushSender) run(ctx context.Context) {
 	bo := retry.New(100*time.Millisecond, 5*time.Second)
 	failing := false
@@ -80,7 +72,6 @@ func (ps *pushSender) run(ctx context.Context) {
 		if !ok {
 			select {
 			case <-ctx.Done():
-				ps.saveUnsent()
 				return
 			case <-ps.jobs.ready:
 			}
@@ -88,7 +79,6 @@ func (ps *pushSender) run(ctx context.Context) {
 		}
 		err := ps.handle(ctx, j)
 		if ctx.Err() != nil {
-			ps.saveUnsent()
 			return
 		}
 		if err != nil {
@@ -98,7 +88,6 @@ func (ps *pushSender) run(ctx context.Context) {
 			}
 			select {
 			case <-ctx.Done():
-				ps.saveUnsent()
 				return
 			case <-time.After(bo.Next()):
 			}
@@ -118,7 +107,11 @@ func (ps *pushSender) run(ctx context.Context) {
 func (ps *pushSender) handle(ctx context.Context, j pushJob) error {
 	if j.held != "" {
 		read := j.sum
-		if j = ps.settleHeld(ctx, j); j.dup && j.sum == read {
+		var err error
+		if j, err = ps.settleHeld(ctx, j); err != nil {
+			return err
+		}
+		if j.dup && j.sum == read {
 			ps.release(j)
 			return nil
 		}
@@ -134,7 +127,9 @@ func (ps *pushSender) handle(ctx context.Context, j pushJob) error {
 	}
 	if j.op == pushPut {
 		if lim := ps.limit(ctx, kv); lim > 0 && int64(len(j.data)) > lim {
-			ps.refuse(j, fmt.Errorf("value of %d bytes is over the bucket's max value size (%d bytes, headers included)", len(j.data), lim+valueHeadroom))
+			if err := ps.refuse(ctx, j, fmt.Errorf("value of %d bytes is over the bucket's max value size (%d bytes, headers included)", len(j.data), lim+valueHeadroom)); err != nil {
+				return err
+			}
 			ps.last[j.rel] = id
 			return nil
 		}
@@ -160,7 +155,9 @@ func (ps *pushSender) handle(ctx context.Context, j pushJob) error {
 		}
 	case permanent(err):
 		delete(ps.chain, j.rel)
-		ps.refuse(j, err)
+		if err := ps.refuse(ctx, j, err); err != nil {
+			return err
+		}
 	default:
 		return err
 	}
@@ -170,8 +167,9 @@ func (ps *pushSender) handle(ctx context.Context, j pushJob) error {
 
 // settleHeld gives a held edit a debounce period from the moment it was
 // displaced — a program that truncated the file before the swap may still be
-// writing into it — and then takes what it holds as the job's bytes.
-func (ps *pushSender) settleHeld(ctx context.Context, j pushJob) pushJob {
+// writing into it — and then takes what it holds as the job's bytes, which
+// the owner reads (heldRead). It fails only when ctx ends.
+func (ps *pushSender) settleHeld(ctx context.Context, j pushJob) (pushJob, error) {
 	if wait := time.Until(j.queued.Add(ps.debounce)); wait > 0 {
 		t := time.NewTimer(wait)
 		select {
@@ -180,33 +178,45 @@ func (ps *pushSender) settleHeld(ctx context.Context, j pushJob) pushJob {
 		}
 		t.Stop()
 	}
-	if _, done := ps.kept[j.held]; done {
-		return j
+	if err := ctx.Err(); err != nil {
+		return j, err
 	}
-	if data, err := ps.held.ReadHeld(j.held); err == nil {
-		j.data, j.sum = data, sha256.Sum256(data)
+	held, err := ask(ctx, ps.out, func(reply chan<- heldBytes) ownerEvent {
+		return heldRead{to: ps.to, held: j.held, reply: reply}
+	})
+	if err != nil {
+		return j, err
 	}
-	return j
+	if held.ok {
+		j.data, j.sum = held.data, sha256.Sum256(held.data)
+	}
+	return j, nil
 }
 
-// release lets the projector drop a held edit whose bytes are safe (in the
-// bucket, or handled by an earlier job); one written again after it was
-// read becomes a conflict copy instead.
+// release tells the owner that a held edit's bytes are safe (handled by an
+// earlier job), so that the owner has it dropped (heldSafe). A job whose
+// bytes landed needs no release: its pushDone says so.
 func (ps *pushSender) release(j pushJob) {
 	if j.held == "" {
 		return
 	}
-	if _, done := ps.kept[j.held]; done {
-		return
+	ps.out.push(heldSafe{to: ps.to, job: j})
+}
+
+// ask puts a request into the owner's inbox and waits for the answer, or
+// for ctx to end. The reply channel has room for the one answer, so the
+// owner never waits for the sender; a stopping sender does not wait for an
+// owner that is gone, since the owner's loop ends only with ctx.
+func ask[T any](ctx context.Context, out *inbox, req func(reply chan<- T) ownerEvent) (T, error) {
+	reply := make(chan T, 1)
+	out.push(req(reply))
+	select {
+	case r := <-reply:
+		return r, nil
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
 	}
-	kept, err := ps.held.DropHeld(j.held, j.sum)
-	switch {
-	case err != nil:
-		ps.logger.Warn("release a pushed local edit", "path", j.rel, "held", j.held, "err", err)
-	case kept != "":
-		ps.logger.Warn("displaced local edit was written again after it was pushed; kept", "path", j.rel, "saved_as", kept)
-	}
-	ps.kept[j.held] = kept
 }
 
 func (ps *pushSender) write(ctx context.Context, kv jetstream.KeyValue, j pushJob) (uint64, error) {
@@ -260,8 +270,7 @@ func (ps *pushSender) conflict(ctx context.Context, kv jetstream.KeyValue, j pus
 			switch {
 			case isConflict(err):
 			case permanent(err):
-				ps.refuse(j, err)
-				return nil
+				return ps.refuse(ctx, j, err)
 			default:
 				return err
 			}
@@ -276,12 +285,15 @@ func (ps *pushSender) conflict(ctx context.Context, kv jetstream.KeyValue, j pus
 		ps.logger.Warn("push conflict: other writers kept winning; keeping the remote value", "path", j.rel, "key", j.key, "tries", keepLocalTries)
 	}
 	if j.op == pushPut {
-		name, err := ps.saveConflict(j)
+		saved, err := ps.saveConflict(ctx, j)
+		if err == nil {
+			err = saved.err
+		}
 		if err != nil {
 			return err // retried: the bytes must land somewhere
 		}
 		ps.logger.Warn("push conflict: remote value kept, local edit saved",
-			"path", j.rel, "key", j.key, "base_revision", j.guard, "remote_revision", remoteRev, "saved_as", name)
+			"path", j.rel, "key", j.key, "base_revision", j.guard, "remote_revision", remoteRev, "saved_as", saved.name)
 	} else {
 		ps.logger.Warn("push conflict: local removal not applied, remote value kept",
 			"path", j.rel, "key", j.key, "base_revision", j.guard, "remote_revision", remoteRev)
@@ -305,25 +317,14 @@ func (ps *pushSender) latest(ctx context.Context, kv jetstream.KeyValue, key str
 	return nil, false, fmt.Errorf("get %s: %w", key, err)
 }
 
-// saveConflict keeps the local bytes of a losing edit in a conflict copy,
-// <dir>/.kvsync/conflicts/<path>.<unix-nanos> (made by the projector: the
-// held displaced file itself, or a new file), and returns its name.
-func (ps *pushSender) saveConflict(j pushJob) (string, error) {
-	if j.held == "" {
-		return ps.held.SaveConflict(j.rel, j.data)
-	}
-	if name, done := ps.kept[j.held]; done {
-		if name != "" {
-			return name, nil
-		}
-		return ps.held.SaveConflict(j.rel, j.data) // dropped: these bytes were safe elsewhere
-	}
-	name, err := ps.held.KeepHeld(j.held)
-	if err != nil {
-		return "", err
-	}
-	ps.kept[j.held] = name
-	return name, nil
+// saveConflict has the owner keep the local bytes of a losing edit in a
+// conflict copy (conflictSave, pusher.saveConflict) and returns the owner's
+// answer: the copy's name, or why it could not be saved. It fails only when
+// ctx ends before the owner answered.
+func (ps *pushSender) saveConflict(ctx context.Context, j pushJob) (savedCopy, error) {
+	return ask(ctx, ps.out, func(reply chan<- savedCopy) ownerEvent {
+		return conflictSave{to: ps.to, job: j, reply: reply}
+	})
 }
 
 // pushed records a successful push.
@@ -334,42 +335,32 @@ func (ps *pushSender) pushed(j pushJob, rev uint64) {
 }
 
 // landed tells the owner that the bucket holds the job's bytes at rev, so
-// that a further edit before the echo arrives is guarded by rev.
+// that a further edit before the echo arrives is guarded by rev, and a held
+// edit can go.
 func (ps *pushSender) landed(j pushJob, rev uint64) {
 	if j.op != pushPut {
 		return
 	}
-	ps.release(j)
 	ps.out.push(pushDone{to: ps.to, result: pushLanded, job: j, rev: rev})
 }
 
 // refuse reports a job that cannot be pushed. The file stays; bytes that are
-// no longer on disk go to a conflict file first.
-func (ps *pushSender) refuse(j pushJob, err error) {
+// no longer on disk go to a conflict file first. It fails only when ctx
+// ends before the owner answered; the job is then left for pusher.stop.
+func (ps *pushSender) refuse(ctx context.Context, j pushJob, err error) error {
 	if j.rescue && j.op == pushPut {
-		if name, serr := ps.saveConflict(j); serr == nil {
-			err = fmt.Errorf("%w (the local bytes were replaced by a remote change and are saved as %s)", err, name)
-		} else {
-			err = fmt.Errorf("%w (saving the local bytes: %w)", err, serr)
+		saved, aerr := ps.saveConflict(ctx, j)
+		switch {
+		case aerr != nil:
+			return aerr
+		case saved.err == nil:
+			err = fmt.Errorf("%w (the local bytes were replaced by a remote change and are saved as %s)", err, saved.name)
+		default:
+			err = fmt.Errorf("%w (saving the local bytes: %w)", err, saved.err)
 		}
 	}
 	ps.out.push(pushDone{to: ps.to, result: pushRefused, job: j, err: err})
-}
-
-// saveUnsent keeps what only the queue holds when the pusher stops: local
-// edits kvsync already replaced on disk go to conflict files. Edits still on
-// disk are found again by the next start.
-func (ps *pushSender) saveUnsent() {
-	for _, j := range ps.jobs.drain() {
-		if !j.rescue || j.op != pushPut {
-			continue
-		}
-		if name, err := ps.saveConflict(j); err == nil {
-			ps.logger.Warn("stopping with an unpushed local edit; saved", "path", j.rel, "saved_as", name)
-		} else {
-			ps.logger.Error("stopping with an unpushed local edit that cannot be saved", "path", j.rel, "err", err)
-		}
-	}
+	return nil
 }
 
 // bucket returns the KV handle, opening it on first use.

@@ -134,7 +134,7 @@ func runViewer(t testing.TB, v *viewer, in *inbox) {
 	}()
 	go func() {
 		defer wg.Done()
-		var buf []any
+		var buf []ownerEvent
 		for {
 			select {
 			case <-ctx.Done():
@@ -155,7 +155,7 @@ func runViewer(t testing.TB, v *viewer, in *inbox) {
 }
 
 // apply is the owner's handling of watcher messages, on the state alone.
-func (v *viewer) apply(m any) {
+func (v *viewer) apply(m ownerEvent) {
 	switch m := m.(type) {
 	case event:
 		v.b.apply(m)

@@ -85,11 +85,24 @@ type (
 	}
 )
 
-// inbox is the owner's queue (queue.go): the watchers and the push-back
-// actors put typed messages in it and never wait for the owner.
-type inbox = queue[any]
+// ownerEvent is a message in the owner's inbox. The set is closed: only the
+// types that have the unexported marker method are events, the watchers'
+// (event, epochStart, syncDone, listing, bucketGone, consumerLimit) and
+// push-back's (push.go), and the owner's handle has a case for each.
+type ownerEvent interface{ ownerEvent() }
 
-func newInbox() *inbox { return newQueue[any]() }
+func (event) ownerEvent()         {}
+func (epochStart) ownerEvent()    {}
+func (syncDone) ownerEvent()      {}
+func (listing) ownerEvent()       {}
+func (bucketGone) ownerEvent()    {}
+func (consumerLimit) ownerEvent() {}
+
+// inbox is the owner's queue (queue.go): the watchers and the push-back
+// actors put their events in it and never wait for the owner.
+type inbox = queue[ownerEvent]
+
+func newInbox() *inbox { return newQueue[ownerEvent]() }
 
 // watcher follows one bucket for the union of the key filters of every
 // projection that reads it. It is built on an ephemeral push consumer like
