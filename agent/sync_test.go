@@ -22,6 +22,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kvsync/kvsync/agent/natsconn"
+	"github.com/kvsync/kvsync/agent/watch"
 	"github.com/kvsync/kvsync/internal/testutil"
 )
 
@@ -102,8 +103,7 @@ func (w *writer) flush() {
 // viewer runs a watcher of one bucket and applies what it sends to a
 // bucketState, as the owner does.
 type viewer struct {
-	w      *watcher
-	bw     bucketWatcher // when set, run instead of w
+	w      watch.Watcher
 	mu     sync.Mutex
 	b      *bucketState
 	synced int // syncDone messages applied
@@ -114,7 +114,7 @@ func startViewer(t testing.TB, js jetstream.JetStream, bucket string, logs *sync
 	t.Helper()
 	in := newInbox()
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	v := &viewer{w: newWatcher(js, bucket, []string{">"}, in, logger), b: newState(nil).bucket(bucket)}
+	v := &viewer{w: watch.New(js, bucket, []string{">"}, inboxSink{in}, logger, watch.Options{Mode: watch.ModeConsumer}), b: newState(nil).bucket(bucket)}
 	runViewer(t, v, in)
 	return v
 }
@@ -126,11 +126,7 @@ func runViewer(t testing.TB, v *viewer, in *inbox) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		var w bucketWatcher = v.w
-		if v.bw != nil {
-			w = v.bw
-		}
-		_ = w.run(ctx)
+		_ = v.w.Run(ctx)
 	}()
 	go func() {
 		defer wg.Done()
@@ -156,20 +152,27 @@ func runViewer(t testing.TB, v *viewer, in *inbox) {
 
 // apply is the owner's handling of watcher messages, on the state alone.
 func (v *viewer) apply(m ownerEvent) {
+	var ev watch.Event
 	switch m := m.(type) {
-	case event:
+	case watchEntry:
+		ev = m.e
+	case watchEvent:
+		ev = m.e
+	}
+	switch m := ev.(type) {
+	case *watch.Entry:
 		v.b.apply(m)
-	case epochStart:
-		v.b.epoch, v.b.building = m.epoch, make(map[string]entry, m.size)
-	case syncDone:
-		if v.b.epoch == m.epoch && v.b.building != nil {
+	case watch.EpochStart:
+		v.b.epoch, v.b.building = m.Epoch, make(map[string]entry, m.Size)
+	case watch.SyncDone:
+		if v.b.epoch == m.Epoch && v.b.building != nil {
 			v.b.swap()
 			v.synced++
 		}
-	case listing:
+	case watch.Listing:
 		for k, e := range v.b.entries {
-			if _, ok := m.keys[k]; !ok && e.Revision <= m.asOf {
-				v.b.apply(event{bucket: m.bucket, key: k, op: OpDelete, rev: m.asOf})
+			if _, ok := m.Keys[k]; !ok && e.Revision <= m.AsOf {
+				v.b.apply(&watch.Entry{Bucket: m.Bucket, Key: k, Op: OpDelete, Revision: m.AsOf})
 			}
 		}
 	}
@@ -404,7 +407,7 @@ func TestSyncRandomBuckets(t *testing.T) {
 			}
 			wr.ops(r, keys, 1+r.IntN(nkeys), maxValue)
 			if reconnect {
-				v.w.reconnected()
+				v.w.Reconnected()
 				wr.ops(r, keys, 1+r.IntN(nkeys), maxValue)
 			}
 			converges(t, v, wr.m, logs)
@@ -463,9 +466,11 @@ func TestSyncSelfCheckRepairs(t *testing.T) {
 	drop.Store("k.07", true)
 	drop.Store("k.03", true)
 	missing := prometheus.NewCounter(prometheus.CounterOpts{Name: "missing"})
-	v := &viewer{w: newWatcher(js, "chk", []string{">"}, in, logger), b: newState(nil).bucket("chk")}
-	v.w.missing = missing
-	v.w.drop = func(key string) bool { _, ok := drop.LoadAndDelete(key); return ok }
+	v := &viewer{w: watch.New(js, "chk", []string{">"}, inboxSink{in}, logger, watch.Options{
+		Mode:    watch.ModeConsumer,
+		Missing: missing,
+		Drop:    func(key string) bool { _, ok := drop.LoadAndDelete(key); return ok },
+	}), b: newState(nil).bucket("chk")}
 	runViewer(t, v, in)
 
 	checkView(t, v, wr.m, logs)
@@ -489,7 +494,7 @@ func TestSyncSelfCheckRepairs(t *testing.T) {
 		}
 		return nil
 	})
-	v.w.reconnected()
+	v.w.Reconnected()
 	converges(t, v, wr.m, logs)
 	if got := counterValue(t, missing); got != 3 {
 		t.Errorf("missing keys counted after the catch-up: %v, want 3", got)
@@ -523,7 +528,7 @@ func TestSyncRepublishDropsNoKey(t *testing.T) {
 	logs := &syncBuffer{}
 	in := newInbox()
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	v := &viewer{bw: newRepublishWatcher(js, "big", []string{">"}, in, logger, WatchRepublish, 30*time.Second), b: newState(nil).bucket("big")}
+	v := &viewer{w: watch.New(js, "big", []string{">"}, inboxSink{in}, logger, watch.Options{Mode: watch.ModeRepublish, CheckInterval: 30 * time.Second}), b: newState(nil).bucket("big")}
 	runViewer(t, v, in)
 	checkView(t, v, wr.m, logs)
 }

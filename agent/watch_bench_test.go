@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kvsync/kvsync/agent/watch"
 	"github.com/kvsync/kvsync/internal/testutil"
 )
 
@@ -76,8 +77,7 @@ func BenchmarkWatcherIdle(b *testing.B) {
 						js = connectJS(b, s)
 					}
 					in := newInbox()
-					v := &viewer{w: newWatcher(js, "idle", []string{">"}, in, slog.New(slog.DiscardHandler)), b: newState(nil).bucket("idle")}
-					v.w.hb = hb
+					v := &viewer{w: watch.New(js, "idle", []string{">"}, inboxSink{in}, slog.New(slog.DiscardHandler), watch.Options{Mode: watch.ModeConsumer, Heartbeat: hb}), b: newState(nil).bucket("idle")}
 					runViewer(b, v, in)
 					vs[i] = v
 				}

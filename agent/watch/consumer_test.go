@@ -1,4 +1,4 @@
-package agent
+package watch
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 // news or the connection comes back, not when its timeout expires; news is
 // passed on so the watcher retries at once; a timeout still ends it.
 func TestBoundedGivesUpOnNews(t *testing.T) {
-	w := newWatcher(nil, "app", nil, newInbox(), slog.New(slog.DiscardHandler))
+	w := newWatcher(nil, "app", nil, &events{}, slog.New(slog.DiscardHandler), Options{})
 	unanswered := func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
 
 	for _, tc := range []struct {
