@@ -106,7 +106,7 @@ type viewer struct {
 	w      watch.Watcher
 	mu     sync.Mutex
 	b      *bucketState
-	synced int // syncDone messages applied
+	synced int // SyncDone events applied
 	stop   func()
 }
 
@@ -217,7 +217,7 @@ func diffModels(got, want model) string {
 }
 
 // checkView waits for the viewer's first sync and compares its view with the
-// model. The view is complete at syncDone: no waiting for more events after
+// model. The view is complete at SyncDone: no waiting for more events after
 // it.
 func checkView(t testing.TB, v *viewer, want model, logs *syncBuffer) {
 	t.Helper()

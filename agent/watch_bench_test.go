@@ -16,7 +16,7 @@ import (
 
 // BenchmarkWatcherInitialSync: one watcher's initial sync of a bucket of
 // 100,000 keys of 100 B (history 1 and 5), from the consumer's creation to
-// the complete, checked view (syncDone).
+// the complete, checked view (watch.SyncDone).
 //
 //	go test -run '^$' -bench WatcherInitialSync -benchtime 5x ./agent
 func BenchmarkWatcherInitialSync(b *testing.B) {
