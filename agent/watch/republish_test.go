@@ -29,7 +29,7 @@ func TestRepublishLastSeq(t *testing.T) {
 	_, js := testutil.Connect(t, s.ClientURL())
 	kv := testutil.CreateBucket(t, js, jetstream.KeyValueConfig{Bucket: "app", RePublish: natsconn.RePublish("app")})
 	opts := Options{Mode: ModeRepublish, CheckInterval: time.Second}
-	w := newRepublishWatcher(js, "app", []string{">"}, &events{}, slog.New(slog.DiscardHandler), opts)
+	w := newRepublishWatcher(js, "app", []string{">"}, newInbox(), slog.New(slog.DiscardHandler), opts)
 	if _, ok := w.lastSeq(context.Background()); ok {
 		t.Fatal("lastSeq answered on an empty stream")
 	}
@@ -38,7 +38,7 @@ func TestRepublishLastSeq(t *testing.T) {
 	if got, ok := w.lastSeq(context.Background()); !ok || got != rev {
 		t.Fatalf("lastSeq = %d, %v; want %d, true", got, ok, rev)
 	}
-	other := newRepublishWatcher(js, "nope", []string{">"}, &events{}, slog.New(slog.DiscardHandler), opts)
+	other := newRepublishWatcher(js, "nope", []string{">"}, newInbox(), slog.New(slog.DiscardHandler), opts)
 	if _, ok := other.lastSeq(context.Background()); ok {
 		t.Fatal("lastSeq answered for a missing stream")
 	}

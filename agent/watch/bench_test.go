@@ -1,4 +1,4 @@
-package agent
+package watch
 
 import (
 	"fmt"
@@ -10,13 +10,12 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/kvsync/kvsync/agent/watch"
 	"github.com/kvsync/kvsync/internal/testutil"
 )
 
 // BenchmarkWatcherInitialSync: one watcher's initial sync of a bucket of
 // 100,000 keys of 100 B (history 1 and 5), from the consumer's creation to
-// the complete, checked view (watch.SyncDone).
+// the complete, checked view (SyncDone).
 //
 //	go test -run '^$' -bench WatcherInitialSync -benchtime 5x ./agent
 func BenchmarkWatcherInitialSync(b *testing.B) {
@@ -33,7 +32,7 @@ func BenchmarkWatcherInitialSync(b *testing.B) {
 			wr.flush()
 			b.ResetTimer()
 			for range b.N {
-				logs := &syncBuffer{}
+				logs := &testutil.SyncBuffer{}
 				v := startViewer(b, js, bucket, logs)
 				defer func() { b.Log(logs.String()) }()
 				for {
@@ -77,7 +76,7 @@ func BenchmarkWatcherIdle(b *testing.B) {
 						js = connectJS(b, s)
 					}
 					in := newInbox()
-					v := &viewer{w: watch.New(js, "idle", []string{">"}, inboxSink{in}, slog.New(slog.DiscardHandler), watch.Options{Mode: watch.ModeConsumer, Heartbeat: hb}), b: newState(nil).bucket("idle")}
+					v := &viewer{w: New(js, "idle", []string{">"}, in, slog.New(slog.DiscardHandler), Options{Mode: ModeConsumer, Heartbeat: hb}), b: newBucketView()}
 					runViewer(b, v, in)
 					vs[i] = v
 				}
