@@ -18,6 +18,9 @@
 //     the shared check of the last sequence that every agent of a bucket
 //     answers; in ModeAuto it hands over to a consumer watcher when the
 //     bucket does not republish;
+//   - the watch: block (Config: the mode of each bucket, the check
+//     interval; their defaults and validation); the agent's Config
+//     composes it;
 //   - what they report (event.go): the closed set of Event types (Entry,
 //     EpochStart, SyncDone, Listing, BucketGone, ConsumerLimit), and what
 //     both share (consumer.go): how a stream message becomes an Entry (Op,
