@@ -337,8 +337,9 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 	}
 }
 
-// handle applies one message of the inbox: a watcher's to the state, marking
-// projections dirty; push-back's (localEdits, ownedWanted, watchFailed,
+// handle applies one message of the inbox: a watcher's (watchEntry,
+// watchEvent) to the state, marking projections dirty (handleWatch);
+// push-back's (localEdits, ownedWanted, watchFailed,
 // pushDone, and the sender's heldRead, heldSafe, conflictSave) to the pusher
 // it names. The set of events is closed (ownerEvent): a type without a case
 // here is a bug.
