@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/agent/process"
+	"github.com/kvsync/kvsync/agent/watch"
 	"github.com/kvsync/kvsync/internal/testutil"
 )
 
@@ -614,7 +615,7 @@ func BenchmarkOwnerSafeApply(b *testing.B) {
 				b.ReportAllocs()
 				for i := 0; b.Loop(); i++ {
 					rev++
-					o.handle(event{bucket: "b", key: "k.000000", op: OpPut, value: vals[i%2], rev: rev, created: time.Now()})
+					o.handle(fromWatch(&watch.Entry{Bucket: "b", Key: "k.000000", Op: OpPut, Value: vals[i%2], Revision: rev, Created: time.Now()}))
 					if _, err := o.flush(); err != nil {
 						b.Fatal(err)
 					}

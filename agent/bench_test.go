@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/agent/watch"
 )
 
 // benchOwner builds an owner for cfg with no NATS connection: the benchmarks
@@ -28,12 +30,12 @@ func benchOwner(b *testing.B, cfg *Config) *owner {
 // flushes, as a watcher's first epoch would.
 func syncBucket(b *testing.B, o *owner, bucket string, n int) {
 	b.Helper()
-	o.handle(epochStart{bucket: bucket, epoch: 1})
+	o.handle(fromWatch(watch.EpochStart{Bucket: bucket, Epoch: 1}))
 	now := time.Now()
 	for i := 0; i < n; i++ {
-		o.handle(event{bucket: bucket, key: fmt.Sprintf("k.%06d", i), op: OpPut, value: []byte("init"), rev: uint64(i + 1), created: now})
+		o.handle(fromWatch(&watch.Entry{Bucket: bucket, Key: fmt.Sprintf("k.%06d", i), Op: OpPut, Value: []byte("init"), Revision: uint64(i + 1), Created: now}))
 	}
-	o.handle(syncDone{bucket: bucket, epoch: 1})
+	o.handle(fromWatch(watch.SyncDone{Bucket: bucket, Epoch: 1}))
 	if _, err := o.flush(); err != nil {
 		b.Fatal(err)
 	}
@@ -59,7 +61,7 @@ func BenchmarkOwnerHandle(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				rev++
-				o.handle(event{bucket: "b", key: fmt.Sprintf("k.%06d", i%100), op: OpPut, value: vals[(i/100)%2], rev: rev, created: time.Now()})
+				o.handle(fromWatch(&watch.Entry{Bucket: "b", Key: fmt.Sprintf("k.%06d", i%100), Op: OpPut, Value: vals[(i/100)%2], Revision: rev, Created: time.Now()}))
 				if _, err := o.flush(); err != nil {
 					b.Fatal(err)
 				}
@@ -86,7 +88,7 @@ func BenchmarkOwnerTemplate(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				rev++
-				o.handle(event{bucket: "b", key: fmt.Sprintf("k.%06d", (i*7919)%n), op: OpPut, value: []byte(fmt.Sprint(i)), rev: rev, created: time.Now()})
+				o.handle(fromWatch(&watch.Entry{Bucket: "b", Key: fmt.Sprintf("k.%06d", (i*7919)%n), Op: OpPut, Value: []byte(fmt.Sprint(i)), Revision: rev, Created: time.Now()}))
 				if _, err := o.flush(); err != nil {
 					b.Fatal(err)
 				}
@@ -118,7 +120,7 @@ func BenchmarkStateList(b *testing.B) {
 	st := newState(nil)
 	bs := st.bucket("b")
 	for i := 0; i < 10_000; i++ {
-		bs.apply(event{bucket: "b", key: fmt.Sprintf("k.%06d", i), op: OpPut, value: []byte("v"), rev: uint64(i + 1)})
+		bs.apply(&watch.Entry{Bucket: "b", Key: fmt.Sprintf("k.%06d", i), Op: OpPut, Value: []byte("v"), Revision: uint64(i + 1)})
 	}
 	bs.synced = true
 	for _, filter := range []string{"k.>", "k.004242"} {
@@ -137,10 +139,12 @@ func BenchmarkStateList(b *testing.B) {
 func BenchmarkInbox(b *testing.B) {
 	q := newInbox()
 	var buf []ownerEvent
-	ev := event{bucket: "b", key: "k", value: []byte("v")}
+	ev := watch.Entry{Bucket: "b", Key: "k", Value: []byte("v")}
+	sink := inboxSink{q}
 	b.ReportAllocs()
 	for b.Loop() {
-		q.push(ev)
+		e := ev // a watcher hands on a new entry each time
+		sink.Push(&e)
 		<-q.ready
 		buf = q.take(buf)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kvsync/kvsync/agent/natsconn"
 	"github.com/kvsync/kvsync/agent/process"
+	"github.com/kvsync/kvsync/agent/watch"
 	"github.com/kvsync/kvsync/internal/kvkey"
 	"github.com/kvsync/kvsync/projector"
 )
@@ -205,26 +206,9 @@ type WaitConfig struct {
 	Max time.Duration `koanf:"max"`
 }
 
-// WatchConfig says how the agent follows each bucket: through a JetStream
-// consumer of its own (consumer), through a plain subscription to what the
-// bucket republishes (republish), or the latter when the bucket republishes
-// and the former otherwise (auto).
-type WatchConfig struct {
-	Mode    string            `koanf:"mode"`    // for every bucket not in Buckets
-	Buckets map[string]string `koanf:"buckets"` // bucket name -> mode
-	// CheckInterval: in the republish mode, how often an agent that heard
-	// nothing asks the stream for its last sequence, to notice an entry
-	// whose republished copy was lost.
-	CheckInterval time.Duration `koanf:"check_interval"`
-}
-
-// ModeOf is the watch mode of bucket.
-func (w WatchConfig) ModeOf(bucket string) string {
-	if m, ok := w.Buckets[bucket]; ok {
-		return m
-	}
-	return w.Mode
-}
+// WatchConfig is the watch: block (watch.Config): the watch mode of each
+// bucket and the republish mode's check interval.
+type WatchConfig = watch.Config
 
 // HTTPConfig is the health, metrics and status listener.
 type HTTPConfig struct {
@@ -329,12 +313,7 @@ func (c *Config) Default() {
 			ch.Timeout = defaultCheckTimeout
 		}
 	}
-	if c.Watch.Mode == "" {
-		c.Watch.Mode = WatchAuto
-	}
-	if c.Watch.CheckInterval == 0 {
-		c.Watch.CheckInterval = 30 * time.Second
-	}
+	c.Watch.Default()
 	if c.Agent.ID == "" {
 		if h, err := os.Hostname(); err == nil {
 			c.Agent.ID = h
@@ -564,20 +543,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	wait("wait", &c.Wait)
-	watchMode := func(path, m string) {
-		switch m {
-		case WatchConsumer, WatchRepublish, WatchAuto:
-		default:
-			add(path, "%q is not consumer, republish or auto", m)
-		}
-	}
-	watchMode("watch.mode", c.Watch.Mode)
-	for _, b := range slices.Sorted(maps.Keys(c.Watch.Buckets)) {
-		bucket("watch.buckets."+b, b)
-		watchMode("watch.buckets."+b, c.Watch.Buckets[b])
-	}
-	if c.Watch.CheckInterval < 100*time.Millisecond {
-		add("watch.check_interval", "%v is less than 100ms", c.Watch.CheckInterval)
+	for _, p := range c.Watch.Validate() {
+		add("watch"+p.Path, "%s", p.Msg)
 	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "warning", "error":

@@ -3,9 +3,11 @@
 // state, the projections (files, templates, env) and their change actions, the
 // exec child, push-back of local edits, and the HTTP endpoints.
 //
-// The flow: a watcher (an ephemeral pull consumer per bucket, see watch.go)
-// pushes entries into an unbounded inbox, which carries a closed set of
-// event types (ownerEvent); the owner (owner.go) applies them to its state
+// The flow: a watcher per bucket (agent/watch: a consumer of its own, or a
+// subscription to what the bucket republishes) pushes entries into an
+// unbounded inbox, which carries a closed set of event types (ownerEvent:
+// the watch events, wrapped by watchers.go, and push-back's); the owner
+// (owner.go) applies them to its state
 // and marks the projections whose keys changed; once a projection's
 // quiescence has passed it is updated, through the projector package for the
 // bytes on disk and the templates package for rendering, and its on_change
@@ -55,12 +57,18 @@
 // package's. The agent sets the connection's handlers (refusals go to its
 // log and metrics, conn.go; reconnects to its watchers, agent.go), runs the
 // link monitor as one of its actors, provisions a config's buckets before its
-// watchers start, and builds /status from what natsconn reports. The
-// watchers (watch.go, watch_republish.go) are the agent's: they feed the
-// owner's inbox.
+// watchers start, and builds /status from what natsconn reports.
+//
+// Following a bucket (the consumer and republish watchers, their catch-ups,
+// the shared check, gap detection) is the agent/watch package's. The agent
+// starts one watch.Watcher per bucket its projections read, in the watch
+// mode of the config, tells them of reconnects, and takes their events
+// through a watch.Sink, the owner's inbox (watchers.go); the watchers know
+// nothing of the owner or its state.
 //
 // The package must not parse config files (cmd/kvsync does, with koanf),
-// must not dial NATS itself (agent/natsconn does), must not start, signal
+// must not dial NATS itself (agent/natsconn does), must not follow a
+// bucket's stream itself (agent/watch does), must not start, signal
 // or wait for processes itself (agent/process does), and must not write
 // bytes to disk itself: every write goes through the
 // projector. A files projection's folder is written by its projector.Dir

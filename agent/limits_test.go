@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/agent/watch"
 )
 
 // TestNotReadyBody: /readyz names a bucket refused for the consumer limit
@@ -38,14 +40,14 @@ func TestNotReadyBody(t *testing.T) {
 func TestConsumerLimitLoggedOnce(t *testing.T) {
 	logs := &syncBuffer{}
 	o := &owner{a: &Agent{metrics: newMetrics()}, logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-	refuse := consumerLimit{bucket: "app", err: errors.New("refused: raise it")}
+	refuse := watch.ConsumerLimit{Bucket: "app", Err: errors.New("refused: raise it")}
 	count := func(level string) int { return strings.Count(logs.String(), "level="+level+" msg=\"consumer limit") }
 	for range 3 {
 		o.noteConsumerLimit(refuse)
 		if _, ok := o.limited.why["app"]; !ok {
 			t.Fatalf("refusal not recorded")
 		}
-		o.noteConsumerLimit(consumerLimit{bucket: "app"})
+		o.noteConsumerLimit(watch.ConsumerLimit{Bucket: "app"})
 		if _, ok := o.limited.why["app"]; ok {
 			t.Fatalf("end of refusal not recorded")
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/agent/process"
+	"github.com/kvsync/kvsync/agent/watch"
 )
 
 // projection is one output kept in step with the state: a folder of files, a
@@ -100,7 +101,7 @@ type owner struct {
 	st      *state
 	in      *inbox
 	projs   []projection
-	watched map[string]bucketWatcher
+	watched map[string]watch.Watcher
 	results chan actionDone
 	slots   []*actionSlot          // every action, own and named, each with a loop
 	named   map[string]*actionSlot // the named actions in use
@@ -125,7 +126,7 @@ type actionDone struct {
 func newOwner(cfg *Config, a *Agent, js jetstream.JetStream, exec execChild) (*owner, error) {
 	o := &owner{
 		a: a, cfg: cfg, js: js, logger: a.logger,
-		st: newState(js), in: newInbox(), watched: map[string]bucketWatcher{},
+		st: newState(js), in: newInbox(), watched: map[string]watch.Watcher{},
 		results: make(chan actionDone, 16), exec: exec, started: time.Now(),
 		named: map[string]*actionSlot{}, fired: map[*actionSlot][]batchMember{},
 	}
@@ -226,33 +227,18 @@ func (o *owner) closeAll() {
 	}
 }
 
-// bucketWatcher follows one bucket and feeds the inbox: a consumer of its
-// own (watch.go) or a subscription to what the bucket republishes
-// (watch_republish.go), as the bucket's watch mode says.
-type bucketWatcher interface {
-	run(ctx context.Context) error
-	// reconnected tells the watcher the connection came back.
-	reconnected()
-}
-
 // watch starts the watcher of a bucket, once.
 func (o *owner) watch(bucket string, filters []string) {
 	if _, ok := o.watched[bucket]; ok {
 		return
 	}
-	w := o.newBucketWatcher(bucket, filters)
-	switch cw := w.(type) {
-	case *watcher:
-		cw.missing = o.a.metrics.missing.WithLabelValues(bucket)
-	case *republishWatcher:
-		cw.lister.missing = o.a.metrics.missing.WithLabelValues(bucket)
-	}
+	w := o.newBucketWatcher(bucket, filters, o.watchOptions(bucket))
 	o.watched[bucket] = w
 	o.st.bucket(bucket)
 	o.wg.Add(1)
 	go func() {
 		defer o.wg.Done()
-		_ = w.run(o.ctx)
+		_ = w.Run(o.ctx)
 	}()
 }
 
@@ -324,7 +310,7 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 			return &ChildExit{Code: code}
 		case <-reconnects:
 			for _, w := range o.watched {
-				w.reconnected()
+				w.Reconnected()
 			}
 		case <-o.in.ready:
 			buf = o.in.take(buf)
@@ -351,60 +337,19 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 	}
 }
 
-// handle applies one message of the inbox: a watcher's to the state, marking
-// projections dirty; push-back's (localEdits, ownedWanted, watchFailed,
+// handle applies one message of the inbox: a watcher's (watchEntry,
+// watchEvent) to the state, marking projections dirty (handleWatch);
+// push-back's (localEdits, ownedWanted, watchFailed,
 // pushDone, and the sender's heldRead, heldSafe, conflictSave) to the pusher
 // it names. The set of events is closed (ownerEvent): a type without a case
 // here is a bug.
 func (o *owner) handle(m ownerEvent) {
 	now := time.Now()
 	switch m := m.(type) {
-	case event:
-		o.a.metrics.updates.WithLabelValues(m.bucket, m.op.String()).Inc()
-		b := o.st.bucket(m.bucket)
-		if !b.apply(m) {
-			return
-		}
-		o.a.metrics.lastRev.WithLabelValues(m.bucket).Set(float64(b.lastRev))
-		for _, p := range o.projs {
-			if p.touches(m.bucket, m.key) {
-				p.noteKey(m.bucket, m.key)
-				p.meta().markDirty(now, false, fmt.Sprintf("%s %s:%s rev %d", m.op, m.bucket, m.key, m.rev))
-			}
-		}
-	case epochStart:
-		b := o.st.bucket(m.bucket)
-		b.epoch, b.building = m.epoch, make(map[string]entry, m.size)
-	case syncDone:
-		b := o.st.bucket(m.bucket)
-		if b.epoch != m.epoch || b.building == nil {
-			return
-		}
-		changed := b.swap()
-		if b.gone {
-			o.logger.Info("bucket is back", "bucket", m.bucket)
-		}
-		b.gone = false
-		o.logger.Info("initial sync done", "bucket", m.bucket, "keys", len(b.entries), "changed", changed)
-		for _, p := range o.projs {
-			// Every projection may read the bucket (templates read any): a
-			// complete update compares against what is on disk.
-			p.meta().markDirty(now, true, "initial sync of bucket "+m.bucket)
-		}
-	case listing:
-		b := o.st.bucket(m.bucket)
-		var gone []string
-		for k, e := range b.entries {
-			if _, ok := m.keys[k]; !ok && e.Revision <= m.asOf {
-				gone = append(gone, k)
-			}
-		}
-		for _, k := range gone {
-			o.handle(event{bucket: m.bucket, key: k, op: OpDelete, rev: m.asOf, created: now})
-		}
-		if len(gone) > 0 {
-			o.logger.Info("reconciled after reconnect", "bucket", m.bucket, "removed", len(gone))
-		}
+	case watchEntry:
+		o.handleWatch(m.e, now)
+	case watchEvent:
+		o.handleWatch(m.e, now)
 	case localEdits:
 		m.to.handle(m, o.st)
 	case ownedWanted:
@@ -419,14 +364,70 @@ func (o *owner) handle(m ownerEvent) {
 		m.to.handle(m, o.st)
 	case conflictSave:
 		m.to.handle(m, o.st)
-	case bucketGone:
-		b := o.st.bucket(m.bucket)
-		b.gone = true
-		o.logger.Error("bucket is missing: keeping the files as they are", "bucket", m.bucket, "err", m.err)
-	case consumerLimit:
-		o.noteConsumerLimit(m)
 	default:
 		panic(fmt.Sprintf("owner: no case for the event %T", m))
+	}
+}
+
+// handleWatch applies a watcher's event to the state, marking the
+// projections whose keys changed dirty. The set is closed (watch.Event): a
+// type without a case here is a bug.
+func (o *owner) handleWatch(m watch.Event, now time.Time) {
+	switch m := m.(type) {
+	case *watch.Entry:
+		o.a.metrics.updates.WithLabelValues(m.Bucket, m.Op.String()).Inc()
+		b := o.st.bucket(m.Bucket)
+		if !b.apply(m) {
+			return
+		}
+		o.a.metrics.lastRev.WithLabelValues(m.Bucket).Set(float64(b.lastRev))
+		for _, p := range o.projs {
+			if p.touches(m.Bucket, m.Key) {
+				p.noteKey(m.Bucket, m.Key)
+				p.meta().markDirty(now, false, fmt.Sprintf("%s %s:%s rev %d", m.Op, m.Bucket, m.Key, m.Revision))
+			}
+		}
+	case watch.EpochStart:
+		b := o.st.bucket(m.Bucket)
+		b.epoch, b.building = m.Epoch, make(map[string]entry, m.Size)
+	case watch.SyncDone:
+		b := o.st.bucket(m.Bucket)
+		if b.epoch != m.Epoch || b.building == nil {
+			return
+		}
+		changed := b.swap()
+		if b.gone {
+			o.logger.Info("bucket is back", "bucket", m.Bucket)
+		}
+		b.gone = false
+		o.logger.Info("initial sync done", "bucket", m.Bucket, "keys", len(b.entries), "changed", changed)
+		for _, p := range o.projs {
+			// Every projection may read the bucket (templates read any): a
+			// complete update compares against what is on disk.
+			p.meta().markDirty(now, true, "initial sync of bucket "+m.Bucket)
+		}
+	case watch.Listing:
+		b := o.st.bucket(m.Bucket)
+		var gone []string
+		for k, e := range b.entries {
+			if _, ok := m.Keys[k]; !ok && e.Revision <= m.AsOf {
+				gone = append(gone, k)
+			}
+		}
+		for _, k := range gone {
+			o.handleWatch(&watch.Entry{Bucket: m.Bucket, Key: k, Op: OpDelete, Revision: m.AsOf, Created: now}, now)
+		}
+		if len(gone) > 0 {
+			o.logger.Info("reconciled after reconnect", "bucket", m.Bucket, "removed", len(gone))
+		}
+	case watch.BucketGone:
+		b := o.st.bucket(m.Bucket)
+		b.gone = true
+		o.logger.Error("bucket is missing: keeping the files as they are", "bucket", m.Bucket, "err", m.Err)
+	case watch.ConsumerLimit:
+		o.noteConsumerLimit(m)
+	default:
+		panic(fmt.Sprintf("owner: no case for the watch event %T", m))
 	}
 }
 

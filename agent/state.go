@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kvsync/kvsync/agent/watch"
 	"github.com/kvsync/kvsync/internal/kvkey"
 	"github.com/kvsync/kvsync/templates"
 )
@@ -209,32 +210,32 @@ func (b *bucketState) invalidate() { b.ordered, b.index = nil, nil }
 
 // apply records an event in the live view (or the view being built) and
 // reports whether the live view changed.
-func (b *bucketState) apply(ev event) bool {
-	if ev.rev > b.lastRev {
-		b.lastRev = ev.rev
+func (b *bucketState) apply(ev *watch.Entry) bool {
+	if ev.Revision > b.lastRev {
+		b.lastRev = ev.Revision
 	}
 	m := b.entries
 	if b.building != nil {
 		m = b.building
 	}
-	old, had := m[ev.key]
-	if ev.op == OpPut {
-		e := entry{Value: ev.value, Revision: ev.rev, Created: ev.created}
-		m[ev.key] = e
+	old, had := m[ev.Key]
+	if ev.Op == OpPut {
+		e := entry{Value: ev.Value, Revision: ev.Revision, Created: ev.Created}
+		m[ev.Key] = e
 		if b.building != nil {
 			return false
 		}
 		if !had {
 			b.invalidate()
-		} else if i, ok := b.index[ev.key]; ok {
-			b.ordered[i] = b.templateEntry(ev.key, e)
+		} else if i, ok := b.index[ev.Key]; ok {
+			b.ordered[i] = b.templateEntry(ev.Key, e)
 		}
-		return !had || old.Revision != ev.rev
+		return !had || old.Revision != ev.Revision
 	}
 	if !had {
 		return false
 	}
-	delete(m, ev.key)
+	delete(m, ev.Key)
 	if b.building == nil {
 		b.invalidate()
 		return true

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/kvsync/kvsync/agent/watch"
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
 
@@ -28,7 +29,7 @@ func TestStateListMatchesScan(t *testing.T) {
 	b.synced = true
 	keys := []string{"app", "app.a", "app.b.c", "app.b.d", "apple", "b", "b.app.x", "x.y", "app/x", "app.z"}
 	for i, k := range keys {
-		b.apply(event{bucket: "b", key: k, value: []byte(fmt.Sprint(i)), rev: uint64(i + 1)})
+		b.apply(&watch.Entry{Bucket: "b", Key: k, Value: []byte(fmt.Sprint(i)), Revision: uint64(i + 1)})
 	}
 	filters := []string{">", "*", "app.>", "app.*", "app.b.>", "app.*.c", "*.y", "b.>", "app", "nope.>"}
 	check := func(when string) {
@@ -53,13 +54,13 @@ func TestStateListMatchesScan(t *testing.T) {
 		}
 	}
 	check("initial")
-	b.apply(event{bucket: "b", key: "app.a", value: []byte("updated"), rev: 100})
+	b.apply(&watch.Entry{Bucket: "b", Key: "app.a", Value: []byte("updated"), Revision: 100})
 	if e := st.List("b", "app.>")[0]; string(e.Value) != "updated" {
 		t.Fatalf("update not in the view: %q", e.Value)
 	}
 	check("after update")
-	b.apply(event{bucket: "b", key: "app.aa", value: []byte("new"), rev: 101})
-	b.apply(event{bucket: "b", key: "app.b.c", op: OpDelete, rev: 102})
+	b.apply(&watch.Entry{Bucket: "b", Key: "app.aa", Value: []byte("new"), Revision: 101})
+	b.apply(&watch.Entry{Bucket: "b", Key: "app.b.c", Op: OpDelete, Revision: 102})
 	check("after insert and delete")
 	if got := len(st.List("b", "app.>")); got != 4 { // app.a app.aa app.b.d app.z
 		t.Fatalf("app.> has %d entries, want 4", got)
@@ -72,7 +73,7 @@ func TestStateEntry(t *testing.T) {
 	st := newState(nil)
 	b := st.bucket("b")
 	b.synced = true
-	b.apply(event{bucket: "b", key: "app.a", value: []byte("v"), rev: 7})
+	b.apply(&watch.Entry{Bucket: "b", Key: "app.a", Value: []byte("v"), Revision: 7})
 	e, ok := st.Get("b", "app.a")
 	if !ok {
 		t.Fatal("Get: not found")

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/agent/natsconn"
+	"github.com/kvsync/kvsync/agent/watch"
 	"github.com/kvsync/kvsync/internal/testutil"
 )
 
@@ -172,7 +173,7 @@ func TestRepublishWatchConvergesDespiteDrops(t *testing.T) {
 	cfg := republishCfg(s.ClientURL(), "app", dir)
 	cfg.Default()
 	logs := &syncBuffer{}
-	o, stop := runOwner(t, cfg, logs, func(w *republishWatcher) { w.buffer = 1 })
+	o, stop := runOwner(t, cfg, logs, func(o *watch.Options) { o.Buffer = 1 })
 	defer stop()
 	testutil.CheckFor(t, 5*time.Second, dirMatches(kv, dir))
 
@@ -201,9 +202,9 @@ func TestRepublishWatchConvergesDespiteDrops(t *testing.T) {
 	_ = o
 }
 
-// runOwner runs an owner for cfg whose republish watchers are adjusted by
-// tune before they start, logging to logs. stop ends it.
-func runOwner(t *testing.T, cfg *Config, logs *syncBuffer, tune func(*republishWatcher)) (*owner, func()) {
+// runOwner runs an owner for cfg whose watchers' options are adjusted by
+// tune before they are made, logging to logs. stop ends it.
+func runOwner(t *testing.T, cfg *Config, logs *syncBuffer, tune func(*watch.Options)) (*owner, func()) {
 	t.Helper()
 	nc, err := nats.Connect(cfg.NATS.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
@@ -227,16 +228,17 @@ func runOwner(t *testing.T, cfg *Config, logs *syncBuffer, tune func(*republishW
 	// The watchers are started here, tuned; the owner starts none of its own
 	// for a bucket it finds watched.
 	for b, f := range o.bucketFilters() {
-		w := o.newBucketWatcher(b, f)
-		if rw, ok := w.(*republishWatcher); ok {
-			tune(rw)
+		opts := o.watchOptions(b)
+		if tune != nil {
+			tune(&opts)
 		}
+		w := o.newBucketWatcher(b, f, opts)
 		o.watched[b] = w
 		o.st.bucket(b)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = w.run(ctx)
+			_ = w.Run(ctx)
 		}()
 	}
 	reconnects := make(chan struct{}, 1)
@@ -642,25 +644,4 @@ func TestRepublishWatchBucketDeletedAndRecreated(t *testing.T) {
 	})
 	put(t, kv, "b", "newer")
 	testutil.CheckFor(t, 5*time.Second, fileIs(filepath.Join(dir, "b"), "newer"))
-}
-
-// TestRepublishLastSeq: the periodic check's direct get reads the stream's
-// last sequence; on an empty stream it cannot answer, and stream info does.
-func TestRepublishLastSeq(t *testing.T) {
-	s := testutil.RunServer(t, nil)
-	nc, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "app", RePublish: natsconn.RePublish("app")})
-	js, _ := jetstream.New(nc)
-	w := newRepublishWatcher(js, "app", []string{">"}, newInbox(), slog.New(slog.DiscardHandler), WatchRepublish, time.Second)
-	if _, ok := w.lastSeq(context.Background()); ok {
-		t.Fatal("lastSeq answered on an empty stream")
-	}
-	put(t, kv, "a", "1")
-	rev := put(t, kv, "b", "2")
-	if got, ok := w.lastSeq(context.Background()); !ok || got != rev {
-		t.Fatalf("lastSeq = %d, %v; want %d, true", got, ok, rev)
-	}
-	other := newRepublishWatcher(js, "nope", []string{">"}, newInbox(), slog.New(slog.DiscardHandler), WatchRepublish, time.Second)
-	if _, ok := other.lastSeq(context.Background()); ok {
-		t.Fatal("lastSeq answered for a missing stream")
-	}
 }

@@ -27,7 +27,7 @@
 //   - the mirror state of buckets (MirrorCache), for /status.
 //
 // It must not import the agent, agent/process, the projector or templates,
-// watch buckets (the agent's watchers do), hold the
+// watch buckets (agent/watch does), hold the
 // agent's state or metrics, or decide what a refusal or a stale link means
 // for the agent: it reports them through return values, Refusals.OnRefusal
 // and OnOther, and the Link's StaleGauge, and logs with the logger it is

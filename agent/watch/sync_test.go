@@ -1,4 +1,4 @@
-package agent
+package watch
 
 import (
 	"bytes"
@@ -100,21 +100,20 @@ func (w *writer) flush() {
 }
 
 // viewer runs a watcher of one bucket and applies what it sends to a
-// bucketState, as the owner does.
+// bucketView, as the agent's owner applies it to its state.
 type viewer struct {
-	w      *watcher
-	bw     bucketWatcher // when set, run instead of w
+	w      Watcher
 	mu     sync.Mutex
-	b      *bucketState
-	synced int // syncDone messages applied
+	b      *bucketView
+	synced int // SyncDone events applied
 	stop   func()
 }
 
-func startViewer(t testing.TB, js jetstream.JetStream, bucket string, logs *syncBuffer) *viewer {
+func startViewer(t testing.TB, js jetstream.JetStream, bucket string, logs *testutil.SyncBuffer) *viewer {
 	t.Helper()
 	in := newInbox()
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	v := &viewer{w: newWatcher(js, bucket, []string{">"}, in, logger), b: newState(nil).bucket(bucket)}
+	v := &viewer{w: New(js, bucket, []string{">"}, in, logger, Options{Mode: ModeConsumer}), b: newBucketView()}
 	runViewer(t, v, in)
 	return v
 }
@@ -126,15 +125,11 @@ func runViewer(t testing.TB, v *viewer, in *inbox) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		var w bucketWatcher = v.w
-		if v.bw != nil {
-			w = v.bw
-		}
-		_ = w.run(ctx)
+		_ = v.w.Run(ctx)
 	}()
 	go func() {
 		defer wg.Done()
-		var buf []ownerEvent
+		var buf []Event
 		for {
 			select {
 			case <-ctx.Done():
@@ -154,22 +149,22 @@ func runViewer(t testing.TB, v *viewer, in *inbox) {
 	t.Cleanup(v.stop)
 }
 
-// apply is the owner's handling of watcher messages, on the state alone.
-func (v *viewer) apply(m ownerEvent) {
-	switch m := m.(type) {
-	case event:
+// apply is the owner's handling of watcher events, on the state alone.
+func (v *viewer) apply(ev Event) {
+	switch m := ev.(type) {
+	case *Entry:
 		v.b.apply(m)
-	case epochStart:
-		v.b.epoch, v.b.building = m.epoch, make(map[string]entry, m.size)
-	case syncDone:
-		if v.b.epoch == m.epoch && v.b.building != nil {
+	case EpochStart:
+		v.b.epoch, v.b.building = m.Epoch, make(map[string]entry, m.Size)
+	case SyncDone:
+		if v.b.epoch == m.Epoch && v.b.building != nil {
 			v.b.swap()
 			v.synced++
 		}
-	case listing:
+	case Listing:
 		for k, e := range v.b.entries {
-			if _, ok := m.keys[k]; !ok && e.Revision <= m.asOf {
-				v.b.apply(event{bucket: m.bucket, key: k, op: OpDelete, rev: m.asOf})
+			if _, ok := m.Keys[k]; !ok && e.Revision <= m.AsOf {
+				v.b.apply(&Entry{Bucket: m.Bucket, Key: k, Op: OpDelete, Revision: m.AsOf})
 			}
 		}
 	}
@@ -214,9 +209,9 @@ func diffModels(got, want model) string {
 }
 
 // checkView waits for the viewer's first sync and compares its view with the
-// model. The view is complete at syncDone: no waiting for more events after
+// model. The view is complete at SyncDone: no waiting for more events after
 // it.
-func checkView(t testing.TB, v *viewer, want model, logs *syncBuffer) {
+func checkView(t testing.TB, v *viewer, want model, logs *testutil.SyncBuffer) {
 	t.Helper()
 	var got model
 	if err := testutil.Poll(30*time.Second, func() error {
@@ -284,7 +279,7 @@ func TestSyncDropsNoKeyAtBatchBoundary(t *testing.T) {
 	}
 	wr.put("other", []byte("x"))
 	wr.flush()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	checkView(t, startViewer(t, js, "big", logs), wr.m, logs)
 }
 
@@ -318,7 +313,7 @@ func (w *writer) ops(r *rand.Rand, keys []string, n, max int) {
 }
 
 // converges waits until the viewer's view equals the model.
-func converges(t testing.TB, v *viewer, want model, logs *syncBuffer) {
+func converges(t testing.TB, v *viewer, want model, logs *testutil.SyncBuffer) {
 	t.Helper()
 	if err := testutil.Poll(30*time.Second, func() error {
 		got, ok := v.view()
@@ -354,7 +349,7 @@ func TestSyncShapes(t *testing.T) {
 				wr.put(k, value(k, -1, 1+i*(maxValue-1)/(len(keys)-1)))
 			}
 			wr.ops(r, keys, 600, maxValue)
-			logs := &syncBuffer{}
+			logs := &testutil.SyncBuffer{}
 			v := startViewer(t, js, bucket, logs)
 			checkView(t, v, wr.m, logs)
 
@@ -397,14 +392,14 @@ func TestSyncRandomBuckets(t *testing.T) {
 				wr.put(k, value(k, -1, 1+r.IntN(min(maxValue, 1000))))
 			}
 			wr.ops(r, keys, nops, maxValue)
-			logs := &syncBuffer{}
+			logs := &testutil.SyncBuffer{}
 			v := startViewer(t, js, bucket, logs)
 			if !during {
 				checkView(t, v, wr.m, logs)
 			}
 			wr.ops(r, keys, 1+r.IntN(nkeys), maxValue)
 			if reconnect {
-				v.w.reconnected()
+				v.w.Reconnected()
 				wr.ops(r, keys, 1+r.IntN(nkeys), maxValue)
 			}
 			converges(t, v, wr.m, logs)
@@ -437,7 +432,7 @@ func TestSync100kKeys(t *testing.T) {
 		}
 	}
 	wr.flush()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	checkView(t, startViewer(t, js, "large", logs), wr.m, logs)
 }
 
@@ -456,16 +451,18 @@ func TestSyncSelfCheckRepairs(t *testing.T) {
 	wr.send("k.03", OpDelete, nil) // a marker is a subject too
 	wr.flush()
 
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	in := newInbox()
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var drop sync.Map // keys whose next delivery is dropped
 	drop.Store("k.07", true)
 	drop.Store("k.03", true)
 	missing := prometheus.NewCounter(prometheus.CounterOpts{Name: "missing"})
-	v := &viewer{w: newWatcher(js, "chk", []string{">"}, in, logger), b: newState(nil).bucket("chk")}
-	v.w.missing = missing
-	v.w.drop = func(key string) bool { _, ok := drop.LoadAndDelete(key); return ok }
+	v := &viewer{w: New(js, "chk", []string{">"}, in, logger, Options{
+		Mode:    ModeConsumer,
+		Missing: missing,
+		Drop:    func(key string) bool { _, ok := drop.LoadAndDelete(key); return ok },
+	}), b: newBucketView()}
 	runViewer(t, v, in)
 
 	checkView(t, v, wr.m, logs)
@@ -489,7 +486,7 @@ func TestSyncSelfCheckRepairs(t *testing.T) {
 		}
 		return nil
 	})
-	v.w.reconnected()
+	v.w.Reconnected()
 	converges(t, v, wr.m, logs)
 	if got := counterValue(t, missing); got != 3 {
 		t.Errorf("missing keys counted after the catch-up: %v, want 3", got)
@@ -520,10 +517,10 @@ func TestSyncRepublishDropsNoKey(t *testing.T) {
 	}
 	wr.put("other", []byte("x"))
 	wr.flush()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	in := newInbox()
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	v := &viewer{bw: newRepublishWatcher(js, "big", []string{">"}, in, logger, WatchRepublish, 30*time.Second), b: newState(nil).bucket("big")}
+	v := &viewer{w: New(js, "big", []string{">"}, in, logger, Options{Mode: ModeRepublish, CheckInterval: 30 * time.Second}), b: newBucketView()}
 	runViewer(t, v, in)
 	checkView(t, v, wr.m, logs)
 }

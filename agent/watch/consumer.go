@@ -1,4 +1,4 @@
-package agent
+package watch
 
 import (
 	"bytes"
@@ -20,89 +20,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/kvkey"
 	"github.com/kvsync/kvsync/internal/retry"
-	"github.com/kvsync/kvsync/templates"
 )
-
-// Op is what happened to a key.
-type Op uint8
-
-// The operations of a KV entry.
-const (
-	OpPut Op = iota
-	OpDelete
-	OpPurge
-)
-
-// String is the operation's name as templates show it (Entry.Op) and as the
-// kvsync_updates_total metric labels it.
-func (o Op) String() string {
-	switch o {
-	case OpDelete:
-		return templates.OpDel
-	case OpPurge:
-		return templates.OpPurge
-	}
-	return templates.OpPut
-}
-
-// event is one KV entry as the watcher received it.
-type event struct {
-	bucket  string
-	key     string
-	op      Op
-	value   []byte
-	rev     uint64
-	created time.Time // server timestamp: propagation is measured from here
-}
-
-// Messages from watchers to the owner goroutine, in stream order per bucket.
-type (
-	// epochStart: a fresh full view of the bucket follows; keep serving the old
-	// one until the matching syncDone. size is about how many keys it holds,
-	// so the view is allocated once rather than grown.
-	epochStart struct {
-		bucket string
-		epoch  uint64
-		size   int
-	}
-	// syncDone: every entry that existed when the epoch started has been sent.
-	syncDone struct {
-		bucket string
-		epoch  uint64
-	}
-	// listing: after a resume, the complete key list as of stream sequence
-	// asOf. Keys the owner holds at a revision <= asOf that are not listed were
-	// deleted while the watcher was away, and their markers are gone.
-	listing struct {
-		bucket string
-		asOf   uint64
-		keys   map[string]struct{}
-	}
-	// bucketGone: the stream disappeared. Files are kept.
-	bucketGone struct {
-		bucket string
-		err    error
-	}
-)
-
-// ownerEvent is a message in the owner's inbox. The set is closed: only the
-// types that have the unexported marker method are events, the watchers'
-// (event, epochStart, syncDone, listing, bucketGone, consumerLimit) and
-// push-back's (push.go), and the owner's handle has a case for each.
-type ownerEvent interface{ ownerEvent() }
-
-func (event) ownerEvent()         {}
-func (epochStart) ownerEvent()    {}
-func (syncDone) ownerEvent()      {}
-func (listing) ownerEvent()       {}
-func (bucketGone) ownerEvent()    {}
-func (consumerLimit) ownerEvent() {}
-
-// inbox is the owner's queue (queue.go): the watchers and the push-back
-// actors put their events in it and never wait for the owner.
-type inbox = queue[ownerEvent]
-
-func newInbox() *inbox { return newQueue[ownerEvent]() }
 
 // watcher follows one bucket for the union of the key filters of every
 // projection that reads it. It is built on an ephemeral push consumer like
@@ -122,7 +40,7 @@ type watcher struct {
 	js      jetstream.JetStream
 	bucket  string
 	filters []string // key filters, as configured (client-side filter)
-	out     *inbox
+	out     Sink
 	logger  *slog.Logger
 
 	resumed chan struct{} // a reconnect happened: resume and list the keys
@@ -154,14 +72,20 @@ type watcher struct {
 	bg sync.WaitGroup
 }
 
-func newWatcher(js jetstream.JetStream, bucket string, filters []string, out *inbox, logger *slog.Logger) *watcher {
-	return &watcher{
+func newWatcher(js jetstream.JetStream, bucket string, filters []string, out Sink, logger *slog.Logger, opts Options) *watcher {
+	w := &watcher{
 		js: js, bucket: bucket, filters: filters, out: out,
 		logger:  logger.With("bucket", bucket),
 		resumed: make(chan struct{}, 1),
 		nudge:   make(chan struct{}, 1),
 		hb:      heartbeat,
+		missing: opts.Missing,
+		drop:    opts.Drop,
 	}
+	if opts.Heartbeat > 0 {
+		w.hb = opts.Heartbeat
+	}
+	return w
 }
 
 // watchAdvisories subscribes to the JetStream advisories of the bucket's
@@ -187,8 +111,8 @@ func (w *watcher) watchAdvisories() func() {
 	return func() { _ = sub.Unsubscribe() }
 }
 
-// reconnected tells the watcher the connection came back.
-func (w *watcher) reconnected() {
+// Reconnected tells the watcher the connection came back.
+func (w *watcher) Reconnected() {
 	select {
 	case w.resumed <- struct{}{}:
 	default:
@@ -264,7 +188,7 @@ func (w *watcher) bounded(ctx context.Context, timeout time.Duration, req func(c
 }
 
 // run follows the bucket until ctx is done.
-func (w *watcher) run(ctx context.Context) error {
+func (w *watcher) Run(ctx context.Context) error {
 	defer w.bg.Wait()
 	// Between consumers, so that a missing bucket does not become a tight
 	// loop that leaks server-side consumers.
@@ -299,7 +223,7 @@ func (w *watcher) run(ctx context.Context) error {
 		switch {
 		case errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound):
 			if !gone {
-				w.out.push(bucketGone{bucket: w.bucket, err: fmt.Errorf("bucket %s not found", w.bucket)})
+				w.out.Push(BucketGone{Bucket: w.bucket, Err: fmt.Errorf("bucket %s not found", w.bucket)})
 				gone = true
 			}
 			n = next{} // when it is back, it is a new stream
@@ -312,7 +236,7 @@ func (w *watcher) run(ctx context.Context) error {
 			continue // the reconnect back-off has paced this already
 		case errors.Is(err, jetstream.ErrMaximumConsumersLimit):
 			if !limited {
-				w.out.push(consumerLimit{bucket: w.bucket, err: w.limitError(ctx, err)})
+				w.out.Push(ConsumerLimit{Bucket: w.bucket, Err: w.limitError(ctx, err)})
 				limited = true
 				w.limited.Store(true)
 			}
@@ -328,7 +252,7 @@ func (w *watcher) run(ctx context.Context) error {
 			n = nn
 		}
 		if !started.IsZero() {
-			limited = false // running told the owner
+			limited = false // running told the sink
 			limitBo.Reset()
 		}
 		// A consumer that ran for a while, or until news of the stream,
@@ -360,7 +284,7 @@ func (w *watcher) run(ctx context.Context) error {
 	return nil
 }
 
-// follow creates a consumer and feeds the owner until the consumer must be
+// follow creates a consumer and feeds its sink until the consumer must be
 // re-created (it returns how) or ctx is done. It returns ErrStreamNotFound
 // when the bucket is gone. started is set once the consumer runs.
 func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeout time.Duration) (next, error) {
@@ -432,7 +356,7 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 		w.created = info.Created
 		w.delivered = make(map[string]struct{}, min(info.State.NumSubjects, maxSizeHint))
 		w.synced.Store(false)
-		w.out.push(epochStart{bucket: w.bucket, epoch: w.epoch, size: w.sizeHint(info.State)})
+		w.out.Push(EpochStart{Bucket: w.bucket, Epoch: w.epoch, Size: w.sizeHint(info.State)})
 	}
 	w.gen++
 	gen := w.gen
@@ -487,13 +411,13 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 			return // handed on already
 		}
 		if ev, ok := parseEntry(m.Subject, m.Header, m.Data, prefix, w.bucket, seq, md.Timestamp); ok {
-			if w.drop != nil && w.drop(ev.key) {
+			if w.drop != nil && w.drop(ev.Key) {
 				w.seen = seq
 				return
 			}
-			w.delivered[ev.key] = struct{}{}
-			if kvkey.MatchAny(w.filters, ev.key) {
-				w.out.push(ev)
+			w.delivered[ev.Key] = struct{}{}
+			if kvkey.MatchAny(w.filters, ev.Key) {
+				w.out.Push(&ev)
 			}
 		}
 		w.seen = seq
@@ -565,7 +489,7 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 			verifying, list = false, false
 			tick.Stop()
 			if w.synced.CompareAndSwap(false, true) {
-				w.out.push(syncDone{bucket: w.bucket, epoch: epoch})
+				w.out.Push(SyncDone{Bucket: w.bucket, Epoch: epoch})
 			}
 		case missing > 0:
 			repairs++
@@ -831,7 +755,7 @@ type snapshot struct {
 // removed in between. Subjects missing from a fresh listing's view are logged
 // at ERROR, counted, and fetched with their last message (repair); verify
 // then reports incomplete, and the next call checks again. With list, a
-// complete check also sends the listing to the owner (a reconcile after a
+// complete check also sends the listing to the sink (a reconcile after a
 // reconnect).
 //
 // It returns complete = false with no error when the consumer has not caught
@@ -865,7 +789,7 @@ func (w *watcher) verify(ctx context.Context, st jetstream.Stream, cons jetstrea
 		}
 		if len(lost) == 0 {
 			if list {
-				w.out.push(listing{bucket: w.bucket, asOf: snap.asOf, keys: snap.keys})
+				w.out.Push(Listing{Bucket: w.bucket, AsOf: snap.asOf, Keys: snap.keys})
 			}
 			return true, 0, nil
 		}
@@ -915,10 +839,10 @@ func (w *watcher) repair(ctx context.Context, st jetstream.Stream, gen uint64, k
 			w.mu.Unlock()
 			return nil // a new consumer takes over
 		}
-		if ev.rev <= w.seen {
-			w.delivered[ev.key] = struct{}{}
-			if kvkey.MatchAny(w.filters, ev.key) {
-				w.out.push(ev)
+		if ev.Revision <= w.seen {
+			w.delivered[ev.Key] = struct{}{}
+			if kvkey.MatchAny(w.filters, ev.Key) {
+				w.out.Push(&ev)
 			}
 		}
 		w.mu.Unlock()
@@ -940,16 +864,16 @@ func dropConsumer(bg *sync.WaitGroup, js jetstream.JetStream, stream, name strin
 // lastEntry reads the last message of key in the bucket's stream st; ok is
 // false when the key has none (removed since it was listed) or its subject is
 // not a key.
-func lastEntry(ctx context.Context, st jetstream.Stream, bucket, key string) (ev event, ok bool, err error) {
+func lastEntry(ctx context.Context, st jetstream.Stream, bucket, key string) (ev Entry, ok bool, err error) {
 	prefix := "$KV." + bucket + "."
 	gctx, cancel := context.WithTimeout(ctx, apiTimeout(0))
 	m, err := st.GetLastMsgForSubject(gctx, prefix+key)
 	cancel()
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return event{}, false, nil
+		return Entry{}, false, nil
 	}
 	if err != nil {
-		return event{}, false, fmt.Errorf("get %s: %w", key, err)
+		return Entry{}, false, fmt.Errorf("get %s: %w", key, err)
 	}
 	ev, ok = parseEntry(m.Subject, m.Header, m.Data, prefix, bucket, m.Sequence, m.Time)
 	return ev, ok, nil
@@ -1051,7 +975,7 @@ func (w *watcher) check(ctx context.Context) error {
 }
 
 // list sends the complete list of keys that still have a message in the
-// stream, so the owner can drop keys removed while the watcher was away without
+// stream, so that whoever holds the view can drop keys removed while the watcher was away without
 // a marker it could see (a consumer resumed by sequence skips keys not written
 // since, and their delete markers may be compacted away). It reads the stream's per-subject
 // state: complete or an error, never a partial list that would delete files.
@@ -1071,49 +995,49 @@ func (w *watcher) list(ctx context.Context) error {
 	for subj := range info.State.Subjects {
 		keys[strings.TrimPrefix(subj, prefix)] = struct{}{}
 	}
-	w.out.push(listing{bucket: w.bucket, asOf: info.State.LastSeq, keys: keys})
+	w.out.Push(Listing{Bucket: w.bucket, AsOf: info.State.LastSeq, Keys: keys})
 	return nil
 }
 
 // parseMsg turns a message read by a consumer of the jetstream package into an
 // event (see parseEntry).
-func parseMsg(m jetstream.Msg, prefix, bucket string, md *jetstream.MsgMetadata) (event, bool) {
+func parseMsg(m jetstream.Msg, prefix, bucket string, md *jetstream.MsgMetadata) (Entry, bool) {
 	return parseEntry(m.Subject(), m.Headers(), m.Data(), prefix, bucket, md.Sequence.Stream, md.Timestamp)
 }
 
 // parseEntry turns a stream message into an event. Markers written by the
 // server (per-key TTL expiry, purges) count as purges.
-func parseEntry(subj string, h nats.Header, data []byte, prefix, bucket string, seq uint64, ts time.Time) (event, bool) {
+func parseEntry(subj string, h nats.Header, data []byte, prefix, bucket string, seq uint64, ts time.Time) (Entry, bool) {
 	if !strings.HasPrefix(subj, prefix) {
-		return event{}, false
+		return Entry{}, false
 	}
-	ev := event{
-		bucket: bucket,
+	ev := Entry{
+		Bucket: bucket,
 		// The key alone: the state keeps it, not the whole subject.
-		key:     strings.Clone(subj[len(prefix):]),
-		value:   data,
-		rev:     seq,
-		created: ts,
+		Key:      strings.Clone(subj[len(prefix):]),
+		Value:    data,
+		Revision: seq,
+		Created:  ts,
 	}
 	switch h.Get("KV-Operation") {
 	case "DEL":
-		ev.op = OpDelete
+		ev.Op = OpDelete
 	case "PURGE":
-		ev.op = OpPurge
+		ev.Op = OpPurge
 	default:
 		switch h.Get(jetstream.MarkerReasonHeader) {
 		case "MaxAge", "Purge":
-			ev.op = OpPurge
+			ev.Op = OpPurge
 		case "Remove":
-			ev.op = OpDelete
+			ev.Op = OpDelete
 		}
 	}
-	if ev.op != OpPut {
-		ev.value = nil
+	if ev.Op != OpPut {
+		ev.Value = nil
 	} else if len(h) > 0 {
 		// The value is a slice of the message's buffer, which holds the
 		// headers too: the state keeps a copy of the value alone.
-		ev.value = bytes.Clone(ev.value)
+		ev.Value = bytes.Clone(ev.Value)
 	}
 	return ev, true
 }

@@ -1,4 +1,4 @@
-package agent
+package watch
 
 import (
 	"fmt"
@@ -15,7 +15,7 @@ import (
 
 // BenchmarkWatcherInitialSync: one watcher's initial sync of a bucket of
 // 100,000 keys of 100 B (history 1 and 5), from the consumer's creation to
-// the complete, checked view (syncDone).
+// the complete, checked view (SyncDone).
 //
 //	go test -run '^$' -bench WatcherInitialSync -benchtime 5x ./agent
 func BenchmarkWatcherInitialSync(b *testing.B) {
@@ -32,7 +32,7 @@ func BenchmarkWatcherInitialSync(b *testing.B) {
 			wr.flush()
 			b.ResetTimer()
 			for range b.N {
-				logs := &syncBuffer{}
+				logs := &testutil.SyncBuffer{}
 				v := startViewer(b, js, bucket, logs)
 				defer func() { b.Log(logs.String()) }()
 				for {
@@ -76,8 +76,7 @@ func BenchmarkWatcherIdle(b *testing.B) {
 						js = connectJS(b, s)
 					}
 					in := newInbox()
-					v := &viewer{w: newWatcher(js, "idle", []string{">"}, in, slog.New(slog.DiscardHandler)), b: newState(nil).bucket("idle")}
-					v.w.hb = hb
+					v := &viewer{w: New(js, "idle", []string{">"}, in, slog.New(slog.DiscardHandler), Options{Mode: ModeConsumer, Heartbeat: hb}), b: newBucketView()}
 					runViewer(b, v, in)
 					vs[i] = v
 				}

@@ -1,4 +1,4 @@
-package agent
+package watch
 
 import (
 	"context"
@@ -21,26 +21,8 @@ import (
 	"github.com/kvsync/kvsync/internal/retry"
 )
 
-// Watch modes of WatchConfig.
-const (
-	WatchConsumer  = "consumer"
-	WatchRepublish = "republish"
-	WatchAuto      = "auto"
-)
-
-// newBucketWatcher returns the watcher of bucket for the configured watch
-// mode: the consumer watcher, or the republish watcher (which in the auto
-// mode hands over to a consumer watcher when the bucket does not republish).
-func (o *owner) newBucketWatcher(bucket string, filters []string) bucketWatcher {
-	mode := o.cfg.Watch.ModeOf(bucket)
-	if mode == WatchConsumer || o.js == nil {
-		return newWatcher(o.js, bucket, filters, o.in, o.logger)
-	}
-	return newRepublishWatcher(o.js, bucket, filters, o.in, o.logger, mode, o.cfg.Watch.CheckInterval)
-}
-
 // Errors of the republish watcher's epochs, which run turns into what the
-// owner is told.
+// sink is told.
 var (
 	errUseConsumer     = errors.New("bucket does not republish: follow it with a consumer")
 	errNotRepublishing = errors.New("bucket does not republish")
@@ -49,7 +31,7 @@ var (
 
 // republishWatcher follows one bucket without a consumer of its own: a plain
 // subscription receives what the stream republishes, and the agent costs the
-// server a subscription instead of a consumer. It feeds the owner exactly
+// server a subscription instead of a consumer. It feeds its sink exactly
 // what the consumer watcher does: events in stream order, an epoch per full
 // view, listings after a reconnect.
 //
@@ -94,14 +76,14 @@ var (
 //     after a sequence below seen: the agent then looks at the stream info.
 //
 // When the bucket is recreated a new epoch starts; when it is deleted the
-// owner is told, as by the consumer watcher.
+// sink is told, as by the consumer watcher.
 type republishWatcher struct {
 	js      jetstream.JetStream
 	bucket  string
 	filters []string
-	out     *inbox
+	out     Sink
 	logger  *slog.Logger
-	mode    string        // WatchRepublish or WatchAuto
+	mode    string        // ModeRepublish or ModeAuto
 	every   time.Duration // check interval
 	buffer  int           // capacity of the subscription's channel; beyond it the client drops copies
 
@@ -121,7 +103,7 @@ type republishWatcher struct {
 	synced  bool      // the epoch's initial sync is done
 	seen    uint64    // every entry up to this stream sequence was handed on or is superseded
 	dropped int       // the subscription's drop count when last looked at
-	told    error     // what the owner was last told is wrong with the bucket
+	told    error     // what the sink was last told is wrong with the bucket
 
 	latest time.Time // the newest entry's time in this epoch: a copy up to seen that is newer comes from another stream
 
@@ -159,15 +141,19 @@ const (
 // and a drop costs only a catch-up.
 const defaultRepublishBuffer = 1024
 
-func newRepublishWatcher(js jetstream.JetStream, bucket string, filters []string, out *inbox, logger *slog.Logger, mode string, check time.Duration) *republishWatcher {
-	return &republishWatcher{
+func newRepublishWatcher(js jetstream.JetStream, bucket string, filters []string, out Sink, logger *slog.Logger, opts Options) *republishWatcher {
+	w := &republishWatcher{
 		js: js, bucket: bucket, filters: filters, out: out,
 		logger: logger.With("bucket", bucket, "watch", "republish"),
-		mode:   mode, every: check, buffer: defaultRepublishBuffer,
+		mode:   opts.Mode, every: opts.CheckInterval, buffer: defaultRepublishBuffer,
 		resumed: make(chan struct{}, 1),
 		nudge:   make(chan struct{}, 1),
-		lister:  newWatcher(js, bucket, filters, out, logger),
+		lister:  newWatcher(js, bucket, filters, out, logger, opts),
 	}
+	if opts.Buffer > 0 {
+		w.buffer = opts.Buffer
+	}
+	return w
 }
 
 func (w *republishWatcher) stream() string { return "KV_" + w.bucket }
@@ -176,10 +162,10 @@ func (w *republishWatcher) stream() string { return "KV_" + w.bucket }
 // the question "what follows sequence X" is answered to checkPrefix + X.
 func (w *republishWatcher) checkPrefix() string { return "$KVR." + w.bucket + "." + checkToken + "." }
 
-// reconnected tells the watcher the connection came back.
-func (w *republishWatcher) reconnected() {
+// Reconnected tells the watcher the connection came back.
+func (w *republishWatcher) Reconnected() {
 	if fb := w.fallback.Load(); fb != nil {
-		fb.reconnected()
+		fb.Reconnected()
 		return
 	}
 	select {
@@ -196,9 +182,9 @@ func (w *republishWatcher) poke() {
 }
 
 // run follows the bucket until ctx is done.
-func (w *republishWatcher) run(ctx context.Context) error {
+func (w *republishWatcher) Run(ctx context.Context) error {
 	defer w.bg.Wait()
-	if w.mode == WatchAuto && !w.decide(ctx) {
+	if w.mode == ModeAuto && !w.decide(ctx) {
 		return w.handOver(ctx)
 	}
 	nc := w.js.Conn()
@@ -298,10 +284,10 @@ func (w *republishWatcher) handOver(ctx context.Context) error {
 	w.logger.Info("bucket does not republish to " + natsconn.RepublishSubject(w.bucket) + ": following it with a consumer")
 	fb := w.lister // built with the same arguments; the republish loop is done with it
 	w.fallback.Store(fb)
-	return fb.run(ctx)
+	return fb.Run(ctx)
 }
 
-// tell tells the owner, once, that the bucket cannot be followed: the files
+// tell tells the sink, once, that the bucket cannot be followed: the files
 // stay as they are and the bucket counts as missing until a new epoch's
 // initial sync is done, so the next follow starts one.
 func (w *republishWatcher) tell(err error) {
@@ -310,21 +296,21 @@ func (w *republishWatcher) tell(err error) {
 		return
 	}
 	w.told = err
-	w.out.push(bucketGone{bucket: w.bucket, err: err})
+	w.out.Push(BucketGone{Bucket: w.bucket, Err: err})
 }
 
 // follow runs one epoch, or resumes the current one, until ctx is done or
 // the bucket must be looked at afresh (the error says why).
 func (w *republishWatcher) follow(ctx context.Context) error {
 	info, err := w.streamInfo(ctx)
-	if errors.Is(err, jetstream.ErrStreamNotFound) && w.epoch == 0 && w.mode == WatchAuto {
+	if errors.Is(err, jetstream.ErrStreamNotFound) && w.epoch == 0 && w.mode == ModeAuto {
 		return errUseConsumer // the consumer watcher waits for the bucket
 	}
 	if err != nil {
 		return err
 	}
 	if !natsconn.Republishes(w.bucket, info.Config.RePublish) {
-		if w.mode == WatchAuto {
+		if w.mode == ModeAuto {
 			return errUseConsumer
 		}
 		return errNotRepublishing
@@ -365,7 +351,7 @@ func (w *republishWatcher) sync(ctx context.Context, info *jetstream.StreamInfo)
 	if slices.Contains(w.filters, ">") {
 		size = int(min(info.State.NumSubjects, maxSizeHint))
 	}
-	w.out.push(epochStart{bucket: w.bucket, epoch: w.epoch, size: size})
+	w.out.Push(EpochStart{Bucket: w.bucket, Epoch: w.epoch, Size: size})
 	cfg := ephemeral(w.bucket, jetstream.DeliverLastPerSubjectPolicy)
 	if f := subjects(w.bucket, w.filters); len(f) == 1 {
 		cfg.FilterSubject = f[0]
@@ -392,7 +378,7 @@ func (w *republishWatcher) sync(ctx context.Context, info *jetstream.StreamInfo)
 		return fmt.Errorf("initial sync check: %w", err)
 	}
 	w.synced, w.told = true, nil
-	w.out.push(syncDone{bucket: w.bucket, epoch: w.epoch})
+	w.out.Push(SyncDone{Bucket: w.bucket, Epoch: w.epoch})
 	w.logger.Debug("initial sync done", "revision", w.seen)
 	return nil
 }
@@ -429,11 +415,11 @@ func (w *republishWatcher) verify(ctx context.Context, delivered map[string]stru
 		if err != nil {
 			return err
 		}
-		if !ok || ev.rev > w.seen {
+		if !ok || ev.Revision > w.seen {
 			continue // removed since the listing, or written after the sync: its republished copy follows
 		}
-		if kvkey.MatchAny(w.filters, ev.key) {
-			w.out.push(ev)
+		if kvkey.MatchAny(w.filters, ev.Key) {
+			w.out.Push(&ev)
 		}
 		fetched++
 	}
@@ -523,8 +509,8 @@ func (w *republishWatcher) emit(m jetstream.Msg, md *jetstream.MsgMetadata) {
 		w.latest = md.Timestamp
 	}
 	ev, ok := parseMsg(m, "$KV."+w.bucket+".", w.bucket, md)
-	if ok && kvkey.MatchAny(w.filters, ev.key) {
-		w.out.push(ev)
+	if ok && kvkey.MatchAny(w.filters, ev.Key) {
+		w.out.Push(&ev)
 	}
 }
 
@@ -540,7 +526,7 @@ func (w *republishWatcher) catchUp(ctx context.Context, list bool) error {
 	switch {
 	case !info.Created.Equal(w.created):
 		return errRecreated
-	case !natsconn.Republishes(w.bucket, info.Config.RePublish) && w.mode == WatchAuto:
+	case !natsconn.Republishes(w.bucket, info.Config.RePublish) && w.mode == ModeAuto:
 		return errUseConsumer
 	case !natsconn.Republishes(w.bucket, info.Config.RePublish):
 		return errNotRepublishing

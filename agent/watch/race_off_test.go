@@ -1,6 +1,6 @@
 //go:build !race
 
-package agent
+package watch
 
 // raceEnabled: the tests run under the race detector (about ten times slower).
 const raceEnabled = false
