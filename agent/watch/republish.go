@@ -361,7 +361,7 @@ func (w *republishWatcher) sync(ctx context.Context, info *jetstream.StreamInfo)
 	last := uint64(0)
 	delivered := map[string]struct{}{}
 	prefix := "$KV." + w.bucket + "."
-	if _, err := w.read(ctx, cfg, func(m jetstream.Msg, md *jetstream.MsgMetadata) {
+	if _, _, err := w.read(ctx, cfg, func(m jetstream.Msg, md *jetstream.MsgMetadata) {
 		if k, ok := strings.CutPrefix(m.Subject(), prefix); ok {
 			delivered[k] = struct{}{}
 		}
@@ -446,24 +446,32 @@ func ephemeral(bucket string, policy jetstream.DeliverPolicy) jetstream.Consumer
 	}
 }
 
+// maxCatchUpReads bounds the consumers one catch-up makes when each stops
+// with entries pending; then the watcher starts over.
+const maxCatchUpReads = 3
+
 // errLost: a message of a short-lived consumer did not arrive.
 var errLost = errors.New("a consumer message was lost")
 
 // read creates a consumer with cfg, hands every message it delivers to fn
 // until it has delivered everything, deletes it, and returns how many it
 // delivered. The end is the message that says nothing is pending, or a
-// pull that stays empty for a second (the pending count can stall when
-// entries expire while it runs).
-func (w *republishWatcher) read(ctx context.Context, cfg jetstream.ConsumerConfig, fn func(jetstream.Msg, *jetstream.MsgMetadata)) (int, error) {
+// pull that stays empty while the consumer's info says nothing is pending.
+// An empty pull with entries still pending ends the read incomplete
+// (complete false): under load a pull can expire before the server
+// delivers (seen in a reconnect storm of 5,000 agents, where taking such
+// an end for the last entry lost it), and the pending count can stall when
+// entries expire while it runs; the caller reads on with a new consumer.
+func (w *republishWatcher) read(ctx context.Context, cfg jetstream.ConsumerConfig, fn func(jetstream.Msg, *jetstream.MsgMetadata)) (n int, complete bool, err error) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	cons, err := w.js.CreateConsumer(cctx, w.stream(), cfg)
 	cancel()
 	if err != nil {
-		return 0, fmt.Errorf("create consumer: %w", err)
+		return 0, false, fmt.Errorf("create consumer: %w", err)
 	}
 	defer dropConsumer(&w.bg, w.js, w.stream(), cfg.Name)
 	if cons.CachedInfo().NumPending == 0 {
-		return 0, nil
+		return 0, true, nil
 	}
 	var delivered uint64
 	for ctx.Err() == nil {
@@ -471,16 +479,16 @@ func (w *republishWatcher) read(ctx context.Context, cfg jetstream.ConsumerConfi
 		// above the largest message a server takes.
 		batch, err := cons.Fetch(1024, jetstream.FetchMaxBytes(64<<20), jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			return int(delivered), fmt.Errorf("fetch: %w", err)
+			return int(delivered), false, fmt.Errorf("fetch: %w", err)
 		}
 		n, done := 0, false
 		for m := range batch.Messages() {
 			md, err := m.Metadata()
 			if err != nil {
-				return int(delivered), fmt.Errorf("message metadata: %w", err)
+				return int(delivered), false, fmt.Errorf("message metadata: %w", err)
 			}
 			if md.Sequence.Consumer != delivered+1 {
-				return int(delivered), errLost
+				return int(delivered), false, errLost
 			}
 			delivered++
 			n++
@@ -491,16 +499,22 @@ func (w *republishWatcher) read(ctx context.Context, cfg jetstream.ConsumerConfi
 			}
 		}
 		if done {
-			return int(delivered), nil
+			return int(delivered), true, nil
 		}
 		if err := batch.Error(); err != nil {
-			return int(delivered), fmt.Errorf("fetch: %w", err)
+			return int(delivered), false, fmt.Errorf("fetch: %w", err)
 		}
 		if n == 0 {
-			return int(delivered), nil
+			ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			info, err := cons.Info(ictx)
+			cancel()
+			if err != nil {
+				return int(delivered), false, fmt.Errorf("consumer info: %w", err)
+			}
+			return int(delivered), info.NumPending == 0, nil
 		}
 	}
-	return int(delivered), ctx.Err()
+	return int(delivered), false, ctx.Err()
 }
 
 // emit hands an entry read by a consumer on, when the filters take it.
@@ -537,12 +551,12 @@ func (w *republishWatcher) catchUp(ctx context.Context, list bool) error {
 	}
 	// Copies queued already may take the watcher there without a consumer.
 	w.drain()
-	if last > w.seen {
+	for reads := 1; last > w.seen; reads++ {
 		from := w.seen + 1
 		w.logger.Debug("catching up", "from", from, "to", last)
 		cfg := ephemeral(w.bucket, jetstream.DeliverByStartSequencePolicy)
 		cfg.OptStartSeq = from
-		n, err := w.read(ctx, cfg, func(m jetstream.Msg, md *jetstream.MsgMetadata) {
+		n, complete, err := w.read(ctx, cfg, func(m jetstream.Msg, md *jetstream.MsgMetadata) {
 			if md.Sequence.Stream > w.seen {
 				w.emit(m, md)
 				w.seen = md.Sequence.Stream
@@ -551,6 +565,16 @@ func (w *republishWatcher) catchUp(ctx context.Context, list bool) error {
 		if err != nil {
 			return fmt.Errorf("catch up from %d: %w", from, err)
 		}
+		if !complete {
+			// Stopped with entries pending: what was not delivered is not
+			// gone. A new consumer reads on from the last one handed on.
+			if reads < maxCatchUpReads {
+				continue
+			}
+			return fmt.Errorf("catch up from %d: %d reads stopped with entries pending", from, reads)
+		}
+		// Entries of the range that were not delivered are gone (a delete
+		// marker among them may have been removed): the keys are listed.
 		end := max(w.seen, last)
 		if uint64(n) < end-from+1 {
 			list = true
