@@ -339,10 +339,10 @@ func (o *owner) run(ctx context.Context, reconnects <-chan struct{}) error {
 
 // handle applies one message of the inbox: a watcher's (watchEntry,
 // watchEvent) to the state, marking projections dirty (handleWatch);
-// push-back's (localEdits, ownedWanted, watchFailed,
-// pushDone, and the sender's heldRead, heldSafe, conflictSave) to the pusher
-// it names. The set of events is closed (ownerEvent): a type without a case
-// here is a bug.
+// push-back's (pushEvent: localEdits, ownedWanted, watchFailed, pushDone,
+// and the sender's heldRead, heldSafe, conflictSave) to the pusher it names.
+// The set of events is closed (ownerEvent): a type without a case here is a
+// bug.
 func (o *owner) handle(m ownerEvent) {
 	now := time.Now()
 	switch m := m.(type) {
@@ -350,20 +350,8 @@ func (o *owner) handle(m ownerEvent) {
 		o.handleWatch(m.e, now)
 	case watchEvent:
 		o.handleWatch(m.e, now)
-	case localEdits:
-		m.to.handle(m, o.st)
-	case ownedWanted:
-		m.to.handle(m, o.st)
-	case watchFailed:
-		m.to.handle(m, o.st)
-	case pushDone:
-		m.to.handle(m, o.st)
-	case heldRead:
-		m.to.handle(m, o.st)
-	case heldSafe:
-		m.to.handle(m, o.st)
-	case conflictSave:
-		m.to.handle(m, o.st)
+	case pushEvent:
+		m.target().handle(m, o.st)
 	default:
 		panic(fmt.Sprintf("owner: no case for the event %T", m))
 	}

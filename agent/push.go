@@ -131,26 +131,38 @@ type jobID struct {
 // with the right guard.
 type revChain struct{ base, head uint64 }
 
-// Messages of push-back in the owner's inbox. to is the pusher they are for;
-// the owner hands each to it (pusher.handle).
+// pushMsg is in every message of push-back in the owner's inbox: to is the
+// pusher it is for, and the owner hands the message to it (pusher.handle).
+type pushMsg struct{ to *pusher }
+
+func (pushMsg) ownerEvent()       {}
+func (m pushMsg) target() *pusher { return m.to }
+
+// pushEvent is a message of push-back: an owner event for a pusher.
+type pushEvent interface {
+	ownerEvent
+	target() *pusher
+}
+
+// Messages of push-back in the owner's inbox.
 type (
 	// localEdits: paths of the folder whose events settled, to be scanned.
 	localEdits struct {
-		to   *pusher
+		pushMsg
 		rels []string
 	}
 	// ownedWanted: the watcher asks for the paths kvsync owns (at its start,
 	// and after events were lost), to look at each once; the answer is a
 	// listOwned on the watcher's channel.
-	ownedWanted struct{ to *pusher }
+	ownedWanted struct{ pushMsg }
 	// watchFailed: the folder cannot be watched; push-back is off.
 	watchFailed struct {
-		to  *pusher
+		pushMsg
 		err error
 	}
 	// pushDone: an outcome of a job that the owner must act on.
 	pushDone struct {
-		to     *pusher
+		pushMsg
 		result pushResult
 		job    pushJob
 		rev    uint64 // pushLanded: the revision that holds the job's bytes
@@ -159,33 +171,25 @@ type (
 	// heldRead: the sender reached a held edit and its debounce passed; the
 	// owner answers on reply with what the held file holds now.
 	heldRead struct {
-		to    *pusher
+		pushMsg
 		held  string
 		reply chan<- heldBytes // room for the answer: the owner never waits
 	}
 	// heldSafe: the bytes of the job's held edit are safe (an earlier job
 	// handled them); the owner has the projector drop it.
 	heldSafe struct {
-		to  *pusher
+		pushMsg
 		job pushJob
 	}
 	// conflictSave: the job's local bytes must be kept in a conflict copy
 	// (the edit lost a conflict, or it cannot be pushed and exists nowhere
 	// else); the owner answers on reply with the copy's name.
 	conflictSave struct {
-		to    *pusher
+		pushMsg
 		job   pushJob
 		reply chan<- savedCopy // room for the answer: the owner never waits
 	}
 )
-
-func (localEdits) ownerEvent()   {}
-func (ownedWanted) ownerEvent()  {}
-func (watchFailed) ownerEvent()  {}
-func (pushDone) ownerEvent()     {}
-func (heldRead) ownerEvent()     {}
-func (heldSafe) ownerEvent()     {}
-func (conflictSave) ownerEvent() {}
 
 // heldBytes is the owner's answer to heldRead. ok is false when the held
 // edit was dropped or kept already, or cannot be read: the job's bytes, as

@@ -62,7 +62,7 @@ func TestHeldRequestsAnsweredByOwner(t *testing.T) {
 	ps := newHeldPusher(d)
 
 	read := make(chan heldBytes, 1)
-	ps.handle(heldRead{to: ps, held: "h1", reply: read}, nil)
+	ps.handle(heldRead{pushMsg: pushMsg{ps}, held: "h1", reply: read}, nil)
 	if r := <-read; !r.ok || string(r.data) != "later bytes" {
 		t.Fatalf("heldRead answered %+v", r)
 	}
@@ -70,22 +70,22 @@ func TestHeldRequestsAnsweredByOwner(t *testing.T) {
 	// A held edit kept as a conflict copy is not read again, and saving it
 	// again names the same copy.
 	saved := make(chan savedCopy, 1)
-	ps.handle(conflictSave{to: ps, job: heldJob("a", "h2", "b"), reply: saved}, nil)
+	ps.handle(conflictSave{pushMsg: pushMsg{ps}, job: heldJob("a", "h2", "b"), reply: saved}, nil)
 	if r := <-saved; r.err != nil || r.name != "conflicts/h2" {
 		t.Fatalf("conflictSave answered %+v", r)
 	}
-	ps.handle(heldRead{to: ps, held: "h2", reply: read}, nil)
+	ps.handle(heldRead{pushMsg: pushMsg{ps}, held: "h2", reply: read}, nil)
 	if r := <-read; r.ok {
 		t.Fatalf("heldRead of a kept edit answered %+v", r)
 	}
-	ps.handle(conflictSave{to: ps, job: heldJob("a", "h2", "b"), reply: saved}, nil)
+	ps.handle(conflictSave{pushMsg: pushMsg{ps}, job: heldJob("a", "h2", "b"), reply: saved}, nil)
 	if r := <-saved; r.err != nil || r.name != "conflicts/h2" {
 		t.Fatalf("second conflictSave answered %+v", r)
 	}
 
 	// heldSafe and pushLanded drop a held edit once.
-	ps.handle(heldSafe{to: ps, job: heldJob("c", "h1", "later bytes")}, nil)
-	ps.handle(heldSafe{to: ps, job: heldJob("c", "h1", "later bytes")}, nil)
+	ps.handle(heldSafe{pushMsg: pushMsg{ps}, job: heldJob("c", "h1", "later bytes")}, nil)
+	ps.handle(heldSafe{pushMsg: pushMsg{ps}, job: heldJob("c", "h1", "later bytes")}, nil)
 	want := []string{"read h1", "keep h2", "drop h1"}
 	if !slices.Equal(d.calls, want) {
 		t.Fatalf("calls %q, want %q", d.calls, want)
@@ -107,9 +107,9 @@ func TestPusherStopSavesUnsent(t *testing.T) {
 	// Displaced but not held (holding it failed): saved from memory.
 	ps.jobs.push(pushJob{op: pushPut, rel: "d", key: "d", data: []byte("w"), rescue: true})
 
-	ps.stopped(pushDone{to: ps, result: pushLanded, job: landed, rev: 3})
+	ps.stopped(pushDone{pushMsg: pushMsg{ps}, result: pushLanded, job: landed, rev: 3})
 	// A request whose sender is gone is moot.
-	ps.stopped(heldRead{to: ps, held: "h2", reply: make(chan heldBytes, 1)})
+	ps.stopped(heldRead{pushMsg: pushMsg{ps}, held: "h2", reply: make(chan heldBytes, 1)})
 	ps.stop()
 
 	want := []string{"drop h1", "save a", "keep h2", "save d"}

@@ -182,7 +182,7 @@ func (ps *pushSender) settleHeld(ctx context.Context, j pushJob) (pushJob, error
 		return j, err
 	}
 	held, err := ask(ctx, ps.out, func(reply chan<- heldBytes) ownerEvent {
-		return heldRead{to: ps.to, held: j.held, reply: reply}
+		return heldRead{pushMsg: pushMsg{ps.to}, held: j.held, reply: reply}
 	})
 	if err != nil {
 		return j, err
@@ -200,7 +200,7 @@ func (ps *pushSender) release(j pushJob) {
 	if j.held == "" {
 		return
 	}
-	ps.out.push(heldSafe{to: ps.to, job: j})
+	ps.out.push(heldSafe{pushMsg: pushMsg{ps.to}, job: j})
 }
 
 // ask puts a request into the owner's inbox and waits for the answer, or
@@ -298,7 +298,7 @@ func (ps *pushSender) conflict(ctx context.Context, kv jetstream.KeyValue, j pus
 		ps.logger.Warn("push conflict: local removal not applied, remote value kept",
 			"path", j.rel, "key", j.key, "base_revision", j.guard, "remote_revision", remoteRev)
 	}
-	ps.out.push(pushDone{to: ps.to, result: pushLost, job: j})
+	ps.out.push(pushDone{pushMsg: pushMsg{ps.to}, result: pushLost, job: j})
 	return nil
 }
 
@@ -323,7 +323,7 @@ func (ps *pushSender) latest(ctx context.Context, kv jetstream.KeyValue, key str
 // ctx ends before the owner answered.
 func (ps *pushSender) saveConflict(ctx context.Context, j pushJob) (savedCopy, error) {
 	return ask(ctx, ps.out, func(reply chan<- savedCopy) ownerEvent {
-		return conflictSave{to: ps.to, job: j, reply: reply}
+		return conflictSave{pushMsg: pushMsg{ps.to}, job: j, reply: reply}
 	})
 }
 
@@ -341,7 +341,7 @@ func (ps *pushSender) landed(j pushJob, rev uint64) {
 	if j.op != pushPut {
 		return
 	}
-	ps.out.push(pushDone{to: ps.to, result: pushLanded, job: j, rev: rev})
+	ps.out.push(pushDone{pushMsg: pushMsg{ps.to}, result: pushLanded, job: j, rev: rev})
 }
 
 // refuse reports a job that cannot be pushed. The file stays; bytes that are
@@ -359,7 +359,7 @@ func (ps *pushSender) refuse(ctx context.Context, j pushJob, err error) error {
 			err = fmt.Errorf("%w (saving the local bytes: %w)", err, saved.err)
 		}
 	}
-	ps.out.push(pushDone{to: ps.to, result: pushRefused, job: j, err: err})
+	ps.out.push(pushDone{pushMsg: pushMsg{ps.to}, result: pushRefused, job: j, err: err})
 	return nil
 }
 

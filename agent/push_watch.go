@@ -49,7 +49,7 @@ type pendingPath struct {
 func (pw *pushWatcher) run(ctx context.Context) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		pw.out.push(watchFailed{to: pw.to, err: fmt.Errorf("watch %s: %w", pw.dir, err)})
+		pw.out.push(watchFailed{pushMsg: pushMsg{pw.to}, err: fmt.Errorf("watch %s: %w", pw.dir, err)})
 		return
 	}
 	defer w.Close()
@@ -58,7 +58,7 @@ func (pw *pushWatcher) run(ctx context.Context) {
 	// watch existed raises no event: every owned path is looked at once, as
 	// if it had gone (a removal must be seen twice, a debounce apart).
 	// The owner answers with a listOwned.
-	recheck := func() { pw.out.push(ownedWanted{to: pw.to}) }
+	recheck := func() { pw.out.push(ownedWanted{pushMsg: pushMsg{pw.to}}) }
 	pw.addTree(w, "", dirty)
 	recheck()
 	timer := time.NewTimer(time.Hour)
@@ -148,7 +148,7 @@ func (pw *pushWatcher) flushDirty(dirty map[string]pendingPath) {
 	// In chunks: a first scan of a big folder must not hold the owner
 	// goroutine (and the projection of remote changes) for long.
 	for chunk := range slices.Chunk(rels, scanChunk) {
-		pw.out.push(localEdits{to: pw.to, rels: chunk})
+		pw.out.push(localEdits{pushMsg: pushMsg{pw.to}, rels: chunk})
 	}
 }
 
