@@ -318,9 +318,14 @@ func TestFaultBucketDeleted(t *testing.T) {
 	if err := sameState(files, want); err != nil {
 		t.Fatalf("files changed when the bucket was deleted: %v", err)
 	}
-	if got, want := a.stderr.String(), "bucket is missing"; !strings.Contains(got, want) {
-		t.Fatalf("stderr does not log %q:\n%s", want, got)
-	}
+	// /readyz can turn before the line reaches the pipe: the state is set
+	// first, then the line is logged.
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		if got, want := a.stderr.String(), "bucket is missing"; !strings.Contains(got, want) {
+			return fmt.Errorf("stderr does not log %q:\n%s", want, got)
+		}
+		return nil
+	})
 	if _, body, err := a.get("/status"); err != nil || !strings.Contains(body, `"missing": true`) {
 		t.Fatalf("/status does not show the bucket missing (%v):\n%s", err, body)
 	}
