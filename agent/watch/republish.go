@@ -86,6 +86,9 @@ type republishWatcher struct {
 	mode    string        // ModeRepublish or ModeAuto
 	every   time.Duration // check interval
 	buffer  int           // capacity of the subscription's channel; beyond it the client drops copies
+	// checkPrefix starts the subjects the answers of the shared check go to:
+	// the question "what follows sequence X" is answered to checkPrefix + X.
+	checkPrefix string
 
 	resumed  chan struct{} // a reconnect happened
 	nudge    chan struct{} // a stream advisory (leader elected, updated, deleted, created)
@@ -146,9 +149,10 @@ func newRepublishWatcher(js jetstream.JetStream, bucket string, filters []string
 		js: js, bucket: bucket, filters: filters, out: out,
 		logger: logger.With("bucket", bucket, "watch", "republish"),
 		mode:   opts.Mode, every: opts.CheckInterval, buffer: defaultRepublishBuffer,
-		resumed: make(chan struct{}, 1),
-		nudge:   make(chan struct{}, 1),
-		lister:  newWatcher(js, bucket, filters, out, logger, opts),
+		resumed:     make(chan struct{}, 1),
+		nudge:       make(chan struct{}, 1),
+		lister:      newWatcher(js, bucket, filters, out, logger, opts),
+		checkPrefix: "$KVR." + bucket + "." + checkToken + ".",
 	}
 	if opts.Buffer > 0 {
 		w.buffer = opts.Buffer
@@ -157,10 +161,6 @@ func newRepublishWatcher(js jetstream.JetStream, bucket string, filters []string
 }
 
 func (w *republishWatcher) stream() string { return "KV_" + w.bucket }
-
-// checkPrefix starts the subjects the answers of the shared check go to:
-// the question "what follows sequence X" is answered to checkPrefix + X.
-func (w *republishWatcher) checkPrefix() string { return "$KVR." + w.bucket + "." + checkToken + "." }
 
 // Reconnected tells the watcher the connection came back.
 func (w *republishWatcher) Reconnected() {
@@ -607,7 +607,7 @@ func (w *republishWatcher) ask() error {
 	w.asked = time.Now()
 	return w.js.Conn().PublishMsg(&nats.Msg{
 		Subject: w.apiPrefix() + "DIRECT.GET." + w.stream(),
-		Reply:   w.checkPrefix() + strconv.FormatUint(w.seen, 10),
+		Reply:   w.checkPrefix + strconv.FormatUint(w.seen, 10),
 		Data:    fmt.Appendf(nil, `{"seq":%d,"next_by_subj":">"}`, w.seen+1),
 	})
 }
@@ -627,7 +627,7 @@ const (
 // says the stream's last sequence is at most X; an entry of the stream says
 // that entry follows X. What this agent lacks goes into want.
 func (w *republishWatcher) answer(m *nats.Msg) answerKind {
-	x, err := strconv.ParseUint(strings.TrimPrefix(m.Subject, w.checkPrefix()), 10, 64)
+	x, err := strconv.ParseUint(strings.TrimPrefix(m.Subject, w.checkPrefix), 10, 64)
 	if err != nil {
 		return notAnswer
 	}
@@ -684,7 +684,7 @@ func (w *republishWatcher) drain() {
 	for {
 		select {
 		case m := <-w.msgs:
-			if strings.HasPrefix(m.Subject, w.checkPrefix()) {
+			if strings.HasPrefix(m.Subject, w.checkPrefix) {
 				w.answer(m)
 				continue
 			}
@@ -742,7 +742,7 @@ func (w *republishWatcher) live(ctx context.Context, cfg jetstream.StreamConfig)
 			return nil
 		case m := <-w.msgs:
 			drops.arm(time.Second)
-			if strings.HasPrefix(m.Subject, w.checkPrefix()) {
+			if strings.HasPrefix(m.Subject, w.checkPrefix) {
 				switch w.answer(m) {
 				case checked:
 					check.Reset(w.nextCheck()) // this agent need not ask
