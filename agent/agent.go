@@ -99,7 +99,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{cfg: cfg, opts: opts, logger: opts.Logger, metrics: newMetrics(), refusals: NewRefusals(), started: time.Now()}
+	a := &Agent{cfg: cfg, opts: opts, logger: opts.Logger, metrics: newMetrics(), refusals: natsconn.NewRefusals(), started: time.Now()}
 	a.link.StaleGauge = a.metrics.linkStale
 	a.connHandlers()
 	a.status.Store(&Status{})
@@ -227,7 +227,7 @@ func (a *Agent) connect(ctx context.Context) (nc *nats.Conn, js jetstream.JetStr
 	closeConn = func() {}
 	nc = a.opts.Conn
 	if nc == nil {
-		nc, err = Connect(ctx, a.cfg.NATS,
+		nc, err = natsconn.Connect(ctx, a.cfg.NATS,
 			nats.ErrorHandler(a.refusals.Handler(nil)),
 			nats.Name(connName(a.cfg)),
 			nats.ConnectHandler(func(*nats.Conn) { a.setConnected(true) }),
@@ -264,7 +264,7 @@ func (a *Agent) connect(ctx context.Context) (nc *nats.Conn, js jetstream.JetStr
 		})
 	}
 	a.setConnected(nc.IsConnected())
-	js, err = JetStream(nc, a.cfg.NATS)
+	js, err = natsconn.JetStream(nc, a.cfg.NATS)
 	if err != nil {
 		closeConn()
 		return nil, nil, nil, nil, err

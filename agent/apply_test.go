@@ -454,7 +454,7 @@ func TestExecCrashLoopRestartsWithGrowingDelays(t *testing.T) {
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
 	starts := filepath.Join(t.TempDir(), "starts")
 	cfg := execCfg(s.ClientURL(), "/bin/sh", "-c", `date +%s%N >> "$0"; exit 3`, starts)
-	cfg.Exec.OnExit = OnExitRestart
+	cfg.Exec.OnExit = process.OnExitRestart
 	cfg.Exec.RestartBackoff = BackoffConfig{Min: 50 * time.Millisecond, Max: 400 * time.Millisecond}
 	put(t, kv, "x", "1")
 	a := startAgent(t, cfg, Options{})
@@ -506,7 +506,7 @@ func TestExecBackoffResetsAfterAGoodRun(t *testing.T) {
 	starts := filepath.Join(t.TempDir(), "starts")
 	// Each child stays up longer than the backoff's max.
 	cfg := execCfg(s.ClientURL(), "/bin/sh", "-c", `echo >> "$0"; /bin/sleep 0.3; exit 1`, starts)
-	cfg.Exec.OnExit = OnExitRestartOnFailure
+	cfg.Exec.OnExit = process.OnExitRestartOnFailure
 	cfg.Exec.RestartBackoff = BackoffConfig{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond}
 	put(t, kv, "x", "1")
 	a := startAgent(t, cfg, Options{})
@@ -526,7 +526,7 @@ func TestExecRestartOnFailureExitsOnSuccess(t *testing.T) {
 	s := testutil.RunServer(t, nil)
 	_, kv := testKV(t, s, jetstream.KeyValueConfig{Bucket: "flags"})
 	cfg := execCfg(s.ClientURL(), "/bin/sh", "-c", "exit 0")
-	cfg.Exec.OnExit = OnExitRestartOnFailure
+	cfg.Exec.OnExit = process.OnExitRestartOnFailure
 	cfg.Default()
 	put(t, kv, "x", "1")
 	a, err := New(cfg, Options{})

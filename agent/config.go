@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/kvsync/kvsync/agent/natsconn"
@@ -178,19 +177,6 @@ type (
 	Action        = process.Action
 	HTTPAction    = process.HTTPAction
 )
-
-// Exec on_change and on_exit values (see process.ExecConfig).
-const (
-	ExecRestart            = process.ExecRestart
-	ExecSignal             = process.ExecSignal
-	ExecNone               = process.ExecNone
-	OnExitExit             = process.OnExitExit
-	OnExitRestart          = process.OnExitRestart
-	OnExitRestartOnFailure = process.OnExitRestartOnFailure
-)
-
-// ParseSignal parses a signal name: "SIGHUP", "HUP" or "hup".
-func ParseSignal(s string) (syscall.Signal, error) { return process.ParseSignal(s) }
 
 // CheckConfig is a command that tests a staged output before it goes live.
 // Every "{{.Path}}" in the arguments is replaced by the staged path.

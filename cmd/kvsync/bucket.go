@@ -141,7 +141,7 @@ func (c *BucketCommand) Run(ctx context.Context, args []string) error {
 		}
 	}
 
-	refused := agent.NewRefusals() // see KVCommand.Run
+	refused := natsconn.NewRefusals() // see KVCommand.Run
 	ctx, stop := refused.Context(ctx)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -249,10 +249,10 @@ func (c *BucketCommand) add(ctx context.Context, js jetstream.JetStream, name st
 		if d := s.differences(st.Config()); len(d) > 0 {
 			return fmt.Errorf("bucket %s exists with other settings: %s", name, strings.Join(d, ", "))
 		}
-		have := agent.StreamMaxConsumers(st)
+		have := natsconn.StreamMaxConsumers(st)
 		switch {
 		case s.maxConsumersSet && have != s.maxConsumers:
-			if err := agent.SetMaxConsumers(ctx, js, name, s.maxConsumers); err != nil {
+			if err := natsconn.SetMaxConsumers(ctx, js, name, s.maxConsumers); err != nil {
 				return bucketError(name, err)
 			}
 			fmt.Fprintf(c.io.out, "bucket %s exists; max consumers changed from %s to %s\n", name, consumersLimit(have), consumersLimit(s.maxConsumers))
@@ -271,13 +271,13 @@ func (c *BucketCommand) add(ctx context.Context, js jetstream.JetStream, name st
 		return bucketError(name, err)
 	}
 	mc := s.maxConsumers
-	_, err = agent.CreateBucket(ctx, js, s.config(name), mc)
+	_, err = natsconn.CreateBucket(ctx, js, s.config(name), mc)
 	if errors.Is(err, jetstream.ErrMaximumConsumersLimit) && !s.maxConsumersSet {
 		// The account caps consumers below kvsync's default: its limit is
 		// the one that counts.
 		fmt.Fprintf(c.io.err, "note: the account allows fewer consumers than %d: bucket %s gets no max consumers of its own\n", mc, name)
 		mc = -1
-		_, err = agent.CreateBucket(ctx, js, s.config(name), mc)
+		_, err = natsconn.CreateBucket(ctx, js, s.config(name), mc)
 	}
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		// Someone else created it meanwhile.
@@ -359,7 +359,7 @@ func (c *BucketCommand) info(ctx context.Context, js jetstream.JetStream, name s
 		Compressed:     cfg.Compression,
 		LimitMarkerTTL: cfg.LimitMarkerTTL.String(),
 		Stream:         "KV_" + name,
-		MaxConsumers:   agent.StreamMaxConsumers(st),
+		MaxConsumers:   natsconn.StreamMaxConsumers(st),
 	}
 	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
 		si := bs.StreamInfo()

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/agent"
+	"github.com/kvsync/kvsync/agent/natsconn"
 )
 
 // defaultTimeout bounds one-shot commands: connect plus the request.
@@ -21,7 +22,7 @@ const defaultTimeout = 10 * time.Second
 // NATS_USER, NATS_PASSWORD; KVSYNC_NATS_URL wins over NATS_URL), then the
 // flags. With neither a URL nor a context, the context selected with
 // `nats context select` is used when there is one, like the NATS CLI does;
-// else agent.DefaultURL.
+// else natsconn.DefaultURL.
 func cliNATSConfig(f *connFlags) (agent.NATSConfig, error) {
 	cfg := agent.NATSConfig{Name: "kvsync"}
 	for _, e := range []struct {
@@ -41,14 +42,14 @@ func cliNATSConfig(f *connFlags) (agent.NATSConfig, error) {
 	}
 	f.apply(&cfg)
 	if cfg.URL == "" && cfg.Context == "" {
-		sel, err := agent.SelectedContext()
+		sel, err := natsconn.SelectedContext()
 		if err != nil {
 			return cfg, err
 		}
 		cfg.Context = sel
 	}
 	if cfg.URL == "" && cfg.Context == "" {
-		cfg.URL = agent.DefaultURL
+		cfg.URL = natsconn.DefaultURL
 	}
 	if (cfg.TLS.Cert == "") != (cfg.TLS.Key == "") {
 		return cfg, usagef("--tls-cert and --tls-key go together")
@@ -64,11 +65,11 @@ func connectCLI(ctx context.Context, f *connFlags, opts ...nats.Option) (*nats.C
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := agent.ConnectOnce(ctx, cfg, opts...)
+	nc, err := natsconn.ConnectOnce(ctx, cfg, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
-	js, err := agent.JetStream(nc, cfg)
+	js, err := natsconn.JetStream(nc, cfg)
 	if err != nil {
 		nc.Close()
 		return nil, nil, err

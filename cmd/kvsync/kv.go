@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/agent"
+	"github.com/kvsync/kvsync/agent/natsconn"
 	"github.com/kvsync/kvsync/internal/kvkey"
 )
 
@@ -200,7 +201,7 @@ func (c *KVCommand) Run(ctx context.Context, args []string) error {
 
 	// A request the server refuses for lack of permission only times out:
 	// the refusal comes on the side, and ends the command at once with it.
-	refused := agent.NewRefusals()
+	refused := natsconn.NewRefusals()
 	ctx, stop := refused.Context(ctx)
 	defer stop()
 	cctx, cancel := context.WithTimeout(ctx, a.timeout)

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/agent"
+	"github.com/kvsync/kvsync/agent/natsconn"
 )
 
 // RenderCommand renders templates from live KV to stdout and writes nothing.
@@ -60,11 +61,11 @@ func connectConfig(ctx context.Context, cfg *agent.Config, f *connFlags) (*nats.
 		n.URL, n.Context = "nats://"+cfg.Embedded.Listen, ""
 	}
 	f.apply(&n)
-	nc, err := agent.ConnectOnce(ctx, n)
+	nc, err := natsconn.ConnectOnce(ctx, n)
 	if err != nil {
 		return nil, nil, err
 	}
-	js, err := agent.JetStream(nc, n)
+	js, err := natsconn.JetStream(nc, n)
 	if err != nil {
 		nc.Close()
 		return nil, nil, err

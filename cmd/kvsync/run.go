@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/kvsync/kvsync/agent"
+	"github.com/kvsync/kvsync/agent/natsconn"
 )
 
 // RunCommand runs the agent.
@@ -55,7 +56,7 @@ func runAgent(ctx context.Context, ios ioStreams, cfg *agent.Config, load func()
 	opts.Version, _, _, _ = buildInfo()
 
 	if cfg.Embedded != nil {
-		srv, err := agent.StartEmbedded(*cfg.Embedded)
+		srv, err := natsconn.StartEmbedded(*cfg.Embedded)
 		if err != nil {
 			return err
 		}

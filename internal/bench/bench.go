@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kvsync/kvsync/agent"
+	"github.com/kvsync/kvsync/agent/natsconn"
 )
 
 // The scenarios, in the order All runs them.
@@ -307,7 +308,7 @@ func newEnv(ctx context.Context, o Options) (*env, error) {
 		e.proc, e.server = p, "process "+p.url()
 		e.nats.URL = p.url()
 	} else if e.nats.URL == "" && e.nats.Context == "" {
-		srv, err := agent.StartEmbedded(agent.EmbeddedConfig{StoreDir: e.path("server"), Listen: "127.0.0.1:0"})
+		srv, err := natsconn.StartEmbedded(agent.EmbeddedConfig{StoreDir: e.path("server"), Listen: "127.0.0.1:0"})
 		if err != nil {
 			e.close()
 			return nil, err
@@ -331,11 +332,11 @@ func newEnv(ctx context.Context, o Options) (*env, error) {
 
 // connect opens a connection of its own (each agent and the writer have one).
 func (e *env) connect(ctx context.Context) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := agent.ConnectOnce(ctx, e.nats)
+	nc, err := natsconn.ConnectOnce(ctx, e.nats)
 	if err != nil {
 		return nil, nil, err
 	}
-	js, err := agent.JetStream(nc, e.nats)
+	js, err := natsconn.JetStream(nc, e.nats)
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
@@ -374,7 +375,7 @@ func (e *env) bucket(ctx context.Context, name string) (jetstream.KeyValue, func
 		mc = agent.DefaultMaxConsumers
 	}
 	// Made as kvsync makes buckets (`bucket add`, `buckets:`).
-	kv, err := agent.CreateBucket(ctx, e.js, jetstream.KeyValueConfig{Bucket: full, Storage: jetstream.FileStorage}, mc)
+	kv, err := natsconn.CreateBucket(ctx, e.js, jetstream.KeyValueConfig{Bucket: full, Storage: jetstream.FileStorage}, mc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create bucket %s: %w", full, err)
 	}

@@ -40,7 +40,7 @@ func (e *env) fanoutBucket(ctx context.Context) (jetstream.KeyValue, func(), err
 	}
 	// Made as kvsync makes buckets: the agents' initial syncs each hold a
 	// consumer for a moment, so a fleet starting at once needs the limit too.
-	kv, err := agent.CreateBucket(ctx, e.js, jetstream.KeyValueConfig{Bucket: full, Storage: jetstream.FileStorage, RePublish: natsconn.RePublish(full)}, mc)
+	kv, err := natsconn.CreateBucket(ctx, e.js, jetstream.KeyValueConfig{Bucket: full, Storage: jetstream.FileStorage, RePublish: natsconn.RePublish(full)}, mc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create bucket %s: %w", full, err)
 	}
@@ -253,7 +253,7 @@ func (e *env) rawFanout(ctx context.Context, n, rounds int, pacing time.Duration
 	}()
 	step := e.prog.start(fmt.Sprintf("fanout: %d core subscriptions", n), n)
 	for i := range conns {
-		nc, err := agent.ConnectOnce(ctx, e.nats)
+		nc, err := natsconn.ConnectOnce(ctx, e.nats)
 		if err != nil {
 			step.done()
 			return res, err
