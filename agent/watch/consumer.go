@@ -70,6 +70,15 @@ type watcher struct {
 	// bg holds what outlives one consumer (its delete, late answers to
 	// its creation); run waits for it before it returns.
 	bg sync.WaitGroup
+
+	// left is the consumer the last follow left and nobody deleted yet,
+	// owned by Run's goroutine. The next follow deletes it once its own
+	// creation is answered, not beside it: a fleet that resumes at once
+	// then has one request per agent in the server's API queue, not two
+	// (past 10,000 pending requests the server drops the whole queue). A
+	// stream near its consumer limit is the exception: there it is
+	// deleted at once (follow).
+	left string
 }
 
 func newWatcher(js jetstream.JetStream, bucket string, filters []string, out Sink, logger *slog.Logger, opts Options) *watcher {
@@ -190,6 +199,7 @@ func (w *watcher) bounded(ctx context.Context, timeout time.Duration, req func(c
 // run follows the bucket until ctx is done.
 func (w *watcher) Run(ctx context.Context) error {
 	defer w.bg.Wait()
+	defer w.dropLeft()
 	// Between consumers, so that a missing bucket does not become a tight
 	// loop that leaks server-side consumers.
 	bo := retry.New(100*time.Millisecond, 5*time.Second)
@@ -210,11 +220,12 @@ func (w *watcher) Run(ctx context.Context) error {
 			return nil
 		}
 		if errors.Is(err, jetstream.ErrMaximumConsumersLimit) && left {
-			// The consumer this watcher left a moment ago may still count:
-			// its delete runs beside the new creation (dropConsumer), and
-			// a stream at its limit refuses the creation that overtakes it.
-			// Once the delete is done, ask again before counting as
-			// refused, or the slot goes to an agent the stream refused.
+			// The consumer this watcher left a moment ago still counts:
+			// its delete is sent once the new creation is answered (here,
+			// refused). Once the delete is done, ask again before
+			// counting as refused, or the slot goes to an agent the stream
+			// refused.
+			w.dropLeft()
 			w.bg.Wait()
 			left = false
 			continue
@@ -300,6 +311,16 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 	if n.resume && !info.Created.Equal(w.created) {
 		w.logger.Warn("bucket was recreated: following the new one from its start")
 		n = next{}
+	}
+	// Near the stream's consumer limit a consumer left still takes a slot
+	// that a creation may need (its own or another agent's, which is then
+	// refused and may lose its slot to an agent the stream refused). Unless
+	// the limit leaves room for every consumer twice, the consumer left is
+	// deleted as soon as it is left, before the next creation is sent.
+	c := info.Config.MaxConsumers
+	nearLimit := c > 0 && 2*(info.State.Consumers+1) > c
+	if nearLimit {
+		w.dropLeft()
 	}
 	lastSeq := info.State.LastSeq
 	// A bucket-wide TTL without limit markers removes keys with no event at
@@ -435,10 +456,16 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 		cons, err = w.create(ctx, cfg, &chosen)
 		return err
 	})
+	w.dropLeft() // answered (or given up): the one left before can go now
 	if err != nil {
 		return n, fmt.Errorf("create consumer: %w", err)
 	}
-	defer dropConsumer(&w.bg, w.js, w.stream(), cons.CachedInfo().Name)
+	defer func() {
+		w.left = cons.CachedInfo().Name
+		if nearLimit {
+			w.dropLeft()
+		}
+	}()
 	*started = time.Now()
 	w.running()
 	activity.Store(started.UnixNano())
@@ -466,7 +493,7 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 	lctx, stopListing := context.WithCancel(ctx)
 	defer stopListing()
 	w.bg.Go(func() {
-		snap, err := w.streamKeys(lctx)
+		snap, err := w.streamKeys(lctx, st)
 		if err != nil {
 			snap = nil // the check takes one itself
 		}
@@ -768,7 +795,7 @@ func (w *watcher) verify(ctx context.Context, st jetstream.Stream, cons jetstrea
 	for {
 		if snap == nil {
 			err = w.bounded(ctx, 30*time.Second, func(ctx context.Context) (err error) {
-				snap, err = w.streamKeys(ctx)
+				snap, err = w.streamKeys(ctx, st)
 				return err
 			})
 			if err != nil {
@@ -850,6 +877,14 @@ func (w *watcher) repair(ctx context.Context, st jetstream.Stream, gen uint64, k
 	return nil
 }
 
+// dropLeft deletes the consumer the last follow left, if any (dropConsumer).
+func (w *watcher) dropLeft() {
+	if w.left != "" {
+		dropConsumer(&w.bg, w.js, w.stream(), w.left)
+		w.left = ""
+	}
+}
+
 // dropConsumer deletes a consumer the watcher left, best effort (its
 // inactive threshold removes it anyway), in a goroutine of bg: the caller
 // goes on at once, and whoever waits for bg waits 2 s at most.
@@ -880,13 +915,17 @@ func lastEntry(ctx context.Context, st jetstream.Stream, bucket, key string) (ev
 }
 
 // streamKeys lists the keys that have a message in the stream and fall under
-// the consumer's filters, with the stream's last sequence at that moment.
-func (w *watcher) streamKeys(ctx context.Context) (*snapshot, error) {
+// the consumer's filters, with the stream's last sequence at that moment. st
+// is the stream's handle when the caller has one (it saves a request), or
+// nil.
+func (w *watcher) streamKeys(ctx context.Context, st jetstream.Stream) (*snapshot, error) {
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	st, err := w.js.Stream(lctx, w.stream())
-	if err != nil {
-		return nil, fmt.Errorf("stream info: %w", err)
+	if st == nil {
+		var err error
+		if st, err = w.js.Stream(lctx, w.stream()); err != nil {
+			return nil, fmt.Errorf("stream info: %w", err)
+		}
 	}
 	prefix := "$KV." + w.bucket + "."
 	filters := subjects(w.bucket, w.filters)

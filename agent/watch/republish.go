@@ -391,7 +391,7 @@ func (w *republishWatcher) sync(ctx context.Context, info *jetstream.StreamInfo)
 // and fetched with its last message; later entries come through the
 // republished copies.
 func (w *republishWatcher) verify(ctx context.Context, delivered map[string]struct{}) error {
-	snap, err := w.lister.streamKeys(ctx)
+	snap, err := w.lister.streamKeys(ctx, nil)
 	if err != nil {
 		return err
 	}
