@@ -160,6 +160,7 @@ type Result struct {
 	// (Options.ServerBin), its RSS with the agents, its RSS growth per agent
 	// over the bucket without agents, and its idle CPU.
 	Consumers         int          `json:"consumers,omitempty"`
+	CheckQuestions    int          `json:"check_questions,omitempty"` // the republish mode's shared check, in the idle window
 	ProcessIdleCPU    float64      `json:"process_idle_cpu_cores,omitempty"`
 	ServerRSS         int64        `json:"server_rss_bytes,omitempty"`
 	ServerRSSPerAgent int64        `json:"server_rss_per_agent_bytes,omitempty"`

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kvsync/kvsync/agent"
 	"github.com/kvsync/kvsync/agent/natsconn"
+	"github.com/kvsync/kvsync/agent/watch"
 )
 
 // Watch modes of the fanout scenario's agents (Options.Watch).
@@ -71,6 +72,7 @@ type fleetCost struct {
 	rssPer    int64         // RSS growth per agent of this process and its agent hosts
 	idleCPU   time.Duration // CPU per second of wall time of this process and its agent hosts, all agents idle
 	window    time.Duration // the idle window
+	checks    int           // answers of the shared check heard in the window (one per question; republish mode)
 	hosts     int           // agent-host child processes (Options.Procs)
 
 	// The server as a process of its own (Options.ServerBin).
@@ -114,6 +116,10 @@ func (c *fleetCost) after(ctx context.Context, e *env, fl fleet, bucket string, 
 	if e.proc != nil {
 		srv0, serr = procCPU(e.proc.pid())
 	}
+	// Every question of the republish mode's shared check is answered to a
+	// subject every agent hears: the bench hears them too.
+	var checks atomic.Int64
+	sub, serr2 := e.nc.Subscribe(watch.CheckSubjects(bucket), func(*nats.Msg) { checks.Add(1) })
 	t0 := time.Now()
 	select {
 	case <-ctx.Done():
@@ -121,6 +127,10 @@ func (c *fleetCost) after(ctx context.Context, e *env, fl fleet, bucket string, 
 	case <-time.After(window):
 	}
 	wall := time.Since(t0).Seconds()
+	if serr2 == nil {
+		_ = sub.Unsubscribe()
+		c.checks = int(checks.Load())
+	}
 	if cpu1, err1 := cpuOf(pids); err == nil && err1 == nil {
 		c.idleCPU = time.Duration(float64(cpu1-cpu0) / wall)
 	}
@@ -174,6 +184,7 @@ func (c *fleetCost) serverPer() int64 {
 func (c *fleetCost) fill(res *Result) {
 	res.ProcessIdleCPU = c.idleCPU.Seconds()
 	res.Consumers = c.consumers
+	res.CheckQuestions = c.checks
 	if c.server && c.srvErrRSS == nil {
 		res.ServerRSS = c.srvAfter
 		res.ServerRSSPerAgent = c.serverPer()
@@ -184,7 +195,7 @@ func (c *fleetCost) fill(res *Result) {
 }
 
 func (c *fleetCost) String() string {
-	idle := fmt.Sprintf("idle = %v with nothing put, after %v of settling", c.window, c.settle)
+	idle := fmt.Sprintf("idle = %v with nothing put (%d questions of the republish mode's shared check heard), after %v of settling", c.window, c.checks, c.settle)
 	if !c.server {
 		return fmt.Sprintf("consumers on the stream %d; process RSS +%d KiB per agent; idle process CPU %.1f%% of a core (%s; server and agents together when embedded)",
 			c.consumers, c.rssPer>>10, 100*c.idleCPU.Seconds(), idle)

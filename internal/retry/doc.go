@@ -1,6 +1,7 @@
 // Package retry holds the delays kvsync waits between attempts: an
 // exponential backoff with equal jitter (Backoff) and the jitter on its own
-// (EqualJitter).
+// (EqualJitter), and the jitter of timers that race to do one thing for a
+// whole fleet (LateJitter).
 //
 // Equal jitter draws each delay uniformly from [d/2, d]. The random half
 // spreads a fleet of agents that failed at the same moment (a server restart,
