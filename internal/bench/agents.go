@@ -6,13 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/nats-io/nats.go"
 
 	"github.com/kvsync/kvsync/agent"
@@ -147,72 +144,4 @@ func poll(ctx context.Context, timeout, interval time.Duration, fn func() error)
 		case <-time.After(interval):
 		}
 	}
-}
-
-// watchFiles calls seen with the path of every file created, replaced or
-// written in dirs (not below them), from one goroutine, until stop is
-// called. Files replaced by rename, as kvsync writes them, show up as
-// created. The inotify event arrives within microseconds of the rename;
-// seen reads the file to confirm what it holds. looked: the call comes from
-// a look at every file after lost events, not from an event of that file.
-func watchFiles(dirs []string, seen func(path string, looked bool)) (stop func(), err error) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return nil, fmt.Errorf("watch files: %w", err)
-	}
-	for _, d := range dirs {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			w.Close()
-			return nil, fmt.Errorf("create %s: %w", d, err)
-		}
-		if err := w.Add(d); err != nil {
-			w.Close()
-			return nil, fmt.Errorf("watch %s: %w", d, err)
-		}
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		// When the kernel's event queue overflows (thousands of agents
-		// writing at once), events are lost: every file is then looked at
-		// every 50 ms for 5 s, so no write goes unseen; those are
-		// timed at the look, a little late.
-		var rescan <-chan time.Time
-		var rescanUntil time.Time
-		for {
-			select {
-			case ev, ok := <-w.Events:
-				if !ok {
-					return
-				}
-				if ev.Has(fsnotify.Create) || ev.Has(fsnotify.Write) {
-					seen(filepath.Clean(ev.Name), false)
-				}
-			case err, ok := <-w.Errors:
-				if !ok {
-					return
-				}
-				if errors.Is(err, fsnotify.ErrEventOverflow) {
-					rescanUntil = time.Now().Add(5 * time.Second)
-					if rescan == nil {
-						rescan = time.Tick(50 * time.Millisecond)
-					}
-				}
-			case now := <-rescan:
-				if now.After(rescanUntil) {
-					continue
-				}
-				for _, d := range dirs {
-					ents, _ := os.ReadDir(d)
-					for _, e := range ents {
-						if e.Type().IsRegular() {
-							seen(filepath.Join(d, e.Name()), true)
-						}
-					}
-				}
-			}
-		}
-	}()
-	return func() { w.Close(); wg.Wait() }, nil
 }

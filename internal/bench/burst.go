@@ -75,7 +75,11 @@ func (e *env) burstRun(ctx context.Context, wait time.Duration) (Result, error) 
 
 	settled := make(chan time.Time, 1)
 	done := map[string]bool{} // touched by the watcher goroutine only
-	stopFiles, err := watchFiles([]string{dir}, func(path string, _ bool) {
+	paths := make([]string, 0, len(final))
+	for p := range final {
+		paths = append(paths, p)
+	}
+	stopFiles, err := watchFiles([]string{dir}, paths, func(path string, _ bool) {
 		at := time.Now()
 		want, ok := final[path]
 		if !ok || done[path] {

@@ -39,13 +39,15 @@ func (e *env) fanoutAgents(ctx context.Context) ([]Result, error) {
 	}
 
 	dirs := make([]string, n)
+	files := make([]string, n)
 	index := map[string]int{}
 	for i := range dirs {
 		dirs[i] = e.path("fanout", fmt.Sprintf("agent-%03d", i))
-		index[filepath.Join(dirs[i], "fan")] = i
+		files[i] = filepath.Join(dirs[i], "fan")
+		index[files[i]] = i
 	}
 	var cur atomic.Pointer[round]
-	stopFiles, err := watchFiles(dirs, func(path string, looked bool) {
+	stopFiles, err := watchFiles(dirs, files, func(path string, looked bool) {
 		at := time.Now()
 		i, ok := index[path]
 		r := cur.Load()

@@ -199,7 +199,7 @@ func (e *env) latencyRun(ctx context.Context, kv jetstream.KeyValue, c latCase, 
 
 	var pending atomic.Pointer[expect]
 	fileHits := make(chan time.Time, 1)
-	stopFiles, err := watchFiles([]string{filepath.Dir(target)}, func(path string, _ bool) {
+	stopFiles, err := watchFiles([]string{filepath.Dir(target)}, []string{target}, func(path string, _ bool) {
 		at := time.Now()
 		if path != target {
 			return

@@ -33,15 +33,17 @@ func (e *env) storm(ctx context.Context) ([]Result, error) {
 		return nil, fmt.Errorf("put fan: %w", err)
 	}
 	dirs := make([]string, n)
+	files := make([]string, n)
 	index := map[string]int{}
 	for i := range dirs {
 		dirs[i] = e.path("storm", fmt.Sprintf("agent-%03d", i))
-		index[filepath.Join(dirs[i], "fan")] = i
+		files[i] = filepath.Join(dirs[i], "fan")
+		index[files[i]] = i
 	}
 	var cur atomic.Pointer[round]
 	// An agent that reconnects may write its file again with what it held:
 	// only the bytes of the put count, so every event's file is read.
-	stopFiles, err := watchFiles(dirs, func(path string, _ bool) {
+	stopFiles, err := watchFiles(dirs, files, func(path string, _ bool) {
 		at := time.Now()
 		i, ok := index[path]
 		r := cur.Load()
