@@ -316,11 +316,14 @@ func (w *watcher) follow(ctx context.Context, n next, started *time.Time, timeou
 	// that a creation may need (its own or another agent's, which is then
 	// refused and may lose its slot to an agent the stream refused). Unless
 	// the limit leaves room for every consumer twice, the consumer left is
-	// deleted as soon as it is left, before the next creation is sent.
+	// deleted as soon as it is left, and the next creation is sent once
+	// that delete is answered: the server handles a delete and a creation
+	// sent together in either order.
 	c := info.Config.MaxConsumers
 	nearLimit := c > 0 && 2*(info.State.Consumers+1) > c
 	if nearLimit {
 		w.dropLeft()
+		w.bg.Wait()
 	}
 	lastSeq := info.State.LastSeq
 	// A bucket-wide TTL without limit markers removes keys with no event at
