@@ -165,7 +165,8 @@ var (
 // created) or the connection comes back: a request sent during a leader
 // election is never answered, and that news is the moment to ask again. A
 // request given up fails with errNudged (the nudge is passed on, so run
-// retries at once) or errResumed.
+// retries at once) or errResumed; a request answered as the news came in
+// returns its answer, and the news stays for the caller to see.
 func (w *watcher) bounded(ctx context.Context, timeout time.Duration, req func(context.Context) error) error {
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -190,8 +191,15 @@ func (w *watcher) bounded(ctx context.Context, timeout time.Duration, req func(c
 	err := req(rctx)
 	close(done)
 	<-exited
-	if p := why.Load(); err != nil && p != nil {
+	p := why.Load()
+	switch {
+	case p == nil:
+	case err != nil:
 		return fmt.Errorf("%w: %w", *p, err)
+	case p == &errResumed:
+		// The answer came as the reconnect was taken: the resume is still
+		// to do (a nudge was passed on already).
+		w.Reconnected()
 	}
 	return err
 }

@@ -56,6 +56,40 @@ func TestBoundedGivesUpOnNews(t *testing.T) {
 			t.Fatalf("err = %v, want a plain deadline", err)
 		}
 	})
+	// The answer and the news arrive together: the request is not given up
+	// (its answer counts), and the news is still there for the watcher.
+	// Before this was kept, a reconnect that came as a request was answered
+	// was lost: the watcher neither re-made its consumer nor listed the keys.
+	for _, tc := range []struct {
+		name   string
+		signal chan struct{}
+	}{
+		{"stream news with the answer", w.nudge},
+		{"reconnect with the answer", w.resumed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := w.bounded(context.Background(), time.Hour, func(ctx context.Context) error {
+				tc.signal <- struct{}{}
+				<-ctx.Done() // bounded took the news
+				return nil   // and the answer was there already
+			})
+			if err != nil {
+				t.Fatalf("err = %v, want the answer", err)
+			}
+			select {
+			case <-tc.signal:
+			default:
+				t.Fatalf("the news was lost")
+			}
+			select {
+			case <-w.nudge:
+				t.Fatalf("news passed on twice, or as the other kind")
+			case <-w.resumed:
+				t.Fatalf("news passed on twice, or as the other kind")
+			default:
+			}
+		})
+	}
 	t.Run("answered", func(t *testing.T) {
 		if err := w.bounded(context.Background(), time.Hour, func(context.Context) error { return nil }); err != nil {
 			t.Fatalf("err = %v", err)

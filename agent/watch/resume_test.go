@@ -88,9 +88,15 @@ func TestResumeDeletesAfterTheNewConsumer(t *testing.T) {
 		wr.put("a", fmt.Appendf(nil, "after resume %d", i))
 		wr.flush()
 		converges(t, v, wr.m, logs)
-		// Wait for the re-created consumer's answer before the next
-		// reconnect, so that each resume shows.
+		// Wait until the watcher has taken the re-created consumer's
+		// answer before the next reconnect, so that each resume shows: a
+		// reconnect while a creation is on its way gives the creation up,
+		// and the consumer left is deleted at once (its creation may never
+		// have been sent).
 		testutil.CheckFor(t, 10*time.Second, func() error {
+			if n := strings.Count(logs.String(), "consumer re-created"); n < i+1 {
+				return fmt.Errorf("the watcher re-made its consumer %d times, want %d", n, i+1)
+			}
 			api.mu.Lock()
 			defer api.mu.Unlock()
 			n := 0
